@@ -1,0 +1,135 @@
+"""The `ponder` command line: argument parsing only; each subcommand calls into its module.
+
+Imports are lazy so that `ponder grade` does not pay for torch and `ponder --help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ponder", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    # --- generate (ponder.engine) ---
+    p = sub.add_parser("generate", help="sample completions from a checkpoint")
+    p.add_argument("--model", required=True, help="HF-layout checkpoint folder")
+    p.add_argument("--prompt", action="append", required=True, help="prompt text (repeatable)")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    p.add_argument("--no-thinking", action="store_true", help="chat: enable_thinking=False")
+    p.add_argument("--n", type=int, default=1, help="samples per prompt")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 means greedy")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--thinking-budget", type=int, default=None)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.set_defaults(func=lambda a: __import__("ponder.generate_cli", fromlist=["main"]).main(a))
+
+    # --- bench (ponder.bench) ---
+    p = sub.add_parser("bench", help="benchmarks against peers measured in the same run")
+    bench = p.add_subparsers(dest="bench", required=True)
+    b = bench.add_parser("generate", help="ponder engine vs transformers generate")
+    b.add_argument("--hidden", type=int, default=256)
+    b.add_argument("--layers", type=int, default=4)
+    b.add_argument("--heads", type=int, default=4)
+    b.add_argument("--kv-heads", type=int, default=2)
+    b.add_argument("--intermediate", type=int, default=None, help="default 3 x hidden")
+    b.add_argument("--vocab", type=int, default=1024)
+    b.add_argument("--arch", default="qwen3", help="qwen3, qwen2, llama, qwen3_moe, deepseek_v3")
+    b.add_argument("--batch", type=int, default=64)
+    b.add_argument("--prompt-len", type=int, default=16)
+    b.add_argument("--new-tokens", type=int, default=64)
+    b.add_argument("--repeats", type=int, default=3)
+    b.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=lambda a: __import__("ponder.bench", fromlist=["main"]).generate(a))
+    b = bench.add_parser("grade", help="ponder math grader vs math-verify on MATH-500 pairs")
+    b.add_argument("--data", default=None, help="MATH-500 jsonl (default ../shared/data/math500_test.jsonl)")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=lambda a: __import__("ponder.bench", fromlist=["main"]).grade(a))
+    b = bench.add_parser("grpo", help="ponder GRPO step vs TRL GRPOTrainer step")
+    b.add_argument("--prompts", type=int, default=8)
+    b.add_argument("--group", type=int, default=8)
+    b.add_argument("--max-new-tokens", type=int, default=64)
+    b.add_argument("--steps", type=int, default=5)
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=lambda a: __import__("ponder.bench", fromlist=["main"]).grpo(a))
+
+    # --- grade (ponder.rewards) ---
+    p = sub.add_parser("grade", help="grade a JSONL of answers (math) or programs (code)")
+    p.add_argument("file", help="input JSONL")
+    p.add_argument("--kind", default="math", choices=["math", "code"])
+    p.add_argument("--out", default=None, help="output JSONL (default stdout)")
+    p.add_argument("--workers", type=int, default=None)
+    p.set_defaults(func=lambda a: __import__("ponder.rewards.grade_cli", fromlist=["main"]).main(a))
+
+    # --- eval (ponder.evaluate) ---
+    p = sub.add_parser("eval", help="evaluate a checkpoint on a task")
+    p.add_argument("--model", required=True)
+    p.add_argument("--task", required=True, help="math500, gsm8k, humaneval, jsonl, or a synthetic task")
+    p.add_argument("--data", default=None, help="task file (JSON, JSONL, .gz, parquet)")
+    p.add_argument("--limit", type=int, default=None, help="first N problems only")
+    p.add_argument("--n", type=int, default=1, help="samples per problem")
+    p.add_argument("--k", type=_ints, default=[1], help="pass@k / maj@k values, e.g. 1,4,8")
+    p.add_argument("--strategy", default=None,
+                   help="greedy|sample|majority|weighted-majority|best-of-n|refine")
+    p.add_argument("--scorer", default="loglik", help="best-of-n scorer: oracle|loglik|judge")
+    p.add_argument("--rounds", type=int, default=2, help="refine: rounds")
+    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None)
+    p.set_defaults(func=lambda a: __import__("ponder.evaluate", fromlist=["main"]).main(a))
+
+    # --- scale-curve (ponder.scaling) ---
+    p = sub.add_parser("scale-curve", help="accuracy against generated tokens for N = 1, 2, 4, ...")
+    p.add_argument("--model", required=True)
+    p.add_argument("--task", required=True)
+    p.add_argument("--data", default=None)
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--n", type=_ints, default=[1, 2, 4, 8, 16])
+    p.add_argument("--draws", type=int, default=20, help="random subsets averaged per N")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="out/scale-curve")
+    p.set_defaults(func=lambda a: __import__("ponder.scaling", fromlist=["main"]).main(a))
+
+    # --- train (ponder.sft, ponder.rl) ---
+    p = sub.add_parser("train", help="supervised fine-tuning or RL from verifiable rewards")
+    train = p.add_subparsers(dest="kind", required=True)
+    for kind in ("sft", "rl"):
+        t = train.add_parser(kind)
+        t.add_argument("config", help="YAML config")
+        t.add_argument("overrides", nargs="*", help="key=value overrides")
+        t.set_defaults(func=lambda a: __import__(f"ponder.{a.kind}", fromlist=["main"]).main(a))
+
+    # --- demo (ponder.demo) ---
+    p = sub.add_parser("demo", help="evaluate the embedded base model, run GRPO, evaluate again")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--task", default=None, help="synthetic task family (default: the embedded one)")
+    p.add_argument("--out", default="out/demo")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=lambda a: __import__("ponder.demo", fromlist=["main"]).main(a))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
