@@ -1,0 +1,1 @@
+"""RL from verifiable rewards: advantages, losses, the training loop, train-state checkpoints."""

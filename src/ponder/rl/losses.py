@@ -1,0 +1,123 @@
+"""The GRPO-family policy loss and the log-probs it needs.
+
+`completion_logprobs` scores completion tokens under temperature-scaled logits in fp32, running
+the lm_head on completion positions only. `policy_loss` is the clipped-ratio objective with
+clip-higher, token- or sequence-level (GSPO) ratios, an optional k3 KL term, and three
+aggregations. Each aggregation divides by a count of the WHOLE batch (passed in), so the losses of
+the micro-batches sum to the batch loss and gradient accumulation needs no further scaling.
+Formulas match TRL 1.16's GRPOTrainer._compute_loss; tests/test_rl_losses.py checks it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
+
+
+def completion_logprobs(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    starts: torch.Tensor,
+    length: int,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-prob [B, length] of each completion token, and optionally the policy entropy there.
+
+    `input_ids` holds prompt then completion in each row, right-padded (causal attention means the
+    padding after a row's end changes nothing before it). Completion token j of row b sits at
+    `starts[b] + j` and is predicted from position `starts[b] + j - 1`. Positions past a row's end
+    are clamped and give junk that the caller masks out.
+    """
+    hidden = model.hidden(input_ids)
+    bsz, seq = input_ids.shape
+    offsets = torch.arange(length, device=input_ids.device)
+    pred_pos = (starts.to(input_ids.device).unsqueeze(1) - 1 + offsets).clamp(0, seq - 1)
+    tok_pos = (pred_pos + 1).clamp(max=seq - 1)
+    h = hidden.gather(1, pred_pos.unsqueeze(-1).expand(-1, -1, hidden.size(-1)))
+    # Log-probs in fp32 even under bf16 autocast: ratios exp(logp - old) amplify rounding error.
+    with torch.autocast(device_type=h.device.type, enabled=False):
+        logits = model.logits(h.float()).float()
+        if temperature != 1.0:
+            logits = logits / temperature
+        logprobs = F.log_softmax(logits, dim=-1)
+    tokens = input_ids.gather(1, tok_pos)
+    token_logp = logprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    entropy = None
+    if with_entropy:
+        with torch.no_grad():
+            entropy = -(logprobs.exp() * logprobs).sum(-1)
+    return token_logp, entropy
+
+
+def policy_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor | None,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    loss_type: str = "dapo",
+    level: str = "token",
+    epsilon_low: float = 0.2,
+    epsilon_high: float = 0.28,
+    beta: float = 0.0,
+    ref_logp: torch.Tensor | None = None,
+    batch_sequences: int,
+    batch_tokens: int,
+    max_completion_length: int,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Clipped surrogate loss of one micro-batch, scaled to its share of the whole batch's loss.
+
+    logp, old_logp, ref_logp, mask: [B, T]; advantages: [B]. old_logp None means "the policy that
+    sampled is this one" (mu = 1): the ratio is 1 with the policy gradient attached.
+    batch_sequences / batch_tokens: completions / loss tokens in the whole accumulated batch.
+    Returns the loss and sums for metrics (clip_low, clip_high, kl over loss tokens; tokens).
+    """
+    mask = mask.to(logp.dtype)
+    if old_logp is None:
+        old_logp = logp.detach()
+    log_ratio = logp - old_logp
+    if level == "token":
+        log_w = log_ratio
+    elif level == "sequence":
+        # GSPO (arXiv:2507.18071): one ratio per sequence, the geometric mean of its token ratios.
+        log_w = ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).unsqueeze(-1)
+    else:
+        raise ValueError(f"unknown importance sampling level {level!r} (token or sequence)")
+    ratio = torch.exp(log_w)
+    adv = advantages.to(logp.dtype).unsqueeze(1)
+    # Clip-higher (DAPO, arXiv:2503.14476): a wider upper bound lets rare good tokens grow.
+    clipped = torch.clamp(ratio, 1 - epsilon_low, 1 + epsilon_high)
+    per_token = -torch.min(ratio * adv, clipped * adv)
+    kl = None
+    if beta != 0.0:
+        if ref_logp is None:
+            raise ValueError("beta != 0 needs the reference model's log-probs")
+        # k3 estimator of KL(pi || ref) (Schulman 2020), unbiased and always >= 0.
+        kl = torch.exp(ref_logp - logp) - (ref_logp - logp) - 1
+        per_token = per_token + beta * kl
+
+    if loss_type == "grpo":
+        # Mean over sequences of each sequence's token mean (GRPO as published; length-biased).
+        loss = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).sum() / batch_sequences
+    elif loss_type == "dr_grpo":
+        # Token sum over a constant (Dr. GRPO, arXiv:2503.20783): no length bias.
+        loss = (per_token * mask).sum() / (batch_sequences * max_completion_length)
+    elif loss_type == "dapo":
+        # Token sum over all loss tokens of the batch (DAPO token-level loss).
+        loss = (per_token * mask).sum() / max(batch_tokens, 1)
+    else:
+        raise ValueError(f"unknown loss type {loss_type!r} (one of {', '.join(LOSS_TYPES)})")
+
+    with torch.no_grad():
+        r = ratio.expand_as(logp)
+        a = adv.expand_as(logp)
+        stats = {
+            "clip_low": float((((r < 1 - epsilon_low) & (a < 0)).to(mask.dtype) * mask).sum()),
+            "clip_high": float((((r > 1 + epsilon_high) & (a > 0)).to(mask.dtype) * mask).sum()),
+            "kl": float((kl * mask).sum()) if kl is not None else 0.0,
+            "tokens": float(mask.sum()),
+        }
+    return loss, stats
