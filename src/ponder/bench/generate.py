@@ -1,0 +1,125 @@
+"""`ponder bench generate`: ponder's engine against transformers `generate`, same weights,
+same prompts, batch and lengths, measured in one run; plus the machine's fp32 matmul rate."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+
+import torch
+
+from ponder.engine import Engine, SamplingParams
+from ponder.models import Decoder, ModelConfig
+
+
+def matmul_gflops(size: int = 2048, dtype=torch.float32, repeats: int = 10) -> float:
+    """The machine's dense matmul rate: the ceiling a decoder's FLOP count is compared with."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def flops_per_token(config: ModelConfig, model: torch.nn.Module, context: float) -> float:
+    """2 x non-embedding parameters, plus attention (QK^T and AV) over `context` keys."""
+    embedding = sum(p.numel() for name, p in model.named_parameters()
+                    if "embed_tokens" in name or name.startswith("lm_head"))
+    non_embedding = sum(p.numel() for p in model.parameters()) - embedding
+    attention = 4 * config.num_hidden_layers * config.num_attention_heads * config.head_dim * context
+    return 2 * non_embedding + attention
+
+
+def build_config(args) -> ModelConfig:
+    architecture = {"qwen3": "Qwen3ForCausalLM", "qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM",
+                    "qwen3_moe": "Qwen3MoeForCausalLM", "deepseek_v3": "DeepseekV3ForCausalLM"}[args.arch]
+    return ModelConfig.from_hf_dict({
+        "architectures": [architecture], "model_type": args.arch,
+        "vocab_size": args.vocab, "hidden_size": args.hidden, "num_hidden_layers": args.layers,
+        "num_attention_heads": args.heads, "num_key_value_heads": args.kv_heads,
+        "head_dim": args.hidden // args.heads, "intermediate_size": args.intermediate or 3 * args.hidden,
+        "max_position_embeddings": 4096, "rope_theta": 1e6, "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": True, "eos_token_id": 0,
+    })
+
+
+def _time(fn, repeats: int) -> float:
+    fn()  # warm-up: first-call allocations and lazy initialisation are not what we measure
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main(args) -> int:
+    torch.manual_seed(0)
+    dtype = getattr(torch, args.dtype)
+    config = build_config(args)
+    model = Decoder(config).to(dtype=dtype, device=args.device).eval()
+    prompts = torch.randint(1, args.vocab, (args.batch, args.prompt_len)).tolist()
+    params = SamplingParams(max_new_tokens=args.new_tokens, temperature=1.0, stop_token_ids=())
+    engine = Engine(model)
+
+    def run_ponder():
+        out = engine.generate(prompts, n=1, params=params)
+        assert all(c[0].num_tokens == args.new_tokens for c in out)
+
+    ponder_s = _time(run_ponder, args.repeats)
+
+    peer_s = None
+    try:
+        from transformers import AutoModelForCausalLM
+    except ImportError:
+        print("transformers not installed: peer skipped (pip install -e '.[test]')")
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            model.save_pretrained(tmp)
+            peer = AutoModelForCausalLM.from_pretrained(tmp, dtype=dtype).to(args.device).eval()
+        input_ids = torch.tensor(prompts, device=args.device)
+
+        def run_peer():
+            with torch.inference_mode():
+                out = peer.generate(input_ids, attention_mask=torch.ones_like(input_ids), do_sample=True,
+                                    temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=args.new_tokens,
+                                    min_new_tokens=args.new_tokens, eos_token_id=None, pad_token_id=0)
+            assert out.shape[1] == args.prompt_len + args.new_tokens
+
+        peer_s = _time(run_peer, args.repeats)
+
+    tokens = args.batch * args.new_tokens
+    context = args.prompt_len + args.new_tokens / 2
+    flops = flops_per_token(config, model, context) * tokens
+    if args.device == "cpu":
+        peak = matmul_gflops(dtype=dtype)
+    else:
+        peak = float("nan")
+    result = {
+        "shape": {"arch": args.arch, "hidden": args.hidden, "layers": args.layers, "heads": args.heads,
+                  "kv_heads": args.kv_heads, "vocab": args.vocab,
+                  "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2)},
+        "batch": args.batch, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
+        "dtype": args.dtype, "threads": torch.get_num_threads(),
+        "ponder_tok_s": round(tokens / ponder_s, 1),
+        "transformers_tok_s": round(tokens / peer_s, 1) if peer_s else None,
+        "ratio": round(peer_s / ponder_s, 2) if peer_s else None,
+        "ponder_gflops": round(flops / ponder_s / 1e9, 1),
+        "matmul_gflops": round(peak, 1),
+        "fraction_of_matmul": round(flops / ponder_s / 1e9 / peak, 3),
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        s = result["shape"]
+        print(f"shape: {s['arch']} hidden {s['hidden']}, {s['layers']} layers, {s['heads']}/{s['kv_heads']} heads, "
+              f"vocab {s['vocab']}, {s['params_M']}M params; batch {args.batch}, prompt {args.prompt_len}, "
+              f"{args.new_tokens} new tokens, {args.dtype}, {result['threads']} threads")
+        print(f"ponder        {result['ponder_tok_s']:>10,.0f} tok/s  ({result['ponder_gflops']} GFLOP/s, "
+              f"{100 * result['fraction_of_matmul']:.0f}% of {result['matmul_gflops']} GFLOP/s matmul)")
+        if peer_s:
+            print(f"transformers  {result['transformers_tok_s']:>10,.0f} tok/s")
+            print(f"ratio         {result['ratio']:.2f}x")
+    return 0

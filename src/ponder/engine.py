@@ -1,0 +1,299 @@
+"""Batched sampling for RL rollouts and evaluation: the only place that loops over decode steps.
+
+How a call runs:
+  1. every distinct prompt is prefilled once (right-padded into one batch) into a preallocated
+     KV cache; the cache rows are then repeated so the n samples of a prompt share that prefill;
+  2. each decode step feeds one token per live row, samples the next (temperature, top-k, top-p,
+     or greedy) and records its log-prob under the distribution it was drawn from;
+  3. a row ends on a stop token, a stop string, or max_new_tokens; finished rows are dropped
+     from the cache (compaction) once a quarter of the rows are dead, so they stop costing
+     compute;
+  4. forced tokens (a `</think>` once the thinking budget is spent, or "Wait" in place of an
+     early `</think>`) come from a small per-row queue and are marked so RL can mask them.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+
+from ponder.models import KVCache
+
+
+@dataclass
+class SamplingParams:
+    """How to sample. One object serves RL rollouts, evaluation and `ponder generate`."""
+
+    max_new_tokens: int = 256  # completion tokens per sample, forced ones included
+    temperature: float = 1.0  # 0 means greedy (argmax)
+    top_k: int = 0  # keep the k most likely tokens; 0 keeps all
+    top_p: float = 1.0  # nucleus: smallest set whose probability reaches top_p; 1 keeps all
+    stop_token_ids: tuple[int, ...] | None = None  # None: the tokenizer's eos token
+    stop_strings: tuple[str, ...] = ()  # the completion ends once its text contains one of these
+    thinking_budget: int | None = None  # after this many thinking tokens, force `</think>`
+    extend_thinking: int = 0  # budget forcing: replace an early `</think>` by `extend_with`, up to this many times
+    extend_with: str = "Wait"  # what replaces an early `</think>`
+    seed: int = 0  # same seed, same prompts, same model: same samples
+
+
+@dataclass
+class Completion:
+    """One sample. `logprobs[i]` is the log-prob of `token_ids[i]` under the distribution it was
+    drawn from (temperature, top-k and top-p applied; for greedy, the model's own distribution).
+    Forced tokens have `forced[i]` True and log-prob 0: they were not sampled."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str  # "stop" (stop token or string) or "length"
+    text: str = ""
+    forced: list[bool] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """Turn raw logits [R, V] into the logits of the distribution to sample from (fp32)."""
+    logits = logits.float() / temperature
+    if 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # drop a token when the tokens ranked before it already reach top_p (the first always stays)
+        drop_sorted = (probs.cumsum(-1) - probs) >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+class Engine:
+    """Sample from a ponder decoder. `tokenizer` is needed for text prompts, stop strings,
+    the thinking controls and `Completion.text`; token-id prompts work without it."""
+
+    def __init__(self, model, tokenizer=None, max_rows: int | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_rows = max_rows
+
+    # ---- public API -----------------------------------------------------------------------
+    def generate(self, prompts, n: int = 1, params: SamplingParams | None = None) -> list[list[Completion]]:
+        """Sample `n` completions for each prompt (text or token ids).
+        Returns one list of `n` Completions per prompt, in order."""
+        params = params or SamplingParams()
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        if params.temperature < 0 or not 0 < params.top_p <= 1 or params.top_k < 0:
+            raise ValueError(f"bad sampling parameters: {params}")
+        prompt_ids = [self._encode(p) for p in prompts]
+        for i, ids in enumerate(prompt_ids):
+            if not ids:
+                raise ValueError(f"prompt {i} is empty")
+        generator = torch.Generator(device=self._device).manual_seed(params.seed)
+        per_chunk = max(1, self._row_budget(max(map(len, prompt_ids)) + params.max_new_tokens) // n)
+        results: list[list[Completion]] = []
+        for start in range(0, len(prompt_ids), per_chunk):
+            results += self._generate_chunk(prompt_ids[start:start + per_chunk], n, params, generator)
+        return results
+
+    # ---- internals ------------------------------------------------------------------------
+    @property
+    def _device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _encode(self, prompt) -> list[int]:
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError("text prompts need a tokenizer: Engine(model, tokenizer)")
+            return self.tokenizer.encode(prompt)
+        return [int(t) for t in prompt]
+
+    def _row_budget(self, max_len: int) -> int:
+        """How many sample rows one chunk may hold: `max_rows`, or what fits ~2 GiB of KV cache."""
+        if self.max_rows:
+            return self.max_rows
+        probe = KVCache(self.model.config, 1, 1, dtype=self._dtype, device="meta")
+        bytes_per_row = sum(t.numel() * t.element_size() for t in probe.k + probe.v) * max_len
+        return int(max(1, min(1024, (2 << 30) // max(bytes_per_row, 1))))
+
+    @property
+    def _dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def _stop_ids(self, params: SamplingParams) -> list[int]:
+        if params.stop_token_ids is not None:
+            return list(params.stop_token_ids)
+        ids = []
+        if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
+            ids.append(self.tokenizer.eos_token_id)
+        eos = getattr(self.model.config, "eos_token_id", None)
+        ids += eos if isinstance(eos, list) else ([eos] if eos is not None else [])
+        return sorted(set(ids))
+
+    def _think_ids(self, params: SamplingParams) -> tuple[int | None, int | None, list[int]]:
+        """Ids of `<think>`, `</think>` and of the extension text, when the thinking controls are on."""
+        if params.thinking_budget is None and params.extend_thinking == 0:
+            return None, None, []
+        tok = self.tokenizer
+        if tok is None or tok.token_to_id("</think>") is None or tok.token_to_id("<think>") is None:
+            raise ValueError("thinking_budget / extend_thinking need a tokenizer with single-token "
+                             "<think> and </think>")
+        return tok.token_to_id("<think>"), tok.token_to_id("</think>"), tok.encode(params.extend_with)
+
+    @torch.inference_mode()
+    def _generate_chunk(self, prompt_ids: list[list[int]], n: int, params: SamplingParams,
+                        generator: torch.Generator) -> list[list[Completion]]:
+        device = self._device
+        num_prompts = len(prompt_ids)
+        rows = num_prompts * n
+        lengths = torch.tensor([len(p) for p in prompt_ids], device=device)
+        max_prompt = int(lengths.max())
+        max_new = params.max_new_tokens
+
+        # 1. prefill every prompt once, right-padded; padding sits after each row's last real
+        # token, so the real tokens never attend to it, and decode overwrites it.
+        cache = KVCache(self.model.config, num_prompts, max_prompt + max_new, dtype=self._dtype, device=device)
+        batch = torch.zeros(num_prompts, max_prompt, dtype=torch.long, device=device)
+        for i, ids in enumerate(prompt_ids):
+            batch[i, : len(ids)] = torch.tensor(ids)
+        hidden = self.model.hidden(batch, cache=cache)
+        last = self.model.logits(hidden[torch.arange(num_prompts, device=device), lengths - 1])
+        cache.lengths = lengths.clone()
+        # share the prefill: row r holds sample r % n of prompt r // n
+        prompt_of_row = torch.arange(num_prompts, device=device).repeat_interleave(n)
+        cache.select(prompt_of_row)
+        logits = last[prompt_of_row]
+
+        # per-sample outputs, written column by column (all live rows are at the same step)
+        out_tokens = torch.zeros(rows, max_new, dtype=torch.long, device=device)
+        out_logprobs = torch.zeros(rows, max_new, dtype=torch.float32, device=device)
+        out_forced = torch.zeros(rows, max_new, dtype=torch.bool, device=device)
+        out_len = torch.full((rows,), max_new, dtype=torch.long, device=device)
+        finish = ["length"] * rows
+
+        stop_ids = torch.tensor(self._stop_ids(params), dtype=torch.long, device=device)
+        think_open, think_close, extension = self._think_ids(params)
+        thinking = torch.zeros(rows, dtype=torch.bool, device=device)
+        think_tokens = torch.zeros(rows, dtype=torch.long, device=device)
+        extensions_used = torch.zeros(rows, dtype=torch.long, device=device)
+        if think_open is not None:  # a prompt that ends inside an open <think> starts thinking
+            for i, ids in enumerate(prompt_ids):
+                opened = max((j for j, t in enumerate(ids) if t == think_open), default=-1)
+                closed = max((j for j, t in enumerate(ids) if t == think_close), default=-1)
+                thinking[i * n:(i + 1) * n] = opened > closed
+        queued: dict[int, deque] = {}  # sample -> forced tokens still to emit
+        stop_window = max((len(s) for s in params.stop_strings), default=0) + 8
+
+        live = torch.arange(rows, device=device)  # the sample each cache row holds
+        alive = torch.ones(rows, dtype=torch.bool, device=device)  # per cache row
+        for step in range(max_new):
+            token, logprob = self._sample(logits, params, generator)
+            forced = torch.zeros_like(token, dtype=torch.bool)
+            if think_open is not None:
+                token, forced = self._thinking_controls(
+                    token, forced, live, thinking, think_tokens, extensions_used, queued,
+                    params, think_close, extension)
+            elif queued:
+                token, forced = self._apply_queue(token, forced, live, queued)
+            logprob = logprob.masked_fill(forced, 0.0)
+
+            samples = live[alive]
+            out_tokens[samples, step] = token[alive]
+            out_logprobs[samples, step] = logprob[alive]
+            out_forced[samples, step] = forced[alive]
+
+            done = alive & ~forced & torch.isin(token, stop_ids)
+            if params.stop_strings:
+                done[alive] |= self._hit_stop_string(out_tokens, samples, step, params.stop_strings, stop_window)
+            if done.any():
+                for sample in live[done].tolist():
+                    finish[sample] = "stop"
+                    queued.pop(sample, None)
+                out_len[live[done]] = step + 1
+                alive &= ~done
+            if step == max_new - 1 or not alive.any():
+                break
+            # Dead rows are dropped from the cache once they are a quarter of it: compaction
+            # copies the cache, so it is paid a few times per call, not once per finished row.
+            if (~alive).sum() * 4 >= len(alive):
+                keep = alive.nonzero().squeeze(1)
+                cache.select(keep)
+                live, token, alive = live[keep], token[keep], alive[keep]
+            logits = self.model(token[:, None], cache=cache)[:, -1]
+
+        return self._collect(out_tokens, out_logprobs, out_forced, out_len, finish, n, params)
+
+    def _sample(self, logits: torch.Tensor, params: SamplingParams, generator):
+        if params.temperature == 0:
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
+            token = logprobs.argmax(-1)
+        else:
+            logprobs = torch.log_softmax(filter_logits(logits, params.temperature, params.top_k, params.top_p), -1)
+            token = torch.multinomial(logprobs.exp(), 1, generator=generator).squeeze(1)
+        return token, logprobs.gather(1, token[:, None]).squeeze(1)
+
+    @staticmethod
+    def _apply_queue(token, forced, live, queued):
+        for row, sample in enumerate(live.tolist()):
+            pending = queued.get(sample)
+            if pending:
+                token[row] = pending.popleft()
+                forced[row] = True
+                if not pending:
+                    del queued[sample]
+        return token, forced
+
+    def _thinking_controls(self, token, forced, live, thinking, think_tokens, extensions_used,
+                           queued, params, think_close, extension):
+        """Apply the thinking budget and budget forcing to this step's tokens, then update each
+        row's thinking state from the token it will actually emit."""
+        token, forced = self._apply_queue(token, forced, live, queued)
+        in_think = thinking[live]
+        if params.extend_thinking and extension:
+            early_close = in_think & (token == think_close) & ~forced & (extensions_used[live] < params.extend_thinking)
+            for row in early_close.nonzero().squeeze(1).tolist():
+                sample = int(live[row])
+                token[row], forced[row] = extension[0], True
+                extensions_used[sample] += 1
+                if len(extension) > 1:
+                    queued[sample] = deque(extension[1:])
+        if params.thinking_budget is not None:
+            over = in_think & (think_tokens[live] >= params.thinking_budget) & (token != think_close)
+            for row in over.nonzero().squeeze(1).tolist():
+                queued.pop(int(live[row]), None)
+            token = torch.where(over, torch.full_like(token, think_close), token)
+            forced = forced | over
+        opened = token == self.tokenizer.token_to_id("<think>")
+        closed = token == think_close
+        think_tokens[live] += (in_think & ~closed).long()
+        thinking[live] = (in_think | opened) & ~closed
+        return token, forced
+
+    def _hit_stop_string(self, out_tokens, live, step, stop_strings, window):
+        start = max(0, step + 1 - window)
+        tails = out_tokens[live, start:step + 1].tolist()
+        hit = [any(s in self.tokenizer.decode(t) for s in stop_strings) for t in tails]
+        return torch.tensor(hit, dtype=torch.bool, device=out_tokens.device)
+
+    def _collect(self, out_tokens, out_logprobs, out_forced, out_len, finish, n, params):
+        tokens, logprobs, forced, lens = (out_tokens.tolist(), out_logprobs.tolist(),
+                                          out_forced.tolist(), out_len.tolist())
+        stop_ids = set(self._stop_ids(params))
+        completions = []
+        for sample, length in enumerate(lens):
+            ids = tokens[sample][:length]
+            text = ""
+            if self.tokenizer is not None:
+                body = ids[:-1] if finish[sample] == "stop" and ids and ids[-1] in stop_ids else ids
+                text = self.tokenizer.decode(body)
+                for s in params.stop_strings:  # the stop string itself is not part of the answer
+                    cut = text.find(s)
+                    if cut >= 0:
+                        text = text[:cut]
+            completions.append(Completion(ids, logprobs[sample][:length], finish[sample], text,
+                                          forced[sample][:length]))
+        return [completions[i:i + n] for i in range(0, len(completions), n)]
