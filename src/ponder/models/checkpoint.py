@@ -1,0 +1,164 @@
+"""Load and save Hugging Face checkpoint folders (config.json + safetensors), strictly.
+
+A folder holds `config.json` and either `model.safetensors` or a sharded
+`model.safetensors.index.json` (its `weight_map` names the shard of each tensor). Loading checks
+every tensor name and shape against the model the config describes before any weight is used:
+a missing, unexpected or misshapen tensor, an unreadable file, or an unsupported config is a
+CheckpointError naming the file and the field or tensor. There is no partial load.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .config import ConfigError, ModelConfig
+from .decoder import Decoder
+
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+INDEX = "model.safetensors.index.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that cannot be loaded exactly; the message names the file and field."""
+
+
+def resolve(path: str | Path) -> Path:
+    """A local folder, or a hub id already in the local huggingface_hub cache (never downloads)."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        return p
+    if p.exists():
+        raise CheckpointError(f"{p}: expected a checkpoint folder (with {CONFIG}), got a file")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        snapshot_download = None
+    if snapshot_download is not None and str(path).count("/") == 1:
+        try:
+            return Path(snapshot_download(str(path), local_files_only=True))
+        except Exception:
+            pass
+    raise CheckpointError(f"{path}: no such checkpoint folder (and not a hub id in the local cache)")
+
+
+def read_config(folder: Path) -> ModelConfig:
+    file = folder / CONFIG
+    if not file.is_file():
+        raise CheckpointError(f"{file}: missing")
+    try:
+        d = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{file}: not valid JSON ({e})") from None
+    try:
+        return ModelConfig.from_hf_dict(d, source=str(file))
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None
+
+
+def _weight_files(folder: Path) -> dict[Path, list[str] | None]:
+    """Each weight file -> the tensor names the index assigns to it (None: single file, no index)."""
+    single, index = folder / WEIGHTS, folder / INDEX
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+            if not isinstance(weight_map, dict):
+                raise TypeError("weight_map is not an object")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{index}: field 'weight_map': unreadable ({e!r})") from None
+        files: dict[Path, list[str]] = {}
+        for name, shard in weight_map.items():
+            files.setdefault(folder / shard, []).append(name)
+        for shard in files:
+            if not shard.is_file():
+                raise CheckpointError(f"{shard}: missing (listed in {index} field 'weight_map')")
+        return files
+    if single.is_file():
+        return {single: None}
+    raise CheckpointError(f"{folder}: missing {WEIGHTS} (or {INDEX})")
+
+
+def weights_source(folder: Path) -> Path:
+    """The file that declares the weights: the shard index if there is one, else the single file."""
+    return folder / INDEX if (folder / INDEX).is_file() else folder / WEIGHTS
+
+
+def _read_tensors(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Path]]:
+    from safetensors import SafetensorError, safe_open
+
+    tensors: dict[str, torch.Tensor] = {}
+    origin: dict[str, Path] = {}
+    for file, listed in _weight_files(folder).items():
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                names = list(f.keys())
+                for name in names:
+                    if name in tensors:
+                        raise CheckpointError(f"{file}: tensor {name!r} also in {origin[name]}")
+                    tensors[name] = f.get_tensor(name)
+                    origin[name] = file
+        except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+            if isinstance(e, CheckpointError):
+                raise
+            raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from None
+        if listed is not None:
+            for name in sorted(set(listed) - set(names)):
+                raise CheckpointError(f"{file}: tensor {name!r} missing (the index {INDEX} lists it here)")
+    return tensors, origin
+
+
+def load_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32,
+                    device: torch.device | str = "cpu") -> Decoder:
+    folder = resolve(path)
+    config = read_config(folder)
+    with torch.device("meta"):
+        model = Decoder(config)
+    expected = {name: tuple(p.shape) for name, p in model.state_dict().items()}
+    tensors, origin = _read_tensors(folder)
+
+    if config.tie_word_embeddings and "lm_head.weight" in tensors:
+        # Some writers store the tied head anyway; it must be the embedding itself.
+        head, emb = tensors.pop("lm_head.weight"), tensors.get("model.embed_tokens.weight")
+        if emb is not None and not torch.equal(head, emb):
+            raise CheckpointError(
+                f"{origin['lm_head.weight']}: tensor 'lm_head.weight' differs from "
+                f"'model.embed_tokens.weight' but {CONFIG} sets tie_word_embeddings")
+    # Report in the model's own order, so the first problem named is the earliest tensor.
+    for name, shape in expected.items():
+        if name not in tensors:
+            raise CheckpointError(f"{weights_source(folder)}: tensor {name!r} missing "
+                                  f"(the model {CONFIG} describes needs it)")
+        t = tensors[name]
+        if tuple(t.shape) != shape:
+            raise CheckpointError(f"{origin[name]}: tensor {name!r} has shape {tuple(t.shape)}, "
+                                  f"expected {shape} from {CONFIG}")
+        if not t.is_floating_point():
+            raise CheckpointError(f"{origin[name]}: tensor {name!r} has dtype {t.dtype}, expected floating point")
+    for name in sorted(tensors.keys() - expected.keys()):
+        raise CheckpointError(f"{origin[name]}: unexpected tensor {name!r} (not part of the model "
+                              f"{CONFIG} describes)")
+    model.load_state_dict({n: t.to(device=device, dtype=dtype) for n, t in tensors.items()},
+                          strict=True, assign=True)
+    return model.eval()
+
+
+def save_checkpoint(model: Decoder, path: str | Path) -> None:
+    from safetensors.torch import save_file
+
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    dtype = str(model.dtype).removeprefix("torch.")
+    config = model.config.to_hf_dict()
+    config["dtype"] = dtype
+    if "torch_dtype" in config:
+        config["torch_dtype"] = dtype
+    # A tied model has no lm_head module, so the state dict holds the shared tensor once.
+    state = {n: t.detach().contiguous().cpu() for n, t in model.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS), metadata={"format": "pt"})
+    (folder / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    stale = folder / INDEX  # a leftover index would shadow the file just written
+    if stale.exists():
+        stale.unlink()

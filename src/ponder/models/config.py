@@ -1,0 +1,199 @@
+"""ModelConfig: the decoder's shape, parsed from (and written back to) a Hugging Face config.json.
+
+Three families share one decoder: Qwen3 (per-head QK-norm), Qwen2 (q/k/v bias) and Llama
+(bias only where `attention_bias` / `mlp_bias` say so). The config.json dict is kept whole in
+`raw`, so that `to_hf_dict` round-trips keys this package does not use.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+# model_type -> the HF class name written into config.json's `architectures`.
+ARCHITECTURES = {
+    "qwen3": "Qwen3ForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "llama": "LlamaForCausalLM",
+}
+ROPE_TYPES = ("default",)
+
+
+class ConfigError(ValueError):
+    """A config.json (or a ModelConfig) this package cannot build a model from."""
+
+
+@dataclass
+class ModelConfig:
+    """Shape and options of a decoder-only transformer (names as in HF config.json)."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int  # SwiGLU inner width
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int | None = None  # None: same as num_attention_heads (no GQA)
+    head_dim: int | None = None  # None: hidden_size // num_attention_heads
+    model_type: str = "qwen3"  # "qwen3" | "qwen2" | "llama"
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10_000.0  # RoPE base wavelength
+    max_position_embeddings: int = 4096  # written to config.json; positions beyond it still work
+    tie_word_embeddings: bool = False  # lm_head shares embed_tokens.weight
+    attention_bias: bool = False  # Qwen3/Llama: bias on q/k/v/o (Qwen2 always has q/k/v bias)
+    mlp_bias: bool = False  # Llama only: bias on gate/up/down
+    initializer_range: float = 0.02  # std of the normal init used by Decoder(config)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        if self.head_dim is None:
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.model_type not in ARCHITECTURES:
+            raise ConfigError(
+                f"model_type {self.model_type!r} is not supported (supported: {', '.join(ARCHITECTURES)})"
+            )
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                     "num_attention_heads", "num_key_value_heads", "head_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ConfigError(
+                f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
+                f"num_key_value_heads ({self.num_key_value_heads})"
+            )
+        if self.head_dim % 2:
+            raise ConfigError(f"head_dim must be even for RoPE, got {self.head_dim}")
+
+    # Which optional parts each family has (as transformers builds them).
+    @property
+    def qk_norm(self) -> bool:
+        return self.model_type == "qwen3"
+
+    @property
+    def qkv_bias(self) -> bool:
+        return self.model_type == "qwen2" or self.attention_bias
+
+    @property
+    def o_bias(self) -> bool:
+        return self.model_type != "qwen2" and self.attention_bias
+
+    @property
+    def architecture(self) -> str:
+        return ARCHITECTURES[self.model_type]
+
+    # The cache and RoPE table sizes. Attention variants with other key/value widths (e.g.
+    # multi-head latent attention) change these, not the cache or the decoder.
+    @property
+    def k_head_dim(self) -> int:
+        return self.head_dim
+
+    @property
+    def v_head_dim(self) -> int:
+        return self.head_dim
+
+    @property
+    def rope_dim(self) -> int:
+        return self.head_dim
+
+    @classmethod
+    def from_hf_dict(cls, d: dict[str, Any], source: str = "config.json") -> "ModelConfig":
+        """Parse a HF config dict; errors name `source` and the offending field."""
+
+        def fail(field_name: str, why: str) -> ConfigError:
+            return ConfigError(f"{source}: field {field_name!r}: {why}")
+
+        if not isinstance(d, dict):
+            raise ConfigError(f"{source}: expected a JSON object, got {type(d).__name__}")
+        archs = d.get("architectures") or []
+        model_type = d.get("model_type")
+        if model_type not in ARCHITECTURES:
+            raise fail("model_type", f"{model_type!r} is not supported "
+                                     f"(supported: {', '.join(ARCHITECTURES)})")
+        if archs and archs[0] != ARCHITECTURES[model_type]:
+            raise fail("architectures", f"{archs[0]!r} is not supported "
+                                        f"(expected {ARCHITECTURES[model_type]!r} for model_type {model_type!r})")
+        if d.get("hidden_act", "silu") != "silu":
+            raise fail("hidden_act", f"{d['hidden_act']!r} is not supported (only 'silu')")
+        if d.get("use_sliding_window"):
+            raise fail("use_sliding_window", "sliding-window attention is not supported")
+
+        def get(name: str, kind: type, default: Any = ...) -> Any:
+            if name not in d or d[name] is None:
+                if default is ...:
+                    raise fail(name, "missing")
+                return default
+            value = d[name]
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+                raise fail(name, f"expected {kind.__name__}, got {value!r}")
+            return value
+
+        # transformers 5 keeps RoPE settings in `rope_parameters`; older files have a top-level
+        # `rope_theta` and an optional `rope_scaling`.
+        rope_field = "rope_parameters" if d.get("rope_parameters") else "rope_scaling"
+        rope = d.get(rope_field) or {}
+        if not isinstance(rope, dict):
+            raise fail(rope_field, f"expected an object, got {rope!r}")
+        if rope and all(isinstance(v, dict) for v in rope.values()):
+            raise fail(rope_field, "per-layer-type RoPE settings are not supported")
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type not in ROPE_TYPES:
+            raise fail(f"{rope_field}.rope_type",
+                       f"{rope_type!r} is not supported (supported: {', '.join(ROPE_TYPES)})")
+        if rope.get("partial_rotary_factor", 1.0) != 1.0 or d.get("partial_rotary_factor", 1.0) != 1.0:
+            raise fail("partial_rotary_factor", "partial rotary embeddings are not supported")
+        theta = rope.get("rope_theta", d.get("rope_theta", 10_000.0))
+        if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not math.isfinite(theta) or theta <= 0:
+            raise fail("rope_theta", f"expected a positive number, got {theta!r}")
+
+        try:
+            return cls(
+                vocab_size=get("vocab_size", int),
+                hidden_size=get("hidden_size", int),
+                intermediate_size=get("intermediate_size", int),
+                num_hidden_layers=get("num_hidden_layers", int),
+                num_attention_heads=get("num_attention_heads", int),
+                num_key_value_heads=get("num_key_value_heads", int, None),
+                head_dim=get("head_dim", int, None),
+                model_type=model_type,
+                rms_norm_eps=get("rms_norm_eps", float, 1e-6),
+                rope_theta=float(theta),
+                max_position_embeddings=get("max_position_embeddings", int, 4096),
+                tie_word_embeddings=get("tie_word_embeddings", bool, False),
+                attention_bias=get("attention_bias", bool, False) if model_type != "qwen2" else False,
+                mlp_bias=get("mlp_bias", bool, False) if model_type == "llama" else False,
+                initializer_range=get("initializer_range", float, 0.02),
+                raw=dict(d),
+            )
+        except ConfigError as e:
+            if str(e).startswith(source):
+                raise
+            raise ConfigError(f"{source}: {e}") from None
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """The config.json dict: `raw` with this config's fields written over it."""
+        d = dict(self.raw)
+        d["architectures"] = [self.architecture]
+        d["model_type"] = self.model_type
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                     "num_attention_heads", "num_key_value_heads", "rms_norm_eps",
+                     "max_position_embeddings", "tie_word_embeddings", "initializer_range"):
+            d[name] = getattr(self, name)
+        d["hidden_act"] = "silu"
+        # Qwen2's config class has no head_dim field; write it only where it carries information.
+        if self.model_type != "qwen2" or "head_dim" in d or self.head_dim != self.hidden_size // self.num_attention_heads:
+            d["head_dim"] = self.head_dim
+        if self.model_type != "qwen2":
+            d["attention_bias"] = self.attention_bias
+        if self.model_type == "llama":
+            d["mlp_bias"] = self.mlp_bias
+        # Both RoPE spellings, so transformers 4.x (rope_theta) and 5.x (rope_parameters) agree.
+        rope = dict(d.get("rope_parameters") or {})
+        rope.update(rope_type="default", rope_theta=self.rope_theta)
+        d["rope_parameters"] = rope
+        d["rope_theta"] = self.rope_theta
+        return d

@@ -1,0 +1,131 @@
+"""Decoder building blocks: RMSNorm, rotary position embeddings, GQA attention, SwiGLU MLP.
+
+Module and parameter names follow transformers (q_proj, k_proj, ..., q_norm, gate_proj) so a
+HF state dict maps onto these modules 1:1.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .cache import CacheStep, KVCache
+from .config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        # Low precision: normalise in fp32 (the sum of squares overflows/underflows in bf16/fp16),
+        # cast back, then scale -- the order transformers uses, so bf16 results match it.
+        return self.weight * F.rms_norm(x.float(), self.weight.shape, eps=self.eps).to(x.dtype)
+
+
+class RotaryTable:
+    """cos/sin of RoPE angles (half-split layout), computed once in fp32 and indexed by position.
+
+    Not a module buffer on purpose: `model.to(torch.bfloat16)` must not round the table itself
+    (transformers keeps the angles in fp32 and casts cos/sin per call, as `lookup` does).
+    """
+
+    def __init__(self, dim: int, theta: float):
+        self.dim, self.theta = dim, theta
+        self.cos = self.sin = torch.empty(0, dim)
+
+    def _build(self, n: int, device: torch.device) -> None:
+        inv_freq = 1.0 / (self.theta ** (torch.arange(0, self.dim, 2, dtype=torch.int64).float() / self.dim))
+        angles = torch.outer(torch.arange(n, dtype=torch.float32), inv_freq)  # [n, dim/2]
+        half = self.dim // 2
+        self.cos = torch.cat([angles, angles], dim=-1).cos().to(device)
+        sin = torch.cat([angles, angles], dim=-1).sin()
+        # rotate_half(x) = cat(-x2, x1) = roll(x, half) * sign: fold the sign into sin once here.
+        sin[:, :half] = -sin[:, :half]
+        self.sin = sin.to(device)
+
+    def lookup(self, positions: torch.Tensor, dtype: torch.dtype, max_pos: int):
+        """cos, sin [B, T, 1, dim] for positions [B, T] (or [1, T]); max_pos bounds the positions."""
+        if self.cos.shape[0] <= max_pos or self.cos.device != positions.device:
+            self._build(max(2 * (max_pos + 1), 256), positions.device)
+        return (self.cos[positions].to(dtype).unsqueeze(2),
+                self.sin[positions].to(dtype).unsqueeze(2))
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x [B, T, H, D] (half-split layout); `sin` carries rotate_half's sign (RotaryTable)."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int,
+           cache: KVCache | None, step: CacheStep | None, scale: float | None = None) -> torch.Tensor:
+    """Attention of q [B, T, Hq, Dk] over new k [B, T, Hkv, Dk] / v [B, T, Hkv, Dv] (and the cache).
+
+    Returns [B, T, Hq * Dv]. Query head h uses key head h // (Hq / Hkv), as transformers'
+    repeat_kv does. Keys are never expanded: the queries of a key head are folded into its
+    sequence axis instead, and the (head-independent) mask is repeated to match.
+    """
+    B, T, Hq, _ = q.shape
+    Hkv, Dv = v.shape[2], v.shape[3]
+    if cache is None:
+        # Plain causal attention over the T tokens (right padding cannot affect real tokens).
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+            is_causal=True, scale=scale, enable_gqa=Hq != Hkv)
+        return out.transpose(1, 2).reshape(B, T, Hq * Dv)
+    keys, values = cache.write(layer, k, v, step)
+    group = Hq // Hkv
+    # [B, T, Hkv, group, D] -> [B, Hkv, T*group, D]: row t*group + g is query head kv*group + g.
+    qg = q.view(B, T, Hkv, group, -1).transpose(1, 2).reshape(B, Hkv, T * group, -1)
+    out = F.scaled_dot_product_attention(qg, keys, values, attn_mask=step.grouped_mask(group), scale=scale)
+    return out.view(B, Hkv, T, group, Dv).transpose(1, 2).reshape(B, T, Hq * Dv)
+
+
+class Attention(nn.Module):
+    """Grouped-query attention with RoPE; optional per-head QK-norm (Qwen3) and biases (Qwen2, Llama)."""
+
+    def __init__(self, config: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads, self.n_kv = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim = config.head_dim
+        H, D = config.hidden_size, config.head_dim
+        self.q_proj = nn.Linear(H, self.n_heads * D, bias=config.qkv_bias)
+        self.k_proj = nn.Linear(H, self.n_kv * D, bias=config.qkv_bias)
+        self.v_proj = nn.Linear(H, self.n_kv * D, bias=config.qkv_bias)
+        self.o_proj = nn.Linear(self.n_heads * D, H, bias=config.o_bias)
+        if config.qk_norm:
+            self.q_norm = RMSNorm(D, config.rms_norm_eps)
+            self.k_norm = RMSNorm(D, config.rms_norm_eps)
+        else:
+            self.q_norm = self.k_norm = None
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cache: KVCache | None = None, step: CacheStep | None = None) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)
+        k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim)
+        v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim)
+        if self.q_norm is not None:
+            # QK-norm normalises each head's vector after projection and before RoPE.
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return self.o_proj(attend(q, k, v, self.layer_idx, cache, step))
+
+
+class SwiGLU(nn.Module):
+    """down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, hidden: int, inner: int, bias: bool = False):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, inner, bias=bias)
+        self.up_proj = nn.Linear(hidden, inner, bias=bias)
+        self.down_proj = nn.Linear(inner, hidden, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
