@@ -1,0 +1,21 @@
+"""Verifiers and reward functions: pure functions of (prompt, completion, problem record).
+
+A reward function is fn(prompt, completion, problem) -> float | None (None = not applicable).
+The problem is duck-typed (.answer, .kind, .meta); this package never imports ponder.tasks.
+
+    from ponder.rewards import Reward, math_accuracy, format_reward, score, weighted_sum
+    rewards = [Reward("accuracy", math_accuracy, 1.0), Reward("format", format_reward, 0.2)]
+    values = score(rewards, prompt, completion, problem, truncated=finish_reason == "length")
+    total = weighted_sum(values, rewards)
+
+Math grading lives in ponder.rewards.math (extract_answer, equivalent, grade, grade_many).
+"""
+
+from ponder.rewards.format import (OverlongReward, Reward, format_reward, overlong_penalty, score,
+                                   weighted_sum)
+from ponder.rewards.math import (GraderSettings, describe, equivalent, extract_answer, grade,
+                                 grade_many, math_accuracy)
+
+__all__ = ["GraderSettings", "OverlongReward", "Reward", "describe", "equivalent",
+           "extract_answer", "format_reward", "grade", "grade_many", "math_accuracy",
+           "overlong_penalty", "score", "weighted_sum"]
