@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", default="math", choices=["math", "code"])
     p.add_argument("--out", default=None, help="output JSONL (default stdout)")
     p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--extract", default="lenient", choices=["strict", "lenient"],
+                   help="math: how an answer is taken from a `response` (strict: boxed/final line only)")
     p.set_defaults(func=lambda a: __import__("ponder.rewards.grade_cli", fromlist=["main"]).main(a))
 
     # --- eval (ponder.evaluate) ---
