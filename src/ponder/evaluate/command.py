@@ -1,0 +1,66 @@
+"""`ponder eval`: load a checkpoint and a task, run the harness, write result.json and result.md.
+
+    ponder eval --model DIR --task multiply --n 8 --k 1,4,8
+    ponder eval --model DIR --task math500 --data path/to/math500_test.jsonl --limit 100
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+import time
+from pathlib import Path
+
+from ponder.evaluate.harness import EvalResult, evaluate, markdown
+
+DEFAULT_TEMPERATURE = 1.0  # sampling temperature for pass@k / maj@k when --temperature is not given
+# Options issue 5's inference strategies will use; accepted here only at their defaults.
+_NOT_YET = {"strategy": None, "scorer": "loglik", "rounds": 2}
+
+
+def write_result(result: EvalResult, out: str | Path, header: dict) -> tuple[Path, Path]:
+    """Write result.json (header, settings, grader, metrics, per-problem records) and result.md."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {**header, "settings": result.settings, "grader": result.grader, "metrics": result.metrics,
+               "records": result.records}
+    json_path, md_path = out / "result.json", out / "result.md"
+    tmp = json_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=1, ensure_ascii=False) + "\n")
+    tmp.replace(json_path)
+    title = f"{header.get('task', '')} · {header.get('model', '')}"
+    md_path.write_text(markdown(result, title=title))
+    return json_path, md_path
+
+
+def main(args) -> int:
+    for name, default in _NOT_YET.items():
+        if getattr(args, name, default) != default:
+            print(f"ponder eval: error: --{name} is not yet available", file=sys.stderr)
+            return 2
+    import torch
+
+    from ponder.models import from_pretrained
+    from ponder.tasks import load_task
+    from ponder.tokenizer import Tokenizer
+
+    started = time.time()
+    try:
+        problems = load_task(args.task, path=args.data, limit=args.limit)
+        model = from_pretrained(args.model, dtype=torch.float32)
+        tokenizer = Tokenizer.from_pretrained(args.model)
+        temperature = DEFAULT_TEMPERATURE if args.temperature is None else args.temperature
+        result = evaluate(model, tokenizer, problems, n=args.n, k_values=args.k, temperature=temperature,
+                          max_new_tokens=args.max_new_tokens, seed=args.seed)
+    except (ValueError, FileNotFoundError) as err:  # bad task, data, checkpoint or k/n: say which
+        print(f"ponder eval: error: {err}", file=sys.stderr)
+        return 2
+    header = {"model": str(args.model), "task": args.task, "data": None if args.data is None else str(args.data),
+              "limit": args.limit, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+              "seconds": round(time.time() - started, 2)}
+    out = Path(args.out) if args.out else Path("out") / "eval" / args.task.replace(":", "-")
+    json_path, md_path = write_result(result, out, header)
+    print(md_path.read_text(), end="")
+    print(f"wrote {json_path} and {md_path}")
+    return 0

@@ -1,0 +1,278 @@
+"""The evaluation harness: the prompt for each problem, generation through the engine, grading,
+and the metrics of one run (greedy accuracy, pass@k, maj@k, lengths, truncation, breakdowns).
+
+Prompts:
+  * synthetic families: the task's own prompt, as the model was trained on it;
+  * code (HumanEval): the function header itself, for the model to continue;
+  * math: the problem, a blank line, then MATH_INSTRUCTION; rendered with the model's chat
+    template (thinking on) when its tokenizer ships one, else as plain text.
+Grading (recorded with every result, see `grader_info`):
+  * synthetic: the family's exact check (the last \\boxed{} holds the gold integer);
+  * math: ponder.rewards.math, lenient extraction (falls back to the last number) then
+    mathematical equivalence with the gold answer;
+  * code: ponder.rewards.code.code_accuracy (the tests in a sandbox); no maj@k for code.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from tqdm.auto import tqdm
+
+from ponder import __version__
+from ponder.engine import Engine, SamplingParams
+from ponder.evaluate import metrics as M
+from ponder.tasks import FAMILIES, Problem, family
+from ponder.tasks.synthetic import boxed_answer
+
+MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+# Completion budget when the caller sets none: synthetic answers are tens of characters.
+DEFAULT_MAX_NEW_TOKENS = {"synthetic": 64, "math": 1024, "code": 512}
+
+
+def _group(kind: str) -> str:
+    return "synthetic" if kind in FAMILIES else kind
+
+
+def build_prompt(problem: Problem, tokenizer) -> str:
+    """The text the model is asked to continue for `problem` (see the module docstring)."""
+    if problem.kind in FAMILIES or problem.kind == "code":
+        return problem.prompt
+    text = f"{problem.prompt}\n\n{MATH_INSTRUCTION}"
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template([{"role": "user", "content": text}],
+                                             add_generation_prompt=True, enable_thinking=True)
+    return text + "\n"
+
+
+@dataclass
+class Grade:
+    pred: str | None  # the extracted answer (None: nothing extracted, or code)
+    correct: bool
+    reason: str = ""
+
+
+def grade(problem: Problem, prompt: str, text: str) -> Grade:
+    """Grade one completion of `problem`."""
+    if problem.kind in FAMILIES:
+        pred = boxed_answer(text)
+        ok = family(problem.kind).check(text, problem)
+        return Grade(pred, ok, "correct" if ok else ("no \\boxed{} answer" if pred is None else "wrong answer"))
+    if problem.kind == "code":
+        from ponder.rewards.code import code_accuracy
+
+        score = code_accuracy(prompt, text, problem)
+        return Grade(None, bool(score) and score >= 1.0, "passed" if score else "failed")
+    from ponder.rewards.math import equivalent, extract_answer
+
+    pred = extract_answer(text, mode="lenient")
+    if pred is None:
+        return Grade(None, False, "no answer found")
+    ok = bool(equivalent(problem.answer, pred))
+    return Grade(pred, ok, "correct" if ok else "not equivalent")
+
+
+def _int_equal(a: str, b: str) -> bool:
+    try:
+        return int(a) == int(b)
+    except ValueError:
+        return a.strip() == b.strip()
+
+
+def equivalence_for(kind: str) -> Callable[[str, str], bool] | None:
+    """How answers of a kind are clustered for maj@k (None: no voting, e.g. code)."""
+    if kind in FAMILIES:
+        return _int_equal  # the answers are integers; the same relation as math equivalence there
+    if kind == "code":
+        return None
+    from ponder.rewards.math import equivalent
+
+    return equivalent
+
+
+def grader_info(problems: Sequence[Problem]) -> dict:
+    """What graded this run: the grader is part of the metric, so it goes with every result."""
+    info: dict = {"ponder": __version__}
+    kinds = {_group(p.kind) for p in problems}
+    if "synthetic" in kinds:
+        info["synthetic"] = "family exact check: last \\boxed{} equals the gold integer"
+    if "math" in kinds:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            mv = version("math-verify")
+        except PackageNotFoundError:
+            mv = None
+        info["math"] = {"extraction": "lenient (last \\boxed{}, else final-answer line, else last number)",
+                        "equivalence": "ponder.rewards.math.equivalent (default settings)",
+                        "math_verify": mv}
+    if "code" in kinds:
+        info["code"] = "ponder.rewards.code.code_accuracy (all tests pass in the sandbox)"
+    return info
+
+
+@dataclass
+class EvalResult:
+    settings: dict
+    grader: dict
+    metrics: dict
+    records: list[dict] = field(default_factory=list)
+
+
+def _sample_record(completion, g: Grade) -> dict:
+    return {"text": completion.text, "pred": g.pred, "correct": g.correct, "reason": g.reason,
+            "tokens": len(completion.token_ids), "finish_reason": completion.finish_reason}
+
+
+def _length_stats(samples: list[dict]) -> dict:
+    return {"mean_tokens": M.mean([s["tokens"] for s in samples]),
+            "truncation_rate": M.mean([float(s["finish_reason"] == "length") for s in samples])}
+
+
+def _breakdown(records: list[dict], key: str) -> dict:
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        if r.get(key) is not None:
+            groups.setdefault(str(r[key]), []).append(r)
+    out = {}
+    for name in sorted(groups, key=lambda s: (len(s), s)):  # "2" before "10"
+        rs = groups[name]
+        row: dict = {"count": len(rs)}
+        if rs[0].get("greedy"):
+            row["greedy"] = M.mean([float(r["greedy"]["correct"]) for r in rs])
+        if rs[0].get("pass@k"):
+            row["pass@1"] = M.mean([r["pass@k"]["1"] for r in rs])
+        out[name] = row
+    return out
+
+
+def evaluate(model, tokenizer, problems: Sequence[Problem], n: int = 1, k_values: Sequence[int] = (1,),
+             temperature: float = 1.0, max_new_tokens: int | None = None, seed: int = 0, greedy: bool = True,
+             top_p: float = 1.0, top_k: int = 0, batch_size: int = 32, progress: bool = True,
+             engine=None) -> EvalResult:
+    """Evaluate `model` on `problems`.
+
+    greedy: one temperature-0 completion per problem -> greedy accuracy.
+    n: samples per problem at `temperature` (0 skips sampling) -> pass@k and maj@k for each k
+       in k_values (pass@1 always), each needing k <= n.
+    max_new_tokens: completion budget; None takes DEFAULT_MAX_NEW_TOKENS for the problems' kind.
+    engine: anything with Engine's generate(prompts, n, params); default Engine(model, tokenizer).
+    """
+    if not problems:
+        raise ValueError("no problems to evaluate")
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    ks = sorted(set(k_values) | ({1} if n else set()))
+    bad = [k for k in ks if not 1 <= k <= n]
+    if bad:
+        raise ValueError(f"k={bad} needs at least that many samples per problem, but n={n}: raise --n")
+    if not greedy and not n:
+        raise ValueError("nothing to do: greedy=False and n=0")
+    if max_new_tokens is None:
+        max_new_tokens = max(DEFAULT_MAX_NEW_TOKENS[_group(p.kind)] for p in problems)
+    if engine is None:
+        model.eval()
+        engine = Engine(model, tokenizer)
+    common = dict(max_new_tokens=max_new_tokens, top_p=top_p, top_k=top_k)
+
+    records: list[dict] = []
+    bar = tqdm(total=len(problems), desc="eval", unit="problem", disable=not progress)
+    for start in range(0, len(problems), batch_size):
+        batch = problems[start:start + batch_size]
+        prompts = [build_prompt(p, tokenizer) for p in batch]
+        greedy_out = (engine.generate(prompts, 1, SamplingParams(temperature=0.0, seed=seed, **common))
+                      if greedy else [None] * len(batch))
+        sampled_out = (engine.generate(prompts, n, SamplingParams(temperature=temperature, seed=seed + start,
+                                                                  **common))
+                       if n else [None] * len(batch))
+        for problem, prompt, g_out, s_out in zip(batch, prompts, greedy_out, sampled_out):
+            records.append(_problem_record(problem, prompt, g_out, s_out, ks))
+            bar.update(1)
+    bar.close()
+
+    settings = {"n": n, "k": ks, "greedy": greedy, "temperature": temperature if n else None,
+                "top_p": top_p, "top_k": top_k, "max_new_tokens": max_new_tokens, "seed": seed,
+                "prompt": {"math": MATH_INSTRUCTION, "chat_template": bool(getattr(tokenizer, "chat_template", None))}}
+    return EvalResult(settings=settings, grader=grader_info(problems),
+                      metrics=_metrics(records, ks, greedy, n, temperature), records=records)
+
+
+def _problem_record(problem: Problem, prompt: str, g_out, s_out, ks: Sequence[int]) -> dict:
+    record: dict = {"id": problem.id, "kind": problem.kind, "gold": problem.answer, "prompt": prompt}
+    for key in ("subject", "level"):
+        if key in problem.meta:
+            record[key] = problem.meta[key]
+    if g_out is not None:
+        completion = g_out[0]
+        record["greedy"] = _sample_record(completion, grade(problem, prompt, completion.text))
+    if s_out is not None:
+        samples = [_sample_record(c, grade(problem, prompt, c.text)) for c in s_out]
+        correct = [s["correct"] for s in samples]
+        record["samples"] = samples
+        record["num_correct"] = sum(correct)
+        record["pass@k"] = {str(k): M.pass_at_k(len(samples), sum(correct), k) for k in ks}
+        equivalent = equivalence_for(problem.kind)
+        if equivalent is not None:
+            clusters = M.cluster([s["pred"] for s in samples], equivalent)
+            record["maj@k"] = {str(k): M.maj_at_k(clusters, correct, k) for k in ks}
+            winner = M.majority(clusters)
+            record["majority"] = None if winner is None else samples[clusters.index(winner)]["pred"]
+    return record
+
+
+def _metrics(records: list[dict], ks: Sequence[int], greedy: bool, n: int, temperature: float) -> dict:
+    count = len(records)
+    out: dict = {"problems": count}
+    if greedy:
+        acc = M.mean([float(r["greedy"]["correct"]) for r in records])
+        out["greedy"] = {"accuracy": acc, "stderr": M.stderr(acc, count),
+                         **_length_stats([r["greedy"] for r in records])}
+    if n:
+        sampled: dict = {"n": n, "temperature": temperature}
+        for k in ks:
+            sampled[f"pass@{k}"] = M.mean([r["pass@k"][str(k)] for r in records])
+        voted = [r for r in records if "maj@k" in r]
+        if voted:
+            for k in ks:
+                sampled[f"maj@{k}"] = M.mean([r["maj@k"][str(k)] for r in voted])
+        sampled["pass@1_stderr"] = M.stderr(sampled["pass@1"], count)
+        sampled.update(_length_stats([s for r in records for s in r["samples"]]))
+        out["sampled"] = sampled
+    for key in ("subject", "level"):
+        table = _breakdown(records, key)
+        if table:
+            out[f"by_{key}"] = table
+    return out
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
+
+
+def markdown(result: EvalResult, title: str = "") -> str:
+    """The result as Markdown tables: headline metrics, then breakdowns by subject and level."""
+    m = result.metrics
+    lines = [f"## {title}", ""] if title else []
+    lines += ["| metric | value |", "|---|---|", f"| problems | {m['problems']} |"]
+    if "greedy" in m:
+        g = m["greedy"]
+        lines.append(f"| greedy accuracy | {_pct(g['accuracy'])} ± {_pct(g['stderr'])} |")
+        lines.append(f"| greedy mean tokens / truncated | {g['mean_tokens']:.1f} / {_pct(g['truncation_rate'])} |")
+    if "sampled" in m:
+        s = m["sampled"]
+        at = f"n={s['n']}, T={s['temperature']}"
+        for key, value in s.items():
+            if key.startswith(("pass@", "maj@")) and not key.endswith("stderr"):
+                lines.append(f"| {key} ({at}) | {_pct(value)} |")
+        lines.append(f"| sampled mean tokens / truncated | {s['mean_tokens']:.1f} / {_pct(s['truncation_rate'])} |")
+    for key in ("subject", "level"):
+        table = m.get(f"by_{key}")
+        if not table:
+            continue
+        cols = [c for c in ("greedy", "pass@1") if c in next(iter(table.values()))]
+        lines += ["", f"| {key} | count | {' | '.join(cols)} |", "|---|---|" + "---|" * len(cols)]
+        for name, row in table.items():
+            lines.append(f"| {name} | {row['count']} | {' | '.join(_pct(row[c]) for c in cols)} |")
+    return "\n".join(lines) + "\n"
