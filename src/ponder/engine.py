@@ -233,7 +233,14 @@ class Engine:
             token = logprobs.argmax(-1)
         else:
             logprobs = torch.log_softmax(filter_logits(logits, params.temperature, params.top_k, params.top_p), -1)
-            token = torch.multinomial(logprobs.exp(), 1, generator=generator).squeeze(1)
+            # Inverse-CDF sampling: one uniform per row. torch.multinomial draws an exponential
+            # per vocabulary entry, which costs more than the rest of a small model's step.
+            # right=True and u < total never land on a zero-probability (filtered) token.
+            cdf = logprobs.exp().cumsum(-1)
+            total = cdf[:, -1:]
+            u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device) * total
+            u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))
+            token = torch.searchsorted(cdf, u, right=True).squeeze(1)
         return token, logprobs.gather(1, token[:, None]).squeeze(1)
 
     @staticmethod
