@@ -1,0 +1,427 @@
+"""Run an untrusted Python script in a throw-away sandbox and collect what it did.
+
+The parent side (`run_python`) makes a fresh temp directory, starts this same file as a launcher
+in its own session (process group), feeds stdin, reads stdout/stderr incrementally under a size
+cap, enforces a wall-clock deadline, and on every exit path kills the whole group and removes the
+directory. The launcher side (`python sandbox.py CONFIG`, stdlib only, a fresh process so that no
+unsafe work happens between fork and exec in a threaded parent) isolates itself with kernel
+mechanisms, then forks the script as PID 1 of a new PID namespace:
+
+- new network namespace: no interface but a downed loopback, so no TCP/UDP anywhere, not even
+  127.0.0.1, and no abstract Unix sockets of the host;
+- new IPC namespace: no System V shared memory or message queues of the host;
+- new PID namespace: the script sees only its own processes, and when it exits the kernel kills
+  every process it left behind (even ones that called setsid());
+- new mount namespace with a read-only view of every mount, empty read-only tmpfs over /tmp,
+  /var/tmp and /run (hiding host Unix sockets there), a private 16 MiB /dev/shm, the work
+  directory writable at /tmp/work;
+- an otherwise unused uid (random per run, so RLIMIT_NPROC counts only this run) with no groups
+  and no_new_privs, since RLIMIT_NPROC does not bind root;
+- rlimits: address space, CPU seconds, processes, file size, no core dumps;
+- parent-death signal, so a killed launcher takes the script with it.
+
+As root all of this applies. As another user the launcher tries an unprivileged user namespace
+to get the same namespaces; it cannot switch to a fresh uid there, so RLIMIT_NPROC is set above
+the user's current process count. Whatever could not be set up is listed in `Outcome.missing`
+instead of being silently skipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import secrets
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+# Kernel constants (linux/sched.h, linux/mount.h, linux/prctl.h).
+CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER = 0x00020000, 0x08000000, 0x10000000
+CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REMOUNT, MS_NOATIME, MS_NODIRATIME, MS_BIND = 32, 1024, 2048, 4096
+MS_REC, MS_PRIVATE, MS_RELATIME, MS_STRICTATIME = 1 << 14, 1 << 18, 1 << 21, 1 << 24
+PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
+
+WORK = "/tmp/work"  # where the work directory appears inside the mount namespace
+FULL_ISOLATION = ("network", "ipc", "pid", "mount", "read-only filesystem", "unprivileged uid")
+SETUP_FAILED = 125  # launcher exit code when the sandbox could not be entered at all
+
+
+# ----------------------------------------------------------------------------- parent side
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """Resource limits for one run."""
+
+    wall_s: float = 10.0  # wall-clock seconds, launcher start-up included
+    cpu_s: int | None = None  # CPU seconds per process (RLIMIT_CPU); default: ceil(wall_s)
+    memory_mb: int = 1024  # address space per process (RLIMIT_AS)
+    nproc: int = 64  # processes and threads of the sandbox uid (RLIMIT_NPROC)
+    output_bytes: int = 4 << 20  # stdout + stderr together; the run is killed beyond this
+    file_mb: int = 16  # largest file the script may write (RLIMIT_FSIZE)
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What happened in one run. `returncode` is None when the run was killed by the parent."""
+
+    returncode: int | None  # exit code, or -signal; None when killed for time or output
+    stdout: bytes
+    stderr: bytes
+    report: bytes  # what the script wrote to fd $PONDER_REPORT_FD (capped like the output)
+    timed_out: bool
+    output_exceeded: bool
+    cpu_s: float | None  # CPU time of the script's main process, when it exited by itself
+    wall_s: float
+    isolation: tuple[str, ...]  # which of FULL_ISOLATION were in force
+    missing: tuple[str, ...]  # what could not be set up, each with the reason
+
+
+def run_python(script: str, files: dict[str, str], stdin: bytes = b"",
+               limits: Limits = Limits(), env: dict[str, str] | None = None) -> Outcome:
+    """Run `python -I <script>` (a name in `files`) inside the sandbox and return its Outcome.
+
+    `files` (name -> text) are written to a fresh work directory, which is the script's working
+    directory, $HOME and $TMPDIR. `env` adds variables to a minimal environment. Never raises
+    for anything the script does; raises OSError only when the parent cannot start a run.
+    """
+    workdir = tempfile.mkdtemp(prefix="ponder-sandbox-")
+    proc = None
+    fds: list[int] = []
+    child_pidfd = None
+    try:
+        for name, text in files.items():
+            with open(os.path.join(workdir, name), "w", encoding="utf-8") as f:
+                f.write(text)
+        uid = 1_000_000 + secrets.randbelow(1_000_000) if os.geteuid() == 0 else None
+        if uid is not None:
+            os.chown(workdir, uid, uid)
+        status_r, status_w = os.pipe()
+        report_r, report_w = os.pipe()
+        fds += [status_r, status_w, report_r, report_w]
+        config = {
+            "workdir": workdir, "script": script, "uid": uid,
+            "interpreter": os.path.realpath(getattr(sys, "_base_executable", sys.executable)),
+            "prefix": sys.base_prefix, "status_fd": status_w, "report_fd": report_w,
+            "memory_mb": limits.memory_mb, "nproc": limits.nproc, "file_mb": limits.file_mb,
+            "cpu_s": limits.cpu_s or max(1, math.ceil(limits.wall_s)),
+        }
+        run_env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+                   "PONDER_REPORT_FD": str(report_w), **(env or {})}
+        start = time.monotonic()
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", os.path.abspath(__file__), json.dumps(config)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            cwd=workdir, env=run_env, start_new_session=True, pass_fds=(status_w, report_w))
+        for fd in (status_w, report_w):
+            os.close(fd)
+            fds.remove(fd)
+        streams = _pump(proc, stdin, {"out": proc.stdout.fileno(), "err": proc.stderr.fileno(),
+                                      "status": status_r, "report": report_r},
+                        start + limits.wall_s, limits.output_bytes)
+        wall = time.monotonic() - start
+        _kill_group(proc)
+        status = [json.loads(line) for line in streams["status"].splitlines() if line.strip()]
+        info = {k: v for line in status for k, v in line.items()}
+        if "child" in info and "returncode" not in info:
+            child_pidfd = _open_pidfd(info["child"])
+            _wait_pidfd(child_pidfd, 5.0)  # the namespace is empty once its init has exited
+        return Outcome(
+            returncode=info.get("returncode") if not (streams["timed_out"] or streams["exceeded"]) else None,
+            stdout=streams["out"], stderr=streams["err"], report=streams["report"],
+            timed_out=streams["timed_out"], output_exceeded=streams["exceeded"],
+            cpu_s=info.get("cpu_s"), wall_s=wall,
+            isolation=tuple(info.get("isolation", ())),
+            missing=tuple(info.get("missing", ("launcher did not report its isolation",))))
+    finally:
+        if proc is not None:
+            _kill_group(proc)
+            for f in (proc.stdin, proc.stdout, proc.stderr):
+                try:
+                    f.close()
+                except OSError:
+                    pass
+        for fd in fds:
+            os.close(fd)
+        if child_pidfd is not None:
+            os.close(child_pidfd)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _pump(proc, stdin: bytes, readers: dict[str, int], deadline: float, cap: int) -> dict:
+    """Feed stdin and read every pipe until all close, the deadline passes or output exceeds cap."""
+    sel = selectors.DefaultSelector()
+    for name, fd in readers.items():
+        sel.register(fd, selectors.EVENT_READ, name)
+    stdin_fd = proc.stdin.fileno()
+    if stdin:
+        os.set_blocking(stdin_fd, False)
+        sel.register(stdin_fd, selectors.EVENT_WRITE, "in")
+    else:
+        proc.stdin.close()
+    chunks: dict[str, list[bytes]] = {name: [] for name in readers}
+    total, pos = 0, 0
+    timed_out = exceeded = False
+    grace_end = None  # set once the launcher has exited: leftover writers get a moment, no more
+    while sel.get_map():
+        now = time.monotonic()
+        if now >= deadline:
+            timed_out = True
+            break
+        if grace_end is None and _exited(proc.pid):
+            _kill_group(proc, reap=False)
+            grace_end = now + 1.0
+        if grace_end is not None and now >= grace_end:
+            break
+        for key, _ in sel.select(timeout=min(deadline - now, 0.1)):
+            if key.data == "in":
+                try:
+                    pos += os.write(stdin_fd, stdin[pos:pos + 65536])
+                except (BrokenPipeError, BlockingIOError) as e:
+                    if isinstance(e, BlockingIOError):
+                        continue
+                    pos = len(stdin)
+                if pos >= len(stdin):
+                    sel.unregister(stdin_fd)
+                    proc.stdin.close()
+                continue
+            data = os.read(key.fd, 65536)
+            if not data:
+                sel.unregister(key.fd)
+                continue
+            chunks[key.data].append(data)
+            total += len(data)
+            if total > cap:
+                exceeded = True
+                break
+        if exceeded:
+            break
+    sel.close()
+    out = {name: b"".join(parts) for name, parts in chunks.items()}
+    return {**out, "timed_out": timed_out and not exceeded, "exceeded": exceeded}
+
+
+def _exited(pid: int) -> bool:
+    """True once `pid` has exited, without reaping it (so its pid, our group id, stays reserved)."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
+def _kill_group(proc, reap: bool = True) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # start_new_session made the launcher's pid the group id
+    except (ProcessLookupError, PermissionError):
+        pass
+    if reap:
+        proc.wait()
+
+
+def _open_pidfd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except (OSError, AttributeError):
+        return None
+
+
+def _wait_pidfd(pidfd: int | None, timeout: float) -> None:
+    if pidfd is not None:
+        with selectors.DefaultSelector() as sel:
+            sel.register(pidfd, selectors.EVENT_READ)
+            sel.select(timeout)
+
+
+# ----------------------------------------------------------------------------- launcher side
+
+def _libc():
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def check(result, name):
+        if result != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"{name}: {os.strerror(err)}")
+    return libc, check
+
+
+def _unshare(flags: int) -> None:
+    libc, check = _libc()
+    check(libc.unshare(flags), "unshare")
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    libc, check = _libc()
+    enc = lambda s: s.encode() if s is not None else None  # noqa: E731
+    check(libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)), f"mount {target}")
+
+
+def _prctl(option: int, value: int) -> None:
+    libc, check = _libc()
+    check(libc.prctl(option, value, 0, 0, 0), "prctl")
+
+
+def _mounts() -> list[tuple[str, int]]:
+    """Each mount point with the per-mount flags a read-only bind remount must keep."""
+    keep = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC, "noatime": MS_NOATIME,
+            "nodiratime": MS_NODIRATIME, "relatime": MS_RELATIME, "strictatime": MS_STRICTATIME}
+    result = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            point = fields[4].encode().decode("unicode_escape")  # \040 etc. in paths
+            flags = sum(keep.get(opt, 0) for opt in fields[5].split(","))
+            result.append((point, flags))
+    return result
+
+
+def _enter_user_namespace() -> None:
+    """Unprivileged route to namespaces: become a non-root uid inside a new user namespace.
+
+    The launcher keeps capabilities in the namespace until it execs the script; the script's
+    uid there is not 0, so exec drops them and the script cannot undo the mounts.
+    """
+    uid, gid = os.getuid(), os.getgid()
+    _unshare(CLONE_NEWUSER)
+    for name, text in (("setgroups", "deny"), ("uid_map", f"1000 {uid} 1"), ("gid_map", f"1000 {gid} 1")):
+        with open(f"/proc/self/{name}", "w") as f:
+            f.write(text)
+
+
+def _hide_and_reveal(cover: str, reveal_fd: int, reveal_at: str, writable: bool,
+                     size: str = "1m") -> None:
+    """Cover `cover` with an empty read-only tmpfs, then bind one directory (an fd opened
+    before covering) back at `reveal_at` inside it."""
+    _mount("tmpfs", cover, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=755")
+    os.makedirs(reveal_at, exist_ok=True)
+    _mount(f"/proc/self/fd/{reveal_fd}", reveal_at, None, MS_BIND | MS_REC)
+    if not writable:
+        _mount(None, reveal_at, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    _mount(None, cover, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+def _read_only_view(workdir: str, prefix: str, missing: list[str]) -> None:
+    """Inside the new mount namespace: everything read-only except the work directory."""
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing below propagates to the host
+    _mount(workdir, workdir, None, MS_BIND)  # its own mount, so it stays writable
+    work_fd = os.open(workdir, os.O_PATH | os.O_DIRECTORY)
+    # The interpreter may live under a directory others cannot enter (/root/.pyenv/...): find
+    # the topmost such ancestor, to cover it and bind the installation back at the same path.
+    closed = next((a for a in _ancestors(prefix) if not os.stat(a).st_mode & 0o001), None)
+    prefix_fd = os.open(prefix, os.O_PATH | os.O_DIRECTORY) if closed else None
+    for point, flags in _mounts():
+        if point == workdir:
+            continue
+        try:
+            _mount(None, point, None, MS_BIND | MS_REMOUNT | MS_RDONLY | flags)
+        except OSError as e:
+            if point == "/":
+                raise
+            missing.append(f"read-only {point} ({e.strerror})")
+    if closed:
+        _hide_and_reveal(closed, prefix_fd, prefix, writable=False)
+    _hide_and_reveal("/tmp", work_fd, WORK, writable=True)
+    for path in ("/var/tmp", "/run"):
+        if os.path.isdir(path) and not os.path.islink(path):
+            _mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k,mode=755")
+    if os.path.isdir("/dev/shm") and not os.path.islink("/dev/shm"):
+        # private and small: multiprocessing needs it for semaphores
+        _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "size=16m,mode=1777")
+
+
+def _ancestors(path: str) -> list[str]:
+    parts = os.path.abspath(path).strip("/").split("/")
+    return ["/" + "/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+
+
+def _user_task_count(uid: int) -> int:
+    count = 0
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                if os.stat(f"/proc/{pid}").st_uid == uid:
+                    count += len(os.listdir(f"/proc/{pid}/task"))
+            except OSError:
+                pass
+    return count
+
+
+def _launch(config: dict) -> None:
+    import resource
+
+    status_fd = config["status_fd"]
+    os.set_inheritable(status_fd, False)  # the script must not be able to forge our lines
+    status = os.fdopen(status_fd, "w", buffering=1)
+    isolation: list[str] = []
+    missing: list[str] = []
+    root = os.geteuid() == 0
+    namespaces = root
+    if not root:
+        try:
+            _enter_user_namespace()
+            namespaces = True
+        except OSError as e:
+            missing.append(f"user namespace ({e.strerror}): no network, ipc, pid or mount isolation")
+    if namespaces:
+        for flag, name in ((CLONE_NEWNET, "network"), (CLONE_NEWIPC, "ipc"),
+                           (CLONE_NEWPID, "pid"), (CLONE_NEWNS, "mount")):
+            try:
+                _unshare(flag)
+                isolation.append(name)
+            except OSError as e:
+                missing.append(f"{name} namespace ({e.strerror})")
+    if "mount" in isolation:
+        try:
+            _read_only_view(config["workdir"], config["prefix"], missing)
+            isolation.append("read-only filesystem")
+        except OSError as e:
+            missing.append(f"read-only filesystem ({e.strerror or e})")
+    uid = config["uid"] if root else None
+    if uid is not None:
+        isolation.append("unprivileged uid")
+    else:
+        missing.append("unprivileged uid (not root): RLIMIT_NPROC is shared with the user's processes")
+    workdir = WORK if "read-only filesystem" in isolation else config["workdir"]
+    status.write(json.dumps({"isolation": isolation, "missing": missing}) + "\n")
+
+    pid = os.fork()
+    if pid == 0:
+        try:
+            if "pid" in isolation and "mount" in isolation:
+                _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+            nproc = config["nproc"] + (0 if uid is not None else _user_task_count(os.getuid()))
+            mb = 1 << 20
+            for res, value in ((resource.RLIMIT_AS, config["memory_mb"] * mb),
+                               (resource.RLIMIT_CPU, config["cpu_s"]),
+                               (resource.RLIMIT_NPROC, nproc),
+                               (resource.RLIMIT_FSIZE, config["file_mb"] * mb),
+                               (resource.RLIMIT_CORE, 0)):
+                resource.setrlimit(res, (value, value))
+            if uid is not None:
+                os.setgroups([])
+                os.setgid(uid)
+                os.setuid(uid)
+            _prctl(PR_SET_NO_NEW_PRIVS, 1)
+            _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # after setuid, which clears it
+            os.chdir(workdir)
+            env = dict(os.environ, HOME=workdir, TMPDIR=workdir)
+            interpreter = config["interpreter"]
+            os.execve(interpreter, [interpreter, "-I", config["script"]], env)
+        except BaseException as e:  # noqa: BLE001 - report, never fall back into the launcher
+            os.write(2, f"sandbox setup failed: {e!r}\n".encode())
+            os._exit(SETUP_FAILED)
+    status.write(json.dumps({"child": pid}) + "\n")
+    _, wait_status, usage = os.wait4(pid, 0)
+    status.write(json.dumps({"returncode": os.waitstatus_to_exitcode(wait_status),
+                             "cpu_s": usage.ru_utime + usage.ru_stime}) + "\n")
+
+
+if __name__ == "__main__":
+    _launch(json.loads(sys.argv[1]))
