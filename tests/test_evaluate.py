@@ -117,7 +117,8 @@ class FakeCompletion:
 
 
 class FakeEngine:
-    """Engine interface; answers from a script: prompt -> (greedy text, [sampled texts])."""
+    """Engine interface; answers from a script: prompt -> (greedy text, [sampled texts]).
+    A text given as (text, "length") was cut at max_new_tokens."""
 
     def __init__(self, script):
         self.script, self.calls = script, []
@@ -129,8 +130,8 @@ class FakeEngine:
             greedy, sampled = self.script[prompt]
             texts = [greedy] if params.temperature == 0 else sampled[:n]
             assert len(texts) == n
-            out.append([FakeCompletion(list(range(len(t))), [0.0] * len(t),
-                                       "length" if "</think>" not in t else "stop", t) for t in texts])
+            texts = [t if isinstance(t, tuple) else (t, "stop") for t in texts]
+            out.append([FakeCompletion(list(range(len(t))), [0.0] * len(t), finish, t) for t, finish in texts])
         return out
 
 
@@ -142,7 +143,7 @@ def test_harness_metrics_on_a_fake_engine():
     p1 = replace(multiply.make(12, 34), meta={**multiply.make(12, 34).meta, "level": 1})  # 408
     p2 = replace(multiply.make(21, 43), meta={**multiply.make(21, 43).meta, "level": 2})  # 903
     script = {
-        "12*34=": (_boxed(408), [_boxed(408), _boxed(400), _boxed(400), "<think>12*30=360"]),
+        "12*34=": (_boxed(408), [_boxed(408), _boxed(400), _boxed(400), (_boxed(408) + "99", "length")]),
         "21*43=": (_boxed(900), [_boxed(903), _boxed(900), _boxed(" 0903"), _boxed(901)]),
     }
     engine = FakeEngine(script)
@@ -153,17 +154,20 @@ def test_harness_metrics_on_a_fake_engine():
     assert m["greedy"]["accuracy"] == 0.5
     assert m["greedy"]["truncation_rate"] == 0.0
     s = m["sampled"]
-    # problem 1: 1 of 4 correct; problem 2: 2 of 4 correct ("0903" is the integer 903)
+    # problem 1: 1 of 4 correct (the truncated one has committed to nothing); problem 2: 2 of 4
+    # correct ("0903" is the integer 903)
     assert s["pass@1"] == pytest.approx((1 / 4 + 2 / 4) / 2)
     assert s["pass@2"] == pytest.approx(((1 - 3 / 6) + (1 - 1 / 6)) / 2)
     assert s["pass@4"] == 1.0
-    # maj@4: p1 votes 408 x1, 400 x2, empty x1 -> 400 (wrong); p2 903 x2 (with 0903) -> right
+    # maj@4: p1 votes 408 x1, 400 x2, truncated none -> 400 (wrong); p2 903 x2 (with 0903) -> right
     assert s["maj@4"] == pytest.approx(0.5)
     assert s["truncation_rate"] == pytest.approx(1 / 8)
-    assert s["mean_tokens"] == pytest.approx(sum(len(t) for _, ts in script.values() for t in ts) / 8)
+    assert s["mean_tokens"] == pytest.approx(sum(len(t if isinstance(t, str) else t[0])
+                                                 for _, ts in script.values() for t in ts) / 8)
     r1, r2 = result.records
     assert r1["majority"] == "400" and r2["majority"] == "903"
     assert r1["samples"][3]["pred"] is None and r1["samples"][3]["finish_reason"] == "length"
+    assert r1["samples"][3]["reason"] == "truncated" and not r1["samples"][3]["correct"]
     assert m["by_level"] == {"1": {"count": 1, "greedy": 1.0, "pass@1": 0.25},
                              "2": {"count": 1, "greedy": 0.0, "pass@1": 0.5}}
     # the engine got the task's own prompts and the settings asked for
@@ -174,6 +178,22 @@ def test_harness_metrics_on_a_fake_engine():
     assert "| greedy accuracy | 50.0%" in table and "| maj@4 (n=4, T=0.7) | 50.0% |" in table
     assert "| level | count | greedy | pass@1 |" in table
     json.dumps(result.records)  # records are plain JSON
+
+
+def test_math_votes_cluster_by_equivalence_not_string():
+    pytest.importorskip("ponder.rewards.math")
+    problem = Problem("m1", "Half of one?", "\\frac{1}{2}", "math", {"subject": "Algebra", "level": 1})
+    prompt = build_prompt(problem, None)
+    samples = [_boxed(3), _boxed(3), _boxed(0.5), _boxed("\\frac12"), "so the answer is 1/2", ("\\boxed{1/2", "length")]
+    result = evaluate(None, None, [problem], n=6, k_values=(6,), engine=FakeEngine({prompt: (_boxed("1/2"), samples)}),
+                      progress=False)
+    [record] = result.records
+    # by string "3" would win 2-1-1-1; by value 1/2 wins 3-2 (the cut-off sample does not vote)
+    assert [s["correct"] for s in record["samples"]] == [False, False, True, True, True, False]
+    assert record["maj@k"]["6"] == 1.0 and record["majority"] == "0.5"
+    assert result.metrics["greedy"]["accuracy"] == 1.0
+    assert result.metrics["by_subject"] == {"Algebra": {"count": 1, "greedy": 1.0, "pass@1": pytest.approx(0.5)}}
+    assert "ponder-math" in result.grader["math"]["grader"]
 
 
 def test_harness_checks_k_against_n_before_generating():

@@ -10,6 +10,8 @@ Grading (recorded with every result, see `grader_info`):
   * synthetic: the family's exact check (the last \\boxed{} holds the gold integer);
   * math: ponder.rewards.math, lenient extraction (falls back to the last number) then
     mathematical equivalence with the gold answer;
+  * a truncated completion (finish_reason "length") is wrong for math and synthetic tasks: it
+    committed to no answer (the same rule as the RL reward), and it casts no maj@k vote;
   * code: ponder.rewards.code.code_accuracy (the tests in a sandbox); no maj@k for code.
 """
 
@@ -54,24 +56,24 @@ class Grade:
     reason: str = ""
 
 
-def grade(problem: Problem, prompt: str, text: str) -> Grade:
-    """Grade one completion of `problem`."""
-    if problem.kind in FAMILIES:
-        pred = boxed_answer(text)
-        ok = family(problem.kind).check(text, problem)
-        return Grade(pred, ok, "correct" if ok else ("no \\boxed{} answer" if pred is None else "wrong answer"))
+def grade(problem: Problem, prompt: str, text: str, truncated: bool = False) -> Grade:
+    """Grade one completion of `problem`. A truncated completion (it hit max_new_tokens) has
+    committed to no answer: it is wrong for math and synthetic tasks, as in the RL reward."""
     if problem.kind == "code":
         from ponder.rewards.code import code_accuracy
 
         score = code_accuracy(prompt, text, problem)
         return Grade(None, bool(score) and score >= 1.0, "passed" if score else "failed")
-    from ponder.rewards.math import equivalent, extract_answer
+    if truncated:
+        return Grade(None, False, "truncated")
+    if problem.kind in FAMILIES:
+        pred = boxed_answer(text)
+        ok = family(problem.kind).check(text, problem)
+        return Grade(pred, ok, "correct" if ok else ("no \\boxed{} answer" if pred is None else "wrong answer"))
+    from ponder.rewards.math import grade as grade_math
 
-    pred = extract_answer(text, mode="lenient")
-    if pred is None:
-        return Grade(None, False, "no answer found")
-    ok = bool(equivalent(problem.answer, pred))
-    return Grade(pred, ok, "correct" if ok else "not equivalent")
+    result = grade_math(problem.answer, text, extract="lenient")
+    return Grade(result.pred, result.correct, result.reason)
 
 
 def _int_equal(a: str, b: str) -> bool:
@@ -97,17 +99,18 @@ def grader_info(problems: Sequence[Problem]) -> dict:
     info: dict = {"ponder": __version__}
     kinds = {_group(p.kind) for p in problems}
     if "synthetic" in kinds:
-        info["synthetic"] = "family exact check: last \\boxed{} equals the gold integer"
+        info["synthetic"] = "family exact check: last \\boxed{} equals the gold integer; truncated is wrong"
     if "math" in kinds:
         from importlib.metadata import PackageNotFoundError, version
+
+        from ponder.rewards.math import describe
 
         try:
             mv = version("math-verify")
         except PackageNotFoundError:
             mv = None
-        info["math"] = {"extraction": "lenient (last \\boxed{}, else final-answer line, else last number)",
-                        "equivalence": "ponder.rewards.math.equivalent (default settings)",
-                        "math_verify": mv}
+        info["math"] = {"grader": describe(), "extraction": "lenient (ponder.rewards.math.extract_answer)",
+                        "truncated": "wrong (no committed answer)", "math_verify": mv}
     if "code" in kinds:
         info["code"] = "ponder.rewards.code.code_accuracy (all tests pass in the sandbox)"
     return info
@@ -121,7 +124,8 @@ class EvalResult:
     records: list[dict] = field(default_factory=list)
 
 
-def _sample_record(completion, g: Grade) -> dict:
+def _graded(problem: Problem, prompt: str, completion) -> dict:
+    g = grade(problem, prompt, completion.text, truncated=completion.finish_reason == "length")
     return {"text": completion.text, "pred": g.pred, "correct": g.correct, "reason": g.reason,
             "tokens": len(completion.token_ids), "finish_reason": completion.finish_reason}
 
@@ -205,10 +209,9 @@ def _problem_record(problem: Problem, prompt: str, g_out, s_out, ks: Sequence[in
         if key in problem.meta:
             record[key] = problem.meta[key]
     if g_out is not None:
-        completion = g_out[0]
-        record["greedy"] = _sample_record(completion, grade(problem, prompt, completion.text))
+        record["greedy"] = _graded(problem, prompt, g_out[0])
     if s_out is not None:
-        samples = [_sample_record(c, grade(problem, prompt, c.text)) for c in s_out]
+        samples = [_graded(problem, prompt, c) for c in s_out]
         correct = [s["correct"] for s in samples]
         record["samples"] = samples
         record["num_correct"] = sum(correct)
