@@ -96,7 +96,7 @@ def last_boxed(text: str) -> str | None:
 
 
 def _tidy_line(answer: str) -> str | None:
-    answer = answer.strip().strip("*").strip()
+    answer = answer.strip().strip("*").strip().rstrip(" .")
     answer = re.sub(r"^\$+|\$+$", "", answer).strip()
     return answer.rstrip(" .") or None
 
@@ -137,7 +137,7 @@ def extract_answer(text: str, mode: str = "strict", truncated: bool = False) -> 
 
 # ---------------------------------------------------------------- cleaning
 
-_SPACES = re.compile(r"\\[,;:!> ]|\\quad|\\qquad|~|\\displaystyle|\\limits")
+_SPACES = re.compile(r"(?<!\\)\\[,;:!> ]|\\quad|\\qquad|~|\\displaystyle|\\limits")
 _LEFT_RIGHT = re.compile(r"\\(?:left|right|bigl|bigr|Bigl|Bigr|big|Big)\s*(?=[()\[\]|.]|\\[{}|])")
 _DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\circ|°|\\degree|\^\s*\{\s*\}")
 _CURRENCY = re.compile(r"\\\$|\$|\\text\{\s*\\\$\s*\}|€|£|\\euro|\\pounds")
@@ -176,8 +176,9 @@ def clean(answer: str, settings: GraderSettings = DEFAULT_SETTINGS) -> str:
     if m and _fraction(s[:m.start()].strip(), settings) is not None:
         s = s[:m.start()].strip()
     s = s.strip().rstrip(".").strip()
-    if settings.thousands_separators and _THOUSANDS.match(s.replace(" ", "")):
-        s = s.replace(",", "").replace(" ", "")
+    if _THOUSANDS.match(s.replace(" ", "")):
+        # 1,000: one number, or (thousands_separators=False) the list 1, 000 -- never both
+        s = s.replace(",", "").replace(" ", "") if settings.thousands_separators else s.replace(",", ", ")
     return s
 
 

@@ -243,6 +243,8 @@ def same(g, p, settings: dict) -> bool:
 
 def compare(gold: str, pred: str, settings: dict) -> tuple[bool, str]:
     """Worker entry: (equal?, reason) for two cleaned answers."""
+    if gold.lstrip().startswith("\\{") or pred.lstrip().startswith("\\{"):
+        settings = {**settings, "ordered_lists": False}   # written as a set: order never matters
     try:
         g = parse(gold)
     except Exception as exc:

@@ -1,0 +1,216 @@
+"""The math grader: equivalence classes it must accept, loose tricks it must refuse, extraction,
+its time bound off the main thread, and MATH-500 self-consistency."""
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ponder.rewards.math import (GraderSettings, _symbolic, clean, equivalent, extract_answer,
+                                 grade, grade_many)
+
+DATA = Path(__file__).parents[1].parent / "shared" / "data"
+
+EQUAL = [
+    # thousands separators
+    ("1000", "1,000"), ("10080", "10,\\!080"), ("32348", "\\$32{,}348"), ("11111111100", "11,\\! 111,\\! 111,\\! 100"),
+    # leading-dot and trailing-zero decimals
+    (".5", "0.5"), ("0.5", "0.500"), ("5", "5.0"), ("-.25", "-0.25"),
+    # currency and degree signs
+    ("\\$18.90", "18.9"), ("36", "\\$36"), ("90^\\circ", "90"), ("30", "30^{\\circ}"), ("145", "145°"),
+    # \text{} units
+    ("864 \\mbox{ inches}^2", "864"), ("5.4 \\text{ cents}", "5.4"), ("\\frac{270}7\\text{ degrees}", "\\frac{270}{7}"),
+    ("15\\mbox{ cm}^2", "15 cm"),
+    # \frac, \dfrac, \tfrac, with or without braces
+    ("\\frac{1}{2}", "\\dfrac{1}{2}"), ("\\frac12", "\\tfrac{1}{2}"), ("\\frac 59", "\\frac{5}{9}"),
+    ("\\frac9{19}", "9/19"), ("-\\frac{3}{8}", "\\frac{-3}{8}"),
+    # fraction vs decimal (exact), mixed numbers, repeating decimals
+    ("\\frac{1}{4}", "0.25"), ("1.25", "\\frac54"), ("1\\frac{4}{5}", "\\frac{9}{5}"), ("\\frac13", "0.\\overline{3}"),
+    ("137 \\frac{1}{2}", "137.5"),
+    # radicals
+    ("2\\sqrt{2}", "\\sqrt{8}"), ("\\frac{\\sqrt{3}}{3}", "\\frac{1}{\\sqrt{3}}"), ("11\\sqrt2", "11\\sqrt{2}"),
+    ("\\sqrt{2}+\\sqrt{3}", "\\sqrt{5+2\\sqrt{6}}"),
+    # symbolic identities
+    ("\\sin^2 x + \\cos^2 x", "1"), ("(a+5)(b+2)", "ab+2a+5b+10"), ("x^2-1", "(x-1)(x+1)"), ("2k+2", "2(k+1)"),
+    ("\\pi", "\\frac{2\\pi}{2}"), ("6 - 5i", "-5i + 6"), ("e^{i\\pi}", "-1"), ("1-1/e", "1-\\frac{1}{e}"),
+    # x = 5 vs 5
+    ("x=5", "5"), ("5", "x = 5"), ("y = 2x + 3", "2x+3"),
+    # equivalent equations, flipped inequalities
+    ("y = 2x + 3", "2x - y + 3 = 0"), ("5x - 7y + 11z + 4 = 0", "-10x + 14y - 22z = 8"),
+    ("x > 5", "5 < x"), ("x \\geq 3", "3 \\le x"),
+    # sets, intervals and unions, inequalities as sets
+    ("\\{1, 3\\}", "\\{3, 1\\}"), ("(3,4]", "(3, 4]"), ("(0,9) \\cup (9,36)", "(9,36) \\cup (0,9)"),
+    ("(-\\infty, 2) \\cup (3, \\infty)", "(-\\infty,2)\\cup(3,\\infty)"), ("x \\in [-2,7]", "[-2,7]"),
+    ("(-2,3]", "-2 < x \\le 3"), ("\\left[ \\frac{\\pi^2}{8}, \\frac{5 \\pi^2}{4} \\right]", "[\\pi^2/8, 5\\pi^2/4]"),
+    # unordered solution lists, \pm
+    ("1,-2", "-2, 1"), ("3, 5, 7", "7,3,5"), ("1 \\pm \\sqrt{19}", "1-\\sqrt{19}, 1+\\sqrt{19}"),
+    ("\\{1\\pm\\sqrt{5},-2\\}", "\\{-2, 1+\\sqrt5, 1-\\sqrt5\\}"),
+    # tuples and matrices
+    ("(6,31,-1)", "\\left(6, 31, -1\\right)"), ("\\left( 3, \\frac{\\pi}{2} \\right)", "(3, \\pi/2)"),
+    ("\\begin{pmatrix} -1/3 \\\\ 2/3 \\\\ 5/3 \\end{pmatrix}", "\\begin{pmatrix} -\\frac13 \\\\ \\frac{2}{3} \\\\ \\frac53 \\end{pmatrix}"),
+    ("\\begin{pmatrix} -1 & 0 \\\\ 0 & -1 \\end{pmatrix}", "\\begin{bmatrix} -1 & 0 \\\\ 0 & -1 \\end{bmatrix}"),
+    # percent (default: the sign is dropped), text answers, base-n numerals
+    ("5\\%", "5"), ("25", "25 \\%"), ("\\text{Evelyn}", "Evelyn"), ("\\text{(C)}", "C"), ("\\text{east}", "\\text{ East }"),
+    ("52_8", "52_{8}"), ("4210_{5}", "4210"),
+    # tiny magnitudes that are equal
+    ("\\frac{1}{2^{99}}", "2^{-99}"), ("\\frac{1}{2004!}", "\\frac{1}{2004 \\cdot 2003!}"),
+]
+
+NOT_EQUAL = [
+    # no relative tolerance
+    ("10000", "10001"), ("1000000", "1000001"), ("\\pi", "3.14159265"), ("0.0005", "0.001"),
+    # no x100 percent guess
+    ("5", "0.05"), ("0.05", "5"), ("5\\%", "0.05"),
+    # no collapse of tiny magnitudes
+    ("\\frac{1}{2^{99}}", "\\frac{1}{2^{98}}"), ("\\frac{1}{2004!}", "\\frac{1}{2006!}"),
+    ("\\frac{\\sqrt{2}}{10^{200}}", "\\frac{\\sqrt{3}}{10^{200}}"), ("10^{-30}", "0"),
+    # no sign loss
+    ("1-\\frac{1}{\\mathrm{e}}", "1+\\frac{1}{\\mathrm{e}}"), ("1-1/e", "1+1/e"), ("-\\sqrt{3}", "\\sqrt{3}"),
+    ("p - q", "q - p"), ("6 - 5i", "6 + 5i"),
+    # a tuple is not a set, an interval not a list, order of a tuple matters
+    ("(1,3)", "\\{1,3\\}"), ("(6,31,-1)", "\\{6,31,-1\\}"), ("(1,3)", "1,3"), ("(6,31,-1)", "(-1,31,6)"),
+    ("(3,4]", "[3,4]"), ("(3,4]", "(3,4)"),
+    # x>5 is not x<5; strictness matters
+    ("x>5", "x<5"), ("x > 5", "x \\ge 5"), ("x \\in [-2,7]", "(-2,7)"),
+    # equations: not proportional
+    ("y = 2x + 3", "y = 2x - 3"), ("x = 5", "y = 5"), ("x^2 = 4", "x = 2"),
+    # Minerva's trick: an equation "... = 0" is not the number 0; Qwen's unit trick: x is no unit
+    ("0", "x^2 - 1 = 0"), ("2x + c", "2x"), ("3", "3 x"),
+    # lists: missing, extra or wrong members
+    ("1,-2", "1,2"), ("3, 5, 7", "3, 5"), ("1 \\pm \\sqrt{19}", "1+\\sqrt{19}"),
+    # matrices: shape and entries
+    ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix} 1 & 2 \\end{pmatrix}"),
+    ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix} 1 \\\\ 3 \\end{pmatrix}"),
+    # text and bases
+    ("\\text{Evelyn}", "Evelin"), ("\\text{(C)}", "D"), ("52_8", "52_9"), ("52_8", "42"),
+    # garbage
+    ("5", "\\frac{"), ("5", ""),
+]
+
+
+@pytest.mark.parametrize("gold,pred", EQUAL)
+def test_equivalent_forms_are_equal(gold, pred):
+    result = grade(gold, pred)
+    assert result.correct, (gold, pred, result.reason)
+
+
+@pytest.mark.parametrize("gold,pred", NOT_EQUAL)
+def test_loose_tricks_are_refused(gold, pred):
+    result = grade(gold, pred)
+    assert not result.correct, (gold, pred, result.reason)
+
+
+@pytest.mark.parametrize("gold,pred", [("\\frac{1}{2^{99}}", "\\frac{1}{2^{98}}"), ("(1,3)", "\\{1,3\\}"),
+                                       ("1-\\frac{1}{\\mathrm{e}}", "1+\\frac{1}{\\mathrm{e}}")])
+def test_math_verify_defects_stay_fixed_inside_response_math(gold, pred):
+    # math-verify accepts these when the answer is read from a response's $...$; ponder must not
+    assert not grade(gold, f"So the answer is ${pred}$.", extract="lenient").correct
+    assert not grade(gold, f"The final answer is ${pred}$", extract="strict").correct
+
+
+def test_settings_change_the_convention_they_name():
+    assert equivalent("0.05", "5\\%", percent="value")
+    assert not equivalent("5", "5\\%", percent="value")
+    assert equivalent("5", "5\\%")                          # default: the sign is dropped
+    assert not equivalent("1, 2", "2, 1", ordered_lists=True)
+    assert equivalent("1, 2", "1, 2", ordered_lists=True)
+    assert equivalent("\\{1, 2\\}", "\\{2, 1\\}", ordered_lists=True)   # braces: still a set
+    assert not equivalent("\\frac{1}{2}", "\\frac{2}{4}", unreduced_fractions=False)
+    assert equivalent("\\frac{1}{2}", "\\frac{2}{4}")
+    assert not equivalent("1000", "1,000", thousands_separators=False)
+    assert not equivalent("52_8", "52", base_subscript_optional=False)
+
+
+@pytest.mark.parametrize("text,strict,lenient", [
+    ("so we get \\boxed{5}.", "5", "5"),
+    ("first \\boxed{3}, wait, no: \\boxed{\\frac{1}{2}}", "\\frac{1}{2}", "\\frac{1}{2}"),
+    ("nested \\boxed{\\frac{\\sqrt{3}}{2}} end", "\\frac{\\sqrt{3}}{2}", "\\frac{\\sqrt{3}}{2}"),
+    ("a set \\boxed{\\{1, 2\\}}", "\\{1, 2\\}", "\\{1, 2\\}"),
+    ("short form \\boxed 7 done", "7", "7"),
+    ("framed \\fbox{12}", "12", "12"),
+    ("The final answer is $42$.", "42", "42"),
+    ("Work...\nAnswer: 3/4", "3/4", "3/4"),
+    ("GSM style\n#### 1,200", "1,200", "1,200"),
+    ("<think>maybe \\boxed{1}</think> then \\boxed{2}", "2", "2"),
+    ("we found 3 apples and then 17 more", None, "17"),
+    ("the answer is x = 4", None, "x = 4"),
+    ("cut off here \\boxed{\\frac{1}{", None, None),         # unbalanced: the response was cut
+    ("<think>still thinking about 5", None, None),            # thinking never closed
+    ("no answer at all", None, None),
+])
+def test_strict_and_lenient_extraction(text, strict, lenient):
+    assert extract_answer(text, "strict") == strict
+    assert extract_answer(text, "lenient") == lenient
+
+
+def test_truncated_response_yields_nothing():
+    assert extract_answer("\\boxed{5}", "strict", truncated=True) is None
+    assert extract_answer("5", "lenient", truncated=True) is None
+    result = grade("5", "so \\boxed{5}", extract="strict", truncated=True)
+    assert not result.correct and result.reason == "truncated"
+
+
+def test_bad_extraction_mode_is_an_error():
+    with pytest.raises(ValueError, match="mode"):
+        extract_answer("\\boxed{1}", "loose")
+
+
+def test_timeout_off_the_main_thread_and_recovery():
+    # 9^(9^9) has 370 million digits: deciding 9^(9^9) vs 9^(9^9)+1 exactly cannot finish in time
+    settings = GraderSettings(timeout_s=1.0)
+    box = {}
+
+    def work():
+        start = time.monotonic()
+        box["grade"] = grade("9^{9^{9}}", "9^{9^{9}}+1", settings=settings)
+        box["seconds"] = time.monotonic() - start
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive(), "grading hung"
+    assert box["grade"].correct is False and box["grade"].reason == "timed out"
+    assert box["seconds"] < 10
+    # the killed worker is replaced and the next symbolic call works
+    assert grade("2\\sqrt{2}", "\\sqrt{8}", settings=settings).correct
+
+
+def test_grade_many_matches_one_by_one():
+    golds = [g for g, _ in EQUAL[:20]] + [g for g, _ in NOT_EQUAL[:20]]
+    preds = [p for _, p in EQUAL[:20]] + [p for _, p in NOT_EQUAL[:20]]
+    batch = grade_many(golds, preds, workers=2)
+    assert [g.correct for g in batch] == [True] * 20 + [False] * 20
+    with pytest.raises(ValueError, match="gold"):
+        grade_many(["1"], ["1", "2"])
+
+
+def _math500():
+    path = DATA / "math500_test.jsonl"
+    if not path.is_file():
+        pytest.skip(f"MATH-500 not found at {path} (public test set kept outside the repository)")
+    return [json.loads(line) for line in path.open()]
+
+
+def test_math500_every_gold_equals_itself_through_the_symbolic_path():
+    rows = _math500()
+    assert len(rows) == 500
+    assert all(grade(r["answer"], r["answer"]).correct for r in rows)
+    # Force the parser on every gold: a gold it cannot read would fail every rephrased answer.
+    settings = GraderSettings(timeout_s=30.0)
+    cleaned = [clean(r["answer"]) for r in rows]
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda g: _symbolic(g, g + " ", settings), cleaned))
+    failures = [(r["answer"], reason) for r, (ok, reason) in zip(rows, results) if not ok]
+    assert not failures
+
+
+def test_math500_reference_solutions_grade_equal_to_gold():
+    rows = _math500()
+    preds = [extract_answer(r["solution"], "strict") for r in rows]
+    assert all(p is not None for p in preds)
+    grades = grade_many([r["answer"] for r in rows], preds, workers=2)
+    failures = [(r["answer"], p, g.reason) for r, p, g in zip(rows, preds, grades) if not g.correct]
+    assert not failures
