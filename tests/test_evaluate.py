@@ -256,6 +256,11 @@ def test_ponder_eval_end_to_end(tiny_checkpoint, tmp_path, capsys):
     assert 0.0 <= metrics["greedy"]["accuracy"] <= 1.0 and "pass@2" in metrics["sampled"]
     assert "| greedy accuracy |" in (out / "result.md").read_text()
     assert "result.json" in capsys.readouterr().out
+    # --n 0: greedy only
+    assert main(["eval", "--model", str(tiny_checkpoint), "--task", "program", "--limit", "2", "--n", "0",
+                 "--max-new-tokens", "4", "--out", str(out)]) == 0
+    metrics = json.loads((out / "result.json").read_text())["metrics"]
+    assert "greedy" in metrics and "sampled" not in metrics
 
 
 def test_ponder_eval_errors_are_clear(tiny_checkpoint, tmp_path, capsys):

@@ -2,6 +2,10 @@
 
     ponder eval --model DIR --task multiply --n 8 --k 1,4,8
     ponder eval --model DIR --task math500 --data path/to/math500_test.jsonl --limit 100
+    ponder eval --model DIR --task multiply --n 0          # greedy accuracy only
+
+Greedy accuracy is always measured; --n samples per problem at --temperature (default 1.0)
+give pass@k and maj@k for each k in --k.
 """
 
 from __future__ import annotations
@@ -51,7 +55,9 @@ def main(args) -> int:
         model = from_pretrained(args.model, dtype=torch.float32)
         tokenizer = Tokenizer.from_pretrained(args.model)
         temperature = DEFAULT_TEMPERATURE if args.temperature is None else args.temperature
-        result = evaluate(model, tokenizer, problems, n=args.n, k_values=args.k, temperature=temperature,
+        # --n 0: greedy accuracy only (no sampling, so no pass@k / maj@k)
+        result = evaluate(model, tokenizer, problems, n=args.n, k_values=args.k if args.n else (),
+                          temperature=temperature,
                           max_new_tokens=args.max_new_tokens, seed=args.seed)
     except (ValueError, FileNotFoundError) as err:  # bad task, data, checkpoint or k/n: say which
         print(f"ponder eval: error: {err}", file=sys.stderr)
