@@ -100,6 +100,8 @@ def test_file_without_usable_record_is_an_error_naming_it(tmp_path):
         read_records(_write_jsonl(tmp_path / "t.csv", ["a,b"]))
     with pytest.raises(TaskFileError, match="no such file"):
         load_task("jsonl", path=tmp_path / "missing.jsonl")
+    with pytest.raises(TaskFileError, match="is a folder"):
+        load_task("jsonl", path=tmp_path)
 
 
 def test_missing_public_set_says_where_it_looked_and_about_data(tmp_path, monkeypatch):

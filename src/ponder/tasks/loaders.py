@@ -116,6 +116,8 @@ def read_records(path: str | Path) -> tuple[Located, list[str]]:
     no record at all.
     """
     path = Path(path)
+    if path.is_dir():
+        raise TaskFileError(f"{path}: is a folder; pass the task file itself")
     if not path.is_file():
         raise TaskFileError(f"{path}: no such file")
     fmt, gz = _format_of(path)
