@@ -1,0 +1,212 @@
+"""The RL loop on a tiny model: learning, exact resume after kill -9, rollback, dynamic sampling,
+overlong handling, the CLI. Each run is a few steps of a ~3k-parameter Decoder on CPU."""
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ponder.models import Decoder, ModelConfig
+from ponder.rl import RLConfig, train_rl
+from ponder.rl import losses as rl_losses
+from ponder.rl.trainer import TIMING_KEYS, ProblemStream, lr_at
+from ponder.tasks import multiply
+from ponder.tokenizer import build_char_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+
+REWARDS_MODULE = '''
+def sevens(prompt, completion, problem):
+    """Share of 7s in the completion: a tiny random model has variance here from step 1."""
+    return completion.count("7") / max(len(completion), 1)
+
+def flat_for_odd(prompt, completion, problem):
+    """Signal only for problems with an even first operand; odd ones are a zero-variance group."""
+    return sevens(prompt, completion, problem) if problem.meta["a"] % 2 == 0 else 1.0
+'''
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A tiny policy + char tokenizer saved in HF layout, and an importable reward module."""
+    root = tmp_path_factory.mktemp("rl")
+    tok = build_char_tokenizer(multiply.ALPHABET)
+    torch.manual_seed(0)
+    model = Decoder(ModelConfig(vocab_size=tok.vocab_size, hidden_size=16, intermediate_size=32,
+                                num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                head_dim=8, tie_word_embeddings=True))
+    model.save_pretrained(root / "base")
+    tok.save_pretrained(root / "base")
+    (root / "rl_test_rewards.py").write_text(REWARDS_MODULE)
+    sys.path.insert(0, str(root))
+    yield root
+    sys.path.remove(str(root))
+
+
+def config(base, out, **kw):
+    settings = dict(model=str(base / "base"), task="multiply:train", task_limit=40, rewards=["rl_test_rewards:sevens"],
+                    prompts_per_step=4, group_size=4, max_new_tokens=10, steps=4, lr=3e-2, eval_every=0,
+                    save_every=2, micro_batch_size=8, output_dir=str(out), seed=1)
+    settings.update(kw)
+    return RLConfig(**settings)
+
+
+def records(out):
+    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def comparable(rows):
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
+
+
+def test_rl_raises_the_reward(base, tmp_path):
+    summary = train_rl(config(base, tmp_path / "run", steps=12, save_every=0), progress=False)
+    rows = [r for r in records(tmp_path / "run") if "event" not in r]
+    early = sum(r["reward/sevens/mean"] for r in rows[:3]) / 3
+    late = sum(r["reward/sevens/mean"] for r in rows[-3:]) / 3
+    assert late > early + 0.1, (early, late)
+    assert summary["steps"] == 12
+    # The final model loads back in HF layout, and the plots exist.
+    from ponder.models import from_pretrained
+    assert from_pretrained(summary["model_dir"]).num_parameters() > 0
+    assert (tmp_path / "run" / "reward.png").stat().st_size > 0
+    for key in ("reward/sevens/std", "accuracy", "zero_variance_frac", "truncated_frac", "completion_len",
+                "entropy", "kl", "clip_low", "clip_high", "grad_norm", "lr", "tokens_per_s", "time/generate",
+                "time/score", "time/train"):
+        assert key in rows[-1], key
+
+
+def test_resume_after_kill_equals_uninterrupted_run(base, tmp_path):
+    steps = 6
+    full = train_rl(config(base, tmp_path / "full", steps=steps), progress=False)
+
+    out = tmp_path / "killed"
+    cfg_path = tmp_path / "run.yaml"
+    cfg_path.write_text(f"model: {base / 'base'}\ntask: multiply:train\ntask_limit: 40\n"
+                        f"rewards: [rl_test_rewards:sevens]\nprompts_per_step: 4\ngroup_size: 4\n"
+                        f"max_new_tokens: 10\nlr: 3.0e-2\neval_every: 0\nsave_every: 2\nmicro_batch_size: 8\n"
+                        f"seed: 1\nsteps: {steps}\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(base), str(REPO / "src")])}
+    cmd = [sys.executable, "-m", "ponder.cli", "train", "rl", str(cfg_path), f"output_dir={out}"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pointer = out / "checkpoints" / "LATEST"
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        if pointer.exists() and pointer.read_text().strip() == "step-000002":
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (out / "model").exists()
+
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ours = load_file(out / "model" / "model.safetensors")
+    theirs = load_file(Path(full["model_dir"]) / "model.safetensors")
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        assert torch.equal(ours[name], theirs[name]), name
+    assert comparable(records(out)) == comparable(records(tmp_path / "full"))
+    assert [r["step"] for r in records(out)] == list(range(1, steps + 1))
+
+
+def test_nan_loss_rolls_back_with_lower_lr(base, tmp_path, monkeypatch, caplog):
+    real = rl_losses.policy_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        loss, stats = real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 5:  # step 3's first micro-batch (2 micro-batches per step)
+            loss = loss * float("nan")
+        return loss, stats
+
+    monkeypatch.setattr(rl_losses, "policy_loss", poisoned)
+    with caplog.at_level(logging.WARNING, logger="ponder.rl"):
+        summary = train_rl(config(base, tmp_path / "run", steps=5), progress=False)
+    rows = records(tmp_path / "run")
+    events = [r for r in rows if r.get("event") == "rollback"]
+    assert len(events) == 1 and events[0]["step"] == 3 and events[0]["to_step"] == 2
+    assert "non-finite loss" in events[0]["reason"] and "rolled back" in caplog.text
+    steps = [r for r in rows if "event" not in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4, 5]
+    assert steps[1]["lr"] == pytest.approx(3e-2) and steps[2]["lr"] == pytest.approx(1.5e-2)
+    assert summary["rollbacks"] == 1
+    from ponder.models import from_pretrained
+    assert all(torch.isfinite(p).all() for p in from_pretrained(summary["model_dir"]).parameters())
+
+
+def test_collapse_without_rollback_is_an_error(base, tmp_path, monkeypatch):
+    real = rl_losses.policy_loss
+    monkeypatch.setattr(rl_losses, "policy_loss", lambda *a, **k: (real(*a, **k)[0] * float("nan"), {}))
+    with pytest.raises(RuntimeError, match="collapsed at step 1"):
+        train_rl(config(base, tmp_path / "run", rollback=False), progress=False)
+
+
+def test_dynamic_sampling_drops_flat_groups(base, tmp_path):
+    cfg = config(base, tmp_path / "run", steps=2, rewards=["rl_test_rewards:flat_for_odd"], dynamic_sampling=True,
+                 max_sampling_tries=4)
+    train_rl(cfg, progress=False)
+    rows = records(tmp_path / "run")
+    assert all(0 < r["zero_variance_frac"] < 1 for r in rows)
+    assert any(r["sampling_tries"] > 1 for r in rows)
+    assert all(r["groups"] <= 4 for r in rows)
+    # Without it the flat groups stay in the batch, and the fraction is still logged.
+    train_rl(config(base, tmp_path / "plain", steps=2, rewards=["rl_test_rewards:flat_for_odd"]), progress=False)
+    plain = records(tmp_path / "plain")
+    assert all(r["groups"] == 4 and r["sampling_tries"] == 1 for r in plain)
+    assert all(r["zero_variance_frac"] > 0 for r in plain)
+
+
+def test_truncated_completions_masked_and_warned(base, tmp_path, caplog):
+    # Two new tokens: a random model almost never ends that early, so nearly all are truncated.
+    with caplog.at_level(logging.WARNING, logger="ponder.rl"):
+        train_rl(config(base, tmp_path / "run", steps=1, max_new_tokens=2, overlong="mask"), progress=False)
+    row = records(tmp_path / "run")[0]
+    assert row["truncated_frac"] > 0.5 and "hit max_new_tokens=2" in caplog.text
+    finished = round((1 - row["truncated_frac"]) * 16)
+    assert row["loss_tokens"] <= 2 * finished  # only completions that stopped carry loss tokens
+
+
+def test_every_option_family_runs(base, tmp_path):
+    """mu=2, GSPO ratios, KL to the reference, batch std, GDPO over two rewards, soft overlong,
+    grpo aggregation, bf16 autocast, cosine schedule with warm-up: one short run, sane metrics."""
+    cfg = config(base, tmp_path / "run", steps=2, mu=2, importance_sampling="sequence", beta=0.05,
+                 advantage="batch", reward_aggregation="gdpo", rewards=["rl_test_rewards:sevens", "correct"],
+                 reward_weights=[1.0, 2.0], overlong="soft", overlong_buffer=4, loss_type="grpo",
+                 dtype="bfloat16", schedule="cosine", warmup_steps=1)
+    train_rl(cfg, progress=False)
+    rows = records(tmp_path / "run")
+    assert rows[-1]["kl"] > 0  # the policy moved away from the reference after step 1
+    assert {"reward/overlong/mean", "reward/correct/mean"} <= set(rows[0])
+    assert rows[0]["lr"] == pytest.approx(3e-2) and rows[1]["lr"] < 3e-2
+
+
+def test_lr_schedule_and_data_stream():
+    cfg = RLConfig(lr=1.0, steps=10, warmup_steps=2, schedule="cosine", min_lr_ratio=0.1)
+    assert [round(lr_at(cfg, s), 4) for s in (1, 2, 6, 10)] == [0.5, 1.0, 0.55, 0.1]
+    assert lr_at(cfg, 10, scale=0.5) == pytest.approx(0.05)
+    stream = ProblemStream(5, seed=3)
+    first = stream.take(7)
+    assert sorted(first[:5]) == list(range(5))  # each epoch visits every problem once
+    again = ProblemStream(5, seed=3)
+    again.take(4)
+    resumed = ProblemStream(**again.state())
+    assert resumed.take(3) == first[4:]
+
+
+def test_cli_reports_bad_config(tmp_path, capsys):
+    from ponder.cli import main
+
+    path = tmp_path / "bad.yaml"
+    path.write_text("model: m\nlearning_rate: 1\n")
+    assert main(["train", "rl", str(path)]) == 2
+    assert f"{path}: unknown key 'learning_rate'" in capsys.readouterr().err
+    assert main(["train", "rl", str(path), "learning_rate=3"]) == 2
