@@ -91,6 +91,24 @@ def test_transformers_loads_our_checkpoint_with_same_logits(name, tmp_path):
     torch.testing.assert_close(hf_logits(peer, ids), want, atol=1e-4, rtol=0)
 
 
+def test_gradients_match_transformers(tmp_path):
+    """The RL trainer backpropagates through the uncached forward: gradients must match too."""
+    cfg = CONFIGS["qwen3-gqa4-hd20-bias"]
+    peer = hf_model(cfg, seed=9)
+    peer.save_pretrained(tmp_path)
+    model = from_pretrained(tmp_path).train()
+    ids = random_ids(cfg, (2, 7), seed=6)
+
+    def loss(logits):
+        return torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None]).sum()
+
+    loss(model(ids)).backward()
+    loss(peer(input_ids=ids).logits).backward()
+    theirs = dict(peer.named_parameters())
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, theirs[name].grad, atol=1e-4, rtol=1e-4, msg=name)
+
+
 def test_tied_checkpoint_has_no_lm_head_and_round_trips(tmp_path):
     from safetensors import safe_open
 

@@ -23,6 +23,7 @@ class CacheStep:
     start: int | None  # the common start when every row has the same length (a slice write)
     key_len: int  # attend over cache slots [0, key_len): max(lengths) + T, not the whole cache
     mask: torch.Tensor | None  # [B, 1, T, key_len] bool, True = may attend; None = all visible
+    rows: torch.Tensor  # [B, 1] row indices, for the scatter write of ragged rows
     _grouped: dict[int, torch.Tensor | None] = field(default_factory=dict)
 
     def grouped_mask(self, group: int) -> torch.Tensor | None:
@@ -75,7 +76,8 @@ class KVCache:
         else:
             keys = torch.arange(key_len, device=self.lengths.device)
             mask = (keys <= positions[:, :, None])[:, None]  # [B, 1, T, key_len]
-        return CacheStep(positions, lo if lo == hi else None, key_len, mask)
+        rows = torch.arange(self.batch, device=self.lengths.device)[:, None]
+        return CacheStep(positions, lo if lo == hi else None, key_len, mask, rows)
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, step: CacheStep):
         """Store k/v [B, T, Hkv, D] at each row's positions; return keys/values [B, Hkv, key_len, D]."""
@@ -86,9 +88,8 @@ class KVCache:
             cv[:, :, step.start:end] = v.transpose(1, 2)
         else:
             # Advanced indices on dims 0 and 2 index as [B, T, Hkv, D]: the layout k already has.
-            rows = torch.arange(k.shape[0], device=k.device)[:, None]
-            ck[rows, :, step.positions] = k
-            cv[rows, :, step.positions] = v
+            ck[step.rows, :, step.positions] = k
+            cv[step.rows, :, step.positions] = v
         return ck[:, :, :step.key_len], cv[:, :, :step.key_len]
 
     def advance(self, T: int) -> None:

@@ -1,7 +1,8 @@
 """ModelConfig: the decoder's shape, parsed from (and written back to) a Hugging Face config.json.
 
-Three families share one decoder: Qwen3 (per-head QK-norm), Qwen2 (q/k/v bias) and Llama
-(bias only where `attention_bias` / `mlp_bias` say so). The config.json dict is kept whole in
+Five families share one decoder: Qwen3 (per-head QK-norm), Qwen2 (q/k/v bias), Llama
+(bias only where `attention_bias` / `mlp_bias` say so), Qwen3-MoE (Qwen3 with routed experts:
+`moe`) and DeepSeek-V3 (multi-head latent attention: `mla`, and DeepSeekMoE: `moe`). The config.json dict is kept whole in
 `raw`, so that `to_hf_dict` round-trips keys this package does not use.
 """
 
@@ -16,12 +17,45 @@ ARCHITECTURES = {
     "qwen3": "Qwen3ForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
     "llama": "LlamaForCausalLM",
+    "qwen3_moe": "Qwen3MoeForCausalLM",
+    "deepseek_v3": "DeepseekV3ForCausalLM",
 }
 ROPE_TYPES = ("default",)
 
 
 class ConfigError(ValueError):
     """A config.json (or a ModelConfig) this package cannot build a model from."""
+
+
+@dataclass
+class MoEConfig:
+    """Routed experts (names as in config.json). Which layers are sparse: ModelConfig.is_sparse_layer."""
+
+    num_experts: int  # routed experts (config.json: num_experts / num_local_experts, or n_routed_experts)
+    num_experts_per_tok: int  # k: experts each token is sent to
+    moe_intermediate_size: int  # each expert's SwiGLU inner width
+    norm_topk_prob: bool = False  # rescale the k chosen weights to sum to 1
+    # Qwen3-MoE: layer l is sparse when l not in mlp_only_layers and (l + 1) % decoder_sparse_step == 0.
+    decoder_sparse_step: int = 1
+    mlp_only_layers: tuple[int, ...] = ()
+    # DeepSeek-V3: sigmoid scores, group-limited choice, shared experts, first layers dense.
+    n_shared_experts: int = 0  # always-on experts, one SwiGLU of n_shared x moe_intermediate_size
+    routed_scaling_factor: float = 1.0  # multiplies the (normalised) routing weights
+    n_group: int = 1  # experts are split into n_group groups ...
+    topk_group: int = 1  # ... and a token may only use experts of its topk_group best groups
+    first_k_dense_replace: int = 0  # layers [0, first_k_dense_replace) use the dense MLP
+
+
+@dataclass
+class MLAConfig:
+    """DeepSeek's multi-head latent attention (names as in config.json)."""
+
+    kv_lora_rank: int  # width of the compressed key/value latent (what the KV cache stores)
+    qk_nope_head_dim: int  # per-head query/key width without RoPE
+    qk_rope_head_dim: int  # per-head query width with RoPE; the rotated key is shared by all heads
+    v_head_dim: int  # per-head value width
+    q_lora_rank: int | None = None  # None: q_proj; else q_a_proj -> RMSNorm -> q_b_proj
+    rope_interleave: bool = True  # RoPE rotates adjacent pairs (x0, x1), (x2, x3), ... instead of halves
 
 
 @dataclass
@@ -43,6 +77,8 @@ class ModelConfig:
     attention_bias: bool = False  # Qwen3/Llama: bias on q/k/v/o (Qwen2 always has q/k/v bias)
     mlp_bias: bool = False  # Llama only: bias on gate/up/down
     initializer_range: float = 0.02  # std of the normal init used by Decoder(config)
+    moe: MoEConfig | None = None  # routed experts (qwen3_moe, deepseek_v3); None: every MLP dense
+    mla: MLAConfig | None = None  # latent attention (deepseek_v3); None: grouped-query attention
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -66,11 +102,19 @@ class ModelConfig:
             )
         if self.head_dim % 2:
             raise ConfigError(f"head_dim must be even for RoPE, got {self.head_dim}")
+        if (self.moe is not None) != (self.model_type in ("qwen3_moe", "deepseek_v3")):
+            raise ConfigError(f"model_type {self.model_type!r} {'needs' if self.moe is None else 'takes no'} moe settings")
+        if (self.mla is not None) != (self.model_type == "deepseek_v3"):
+            raise ConfigError(f"model_type {self.model_type!r} {'needs' if self.mla is None else 'takes no'} mla settings")
+        if self.moe is not None:
+            _check_moe(self.moe)
+        if self.mla is not None:
+            _check_mla(self.mla, self.head_dim)
 
     # Which optional parts each family has (as transformers builds them).
     @property
     def qk_norm(self) -> bool:
-        return self.model_type == "qwen3"
+        return self.model_type in ("qwen3", "qwen3_moe")
 
     @property
     def qkv_bias(self) -> bool:
@@ -84,19 +128,42 @@ class ModelConfig:
     def architecture(self) -> str:
         return ARCHITECTURES[self.model_type]
 
+    # Token ids the decoder does not use but generation does; config.json is their home.
+    @property
+    def eos_token_id(self) -> int | list[int] | None:
+        return self.raw.get("eos_token_id")
+
+    @property
+    def bos_token_id(self) -> int | None:
+        return self.raw.get("bos_token_id")
+
     # The cache and RoPE table sizes. Attention variants with other key/value widths (e.g.
     # multi-head latent attention) change these, not the cache or the decoder.
+    # MLA caches one row per token and layer, [normed kv latent | roped shared key], and reads its
+    # values from the latent part of that row (see mla.py): one cache "head", no separate values.
+    @property
+    def cache_heads(self) -> int:
+        return 1 if self.mla else self.num_key_value_heads
+
     @property
     def k_head_dim(self) -> int:
-        return self.head_dim
+        return self.mla.kv_lora_rank + self.mla.qk_rope_head_dim if self.mla else self.head_dim
 
     @property
     def v_head_dim(self) -> int:
-        return self.head_dim
+        return 0 if self.mla else self.head_dim
 
     @property
     def rope_dim(self) -> int:
-        return self.head_dim
+        return self.mla.qk_rope_head_dim if self.mla else self.head_dim
+
+    def is_sparse_layer(self, layer_idx: int) -> bool:
+        """Whether layer `layer_idx` uses routed experts (as transformers decides it per family)."""
+        if self.moe is None:
+            return False
+        if self.model_type == "deepseek_v3":
+            return layer_idx >= self.moe.first_k_dense_replace
+        return layer_idx not in self.moe.mlp_only_layers and (layer_idx + 1) % self.moe.decoder_sparse_step == 0
 
     @classmethod
     def from_hf_dict(cls, d: dict[str, Any], source: str = "config.json") -> "ModelConfig":
