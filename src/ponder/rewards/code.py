@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import secrets
@@ -170,10 +171,13 @@ def _classify(outcome: Outcome, report: dict | None, mode: str, limits: Limits) 
         return _classify_error(report, mode)
     rc = outcome.returncode
     if rc is not None and rc < 0:
-        cpu_limit = limits.cpu_s or limits.wall_s
-        if rc in (-9, -24) and outcome.cpu_s is not None and outcome.cpu_s >= 0.9 * cpu_limit:
+        cpu_limit = limits.cpu_s or math.ceil(limits.wall_s)
+        # The kernel enforces RLIMIT_CPU by SIGKILL at tick granularity, and reports the time
+        # a little low under load: a SIGKILL near the limit is the limit.
+        if rc == -9 and (outcome.cpu_s or 0) >= max(0.5 * cpu_limit, cpu_limit - 0.5):
             return "timed out", f"CPU limit of {cpu_limit:g} s"
-        return "crashed", f"killed by signal {-rc}" + (f": {stderr_tail}" if stderr_tail else "")
+        return "crashed", f"killed by signal {-rc} after {outcome.cpu_s or 0:.2f} s CPU" + (
+            f": {stderr_tail}" if stderr_tail else "")
     if "MemoryError" in stderr_tail:
         return "memory", stderr_tail
     if report is not None:  # stage "done"

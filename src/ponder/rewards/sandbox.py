@@ -95,7 +95,6 @@ def run_python(script: str, files: dict[str, str], stdin: bytes = b"",
     workdir = tempfile.mkdtemp(prefix="ponder-sandbox-")
     proc = None
     fds: list[int] = []
-    child_pidfd = None
     try:
         for name, text in files.items():
             with open(os.path.join(workdir, name), "w", encoding="utf-8") as f:
@@ -127,12 +126,11 @@ def run_python(script: str, files: dict[str, str], stdin: bytes = b"",
                                       "status": status_r, "report": report_r},
                         start + limits.wall_s, limits.output_bytes)
         wall = time.monotonic() - start
-        _kill_group(proc)
         status = [json.loads(line) for line in streams["status"].splitlines() if line.strip()]
         info = {k: v for line in status for k, v in line.items()}
         if "child" in info and "returncode" not in info:
-            child_pidfd = _open_pidfd(info["child"])
-            _wait_pidfd(child_pidfd, 5.0)  # the namespace is empty once its init has exited
+            _kill_script(proc, info["child"])
+        _kill_group(proc)
         return Outcome(
             returncode=info.get("returncode") if not (streams["timed_out"] or streams["exceeded"]) else None,
             stdout=streams["out"], stderr=streams["err"], report=streams["report"],
@@ -150,8 +148,6 @@ def run_python(script: str, files: dict[str, str], stdin: bytes = b"",
                     pass
         for fd in fds:
             os.close(fd)
-        if child_pidfd is not None:
-            os.close(child_pidfd)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -225,18 +221,25 @@ def _kill_group(proc, reap: bool = True) -> None:
         proc.wait()
 
 
-def _open_pidfd(pid: int) -> int | None:
+def _kill_script(proc, pid: int) -> None:
+    """Kill the script (PID 1 of its namespace, so the kernel kills everything it started) and
+    let the launcher reap it. Killing the launcher first would leave the script a zombie for
+    the host's init to reap, which some container inits never do."""
     try:
-        return os.pidfd_open(pid)
-    except (OSError, AttributeError):
-        return None
-
-
-def _wait_pidfd(pidfd: int | None, timeout: float) -> None:
-    if pidfd is not None:
-        with selectors.DefaultSelector() as sel:
-            sel.register(pidfd, selectors.EVENT_READ)
-            sel.select(timeout)
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return  # already reaped
+    try:
+        # pids are reused: act only if this is still the launcher's child
+        with open(f"/proc/{pid}/status") as f:
+            ppid = next(int(line.split()[1]) for line in f if line.startswith("PPid:"))
+        if ppid == proc.pid:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            proc.wait(timeout=5)
+    except (OSError, StopIteration, subprocess.TimeoutExpired):
+        pass  # _kill_group follows
+    finally:
+        os.close(pidfd)
 
 
 # ----------------------------------------------------------------------------- launcher side
@@ -398,6 +401,7 @@ def _launch(config: dict) -> None:
                 _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
             nproc = config["nproc"] + (0 if uid is not None else _user_task_count(os.getuid()))
             mb = 1 << 20
+            # soft = hard: PID 1 of a namespace ignores SIGXCPU, so the limit acts by SIGKILL
             for res, value in ((resource.RLIMIT_AS, config["memory_mb"] * mb),
                                (resource.RLIMIT_CPU, config["cpu_s"]),
                                (resource.RLIMIT_NPROC, nproc),
