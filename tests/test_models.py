@@ -10,8 +10,7 @@ import torch
 
 from ponder.models import CheckpointError, Decoder, KVCache, ModelConfig, from_pretrained
 
-transformers = pytest.importorskip("transformers")
-from hf_peer import hf_model, randomize  # noqa: E402  (tests/ is on sys.path under pytest)
+from hf_peer import hf_model, import_transformers, randomize  # tests/ is on sys.path under pytest
 
 # Six-plus shapes: head_dim != hidden/heads and non-power-of-two, GQA ratios 1/2/4, tied and
 # untied, all three families, biases on and off, different RoPE bases.
@@ -82,6 +81,7 @@ def test_transformers_loads_our_checkpoint_with_same_logits(name, tmp_path):
     cfg = CONFIGS[name]
     model = ours(cfg, seed=4)
     model.save_pretrained(tmp_path)
+    transformers = import_transformers()
     peer = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").eval()
     assert type(peer).__name__ == cfg.architecture
     assert sum(p.numel() for p in peer.parameters()) == model.num_parameters()
@@ -360,6 +360,24 @@ def test_sharded_index_pointing_at_missing_shard_or_tensor(tmp_path):
     index.write_text(json.dumps(d))
     msg = load_error(tmp_path)
     assert first in msg and "model.norm.weight" in msg
+
+
+def test_tied_head_stored_anyway_must_equal_the_embedding(qwen3_dir, tmp_path):
+    d = copy_checkpoint(qwen3_dir, tmp_path / "c")
+    rewrite_weights(d, lambda t: t.update({"lm_head.weight": t["model.embed_tokens.weight"].clone()}))
+    from_pretrained(d)  # loads: the stored head is the embedding
+    rewrite_weights(d, lambda t: t["lm_head.weight"].add_(1.0))
+    msg = load_error(d)
+    assert "model.safetensors" in msg and "lm_head.weight" in msg
+
+
+def test_invalid_config_json_is_named(qwen3_dir, tmp_path):
+    d = copy_checkpoint(qwen3_dir, tmp_path / "c")
+    (d / "config.json").write_text('{"model_type": "qwen3",')
+    assert "config.json" in load_error(d)
+    edit_config(copy_checkpoint(qwen3_dir, tmp_path / "e"), num_key_value_heads=3)
+    msg = load_error(tmp_path / "e")
+    assert "config.json" in msg and "num_key_value_heads" in msg
 
 
 def test_decoder_config_validation():

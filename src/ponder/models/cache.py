@@ -39,11 +39,14 @@ class CacheStep:
 
 
 class KVCache:
-    """Per-layer K/V tensors [B, Hkv, max_len, D] and `lengths` [B] (tokens held per row)."""
+    """Per-layer K/V tensors [B, Hkv, max_len, D] and `lengths` [B] (tokens held per row).
+
+    Widths come from the config: for multi-head latent attention, K holds one latent row per
+    token ([B, 1, max_len, kv_lora_rank + qk_rope_head_dim]) and V is empty (mla.py)."""
 
     def __init__(self, config: ModelConfig, batch: int, max_len: int,
                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
-        shape = (batch, config.num_key_value_heads, max_len)
+        shape = (batch, config.cache_heads, max_len)
         self.k = [torch.zeros(*shape, config.k_head_dim, dtype=dtype, device=device)
                   for _ in range(config.num_hidden_layers)]
         self.v = [torch.zeros(*shape, config.v_head_dim, dtype=dtype, device=device)

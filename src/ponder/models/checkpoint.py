@@ -86,28 +86,29 @@ def weights_source(folder: Path) -> Path:
     return folder / INDEX if (folder / INDEX).is_file() else folder / WEIGHTS
 
 
-def _read_tensors(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Path]]:
-    from safetensors import SafetensorError, safe_open
+def _open(file: Path):
+    from safetensors import safe_open
 
-    tensors: dict[str, torch.Tensor] = {}
-    origin: dict[str, Path] = {}
+    try:
+        return safe_open(str(file), framework="pt")
+    except Exception as e:  # safetensors raises its own error type for every malformed file
+        raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from None
+
+
+def _tensor_shapes(folder: Path) -> dict[str, tuple[Path, tuple[int, ...]]]:
+    """Each stored tensor -> (its file, its shape), from the files' headers (no data read yet)."""
+    found: dict[str, tuple[Path, tuple[int, ...]]] = {}
     for file, listed in _weight_files(folder).items():
-        try:
-            with safe_open(str(file), framework="pt") as f:
-                names = list(f.keys())
-                for name in names:
-                    if name in tensors:
-                        raise CheckpointError(f"{file}: tensor {name!r} also in {origin[name]}")
-                    tensors[name] = f.get_tensor(name)
-                    origin[name] = file
-        except (SafetensorError, OSError, RuntimeError, ValueError) as e:
-            if isinstance(e, CheckpointError):
-                raise
-            raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from None
-        if listed is not None:
-            for name in sorted(set(listed) - set(names)):
-                raise CheckpointError(f"{file}: tensor {name!r} missing (the index {INDEX} lists it here)")
-    return tensors, origin
+        with _open(file) as f:
+            names = list(f.keys())
+            for name in names:
+                if name in found:
+                    raise CheckpointError(f"{file}: tensor {name!r} is also in {found[name][0]}")
+                found[name] = (file, tuple(f.get_slice(name).get_shape()))
+        missing = sorted(set(listed or ()) - set(names))
+        if missing:
+            raise CheckpointError(f"{file}: tensor {missing[0]!r} missing (the index {INDEX} lists it here)")
+    return found
 
 
 def load_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32,
@@ -115,33 +116,45 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32,
     folder = resolve(path)
     config = read_config(folder)
     with torch.device("meta"):
-        model = Decoder(config)
+        model = Decoder(config)  # shapes only: no memory, no random init
     expected = {name: tuple(p.shape) for name, p in model.state_dict().items()}
-    tensors, origin = _read_tensors(folder)
+    stored = _tensor_shapes(folder)
+    # Some writers store a tied head anyway; it is skipped (checked equal to the embedding below).
+    tied_head = stored.pop("lm_head.weight", None) if config.tie_word_embeddings else None
 
-    if config.tie_word_embeddings and "lm_head.weight" in tensors:
-        # Some writers store the tied head anyway; it must be the embedding itself.
-        head, emb = tensors.pop("lm_head.weight"), tensors.get("model.embed_tokens.weight")
-        if emb is not None and not torch.equal(head, emb):
-            raise CheckpointError(
-                f"{origin['lm_head.weight']}: tensor 'lm_head.weight' differs from "
-                f"'model.embed_tokens.weight' but {CONFIG} sets tie_word_embeddings")
-    # Report in the model's own order, so the first problem named is the earliest tensor.
+    # Check every name and shape first, in the model's own order, so that nothing is loaded
+    # from a checkpoint that does not match, and the first problem named is the earliest tensor.
     for name, shape in expected.items():
-        if name not in tensors:
+        if name not in stored:
             raise CheckpointError(f"{weights_source(folder)}: tensor {name!r} missing "
                                   f"(the model {CONFIG} describes needs it)")
-        t = tensors[name]
-        if tuple(t.shape) != shape:
-            raise CheckpointError(f"{origin[name]}: tensor {name!r} has shape {tuple(t.shape)}, "
-                                  f"expected {shape} from {CONFIG}")
-        if not t.is_floating_point():
-            raise CheckpointError(f"{origin[name]}: tensor {name!r} has dtype {t.dtype}, expected floating point")
-    for name in sorted(tensors.keys() - expected.keys()):
-        raise CheckpointError(f"{origin[name]}: unexpected tensor {name!r} (not part of the model "
+        file, got = stored[name]
+        if got != shape:
+            raise CheckpointError(f"{file}: tensor {name!r} has shape {got}, expected {shape} from {CONFIG}")
+    unexpected = sorted(stored.keys() - expected.keys())
+    if unexpected:
+        name = unexpected[0]
+        raise CheckpointError(f"{stored[name][0]}: unexpected tensor {name!r} (not part of the model "
                               f"{CONFIG} describes)")
-    model.load_state_dict({n: t.to(device=device, dtype=dtype) for n, t in tensors.items()},
-                          strict=True, assign=True)
+
+    state: dict[str, torch.Tensor] = {}
+    by_file: dict[Path, list[str]] = {}
+    for name, (file, _) in stored.items():
+        by_file.setdefault(file, []).append(name)
+    for file, names in by_file.items():
+        with _open(file) as f:
+            for name in names:
+                t = f.get_tensor(name)
+                if not t.is_floating_point():
+                    raise CheckpointError(f"{file}: tensor {name!r} has dtype {t.dtype}, expected floating point")
+                state[name] = t.to(device=device, dtype=dtype)
+    if tied_head is not None:
+        with _open(tied_head[0]) as f:
+            head = f.get_tensor("lm_head.weight").to(device=device, dtype=dtype)
+        if not torch.equal(head, state["model.embed_tokens.weight"]):
+            raise CheckpointError(f"{tied_head[0]}: tensor 'lm_head.weight' differs from "
+                                  f"'model.embed_tokens.weight' but {CONFIG} sets tie_word_embeddings")
+    model.load_state_dict(state, strict=True, assign=True)
     return model.eval()
 
 

@@ -218,6 +218,11 @@ class ModelConfig:
             raise fail("rope_theta", f"expected a positive number, got {theta!r}")
 
         try:
+            moe, mla = _moe_from_hf(d, model_type, get), _mla_from_hf(d, model_type, get, fail)
+            if mla is not None:
+                # MLA has no key/value head grouping (transformers expands the latent to every
+                # head), and its RoPE width is the rope part of a head.
+                d = {**d, "num_key_value_heads": d.get("num_attention_heads"), "head_dim": mla.qk_rope_head_dim}
             return cls(
                 vocab_size=get("vocab_size", int),
                 hidden_size=get("hidden_size", int),
@@ -234,6 +239,8 @@ class ModelConfig:
                 attention_bias=get("attention_bias", bool, False) if model_type != "qwen2" else False,
                 mlp_bias=get("mlp_bias", bool, False) if model_type == "llama" else False,
                 initializer_range=get("initializer_range", float, 0.02),
+                moe=moe,
+                mla=mla,
                 raw=dict(d),
             )
         except ConfigError as e:
@@ -263,4 +270,100 @@ class ModelConfig:
         rope.update(rope_type="default", rope_theta=self.rope_theta)
         d["rope_parameters"] = rope
         d["rope_theta"] = self.rope_theta
+        if self.moe is not None:
+            d.update(_moe_to_hf(self.moe, self.model_type, d))
+        if self.mla is not None:
+            m = self.mla
+            d.update(kv_lora_rank=m.kv_lora_rank, q_lora_rank=m.q_lora_rank, qk_nope_head_dim=m.qk_nope_head_dim,
+                     qk_rope_head_dim=m.qk_rope_head_dim, v_head_dim=m.v_head_dim, rope_interleave=m.rope_interleave,
+                     qk_head_dim=m.qk_nope_head_dim + m.qk_rope_head_dim)
         return d
+
+
+# transformers' defaults for the routing options a config.json may leave out.
+_MOE_DEFAULTS = {
+    "qwen3_moe": dict(norm_topk_prob=False, decoder_sparse_step=1),
+    "deepseek_v3": dict(norm_topk_prob=True, n_shared_experts=1, routed_scaling_factor=2.5, n_group=8,
+                        topk_group=4, first_k_dense_replace=3),
+}
+
+
+def _moe_from_hf(d: dict[str, Any], model_type: str, get) -> MoEConfig | None:
+    if model_type not in _MOE_DEFAULTS:
+        return None
+    defaults = _MOE_DEFAULTS[model_type]
+    if model_type == "qwen3_moe":
+        # transformers 5 writes num_local_experts (an alias it maps num_experts onto).
+        experts = "num_local_experts" if "num_local_experts" in d and "num_experts" not in d else "num_experts"
+        layers = get("mlp_only_layers", list, [])
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
+            raise ConfigError(f"field 'mlp_only_layers': expected a list of layer indices, got {layers!r}")
+        extra = dict(decoder_sparse_step=get("decoder_sparse_step", int, defaults["decoder_sparse_step"]),
+                     mlp_only_layers=tuple(layers))
+    else:
+        experts = "n_routed_experts"
+        extra = {name: get(name, type(value), value) for name, value in defaults.items() if name != "norm_topk_prob"}
+    return MoEConfig(num_experts=get(experts, int), num_experts_per_tok=get("num_experts_per_tok", int),
+                     moe_intermediate_size=get("moe_intermediate_size", int),
+                     norm_topk_prob=get("norm_topk_prob", bool, defaults["norm_topk_prob"]), **extra)
+
+
+def _moe_to_hf(moe: MoEConfig, model_type: str, d: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = dict(num_experts_per_tok=moe.num_experts_per_tok,
+                               moe_intermediate_size=moe.moe_intermediate_size, norm_topk_prob=moe.norm_topk_prob)
+    if model_type == "qwen3_moe":
+        out.update(num_experts=moe.num_experts, decoder_sparse_step=moe.decoder_sparse_step,
+                   mlp_only_layers=list(moe.mlp_only_layers))
+        if "num_local_experts" in d:
+            out["num_local_experts"] = moe.num_experts
+    else:
+        out.update(n_routed_experts=moe.num_experts, n_shared_experts=moe.n_shared_experts,
+                   routed_scaling_factor=moe.routed_scaling_factor, n_group=moe.n_group, topk_group=moe.topk_group,
+                   first_k_dense_replace=moe.first_k_dense_replace)
+    return out
+
+
+def _mla_from_hf(d: dict[str, Any], model_type: str, get, fail) -> MLAConfig | None:
+    if model_type != "deepseek_v3":
+        return None
+    # null means "no query compression"; a missing key means transformers' default, 1536.
+    q_lora_rank = d.get("q_lora_rank", 1536)
+    if q_lora_rank is not None and (not isinstance(q_lora_rank, int) or isinstance(q_lora_rank, bool)):
+        raise fail("q_lora_rank", f"expected int or null, got {q_lora_rank!r}")
+    return MLAConfig(kv_lora_rank=get("kv_lora_rank", int), qk_nope_head_dim=get("qk_nope_head_dim", int),
+                     qk_rope_head_dim=get("qk_rope_head_dim", int), v_head_dim=get("v_head_dim", int),
+                     q_lora_rank=q_lora_rank, rope_interleave=get("rope_interleave", bool, True))
+
+
+def _positive(obj: Any, names: tuple[str, ...]) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_moe(moe: MoEConfig) -> None:
+    _positive(moe, ("num_experts", "num_experts_per_tok", "moe_intermediate_size", "decoder_sparse_step",
+                    "n_group", "topk_group"))
+    if moe.num_experts_per_tok > moe.num_experts:
+        raise ConfigError(f"num_experts_per_tok ({moe.num_experts_per_tok}) exceeds the {moe.num_experts} experts")
+    if moe.num_experts % moe.n_group:
+        raise ConfigError(f"n_group ({moe.n_group}) must divide the {moe.num_experts} routed experts")
+    if moe.topk_group > moe.n_group:
+        raise ConfigError(f"topk_group ({moe.topk_group}) exceeds n_group ({moe.n_group})")
+    if moe.n_group > 1 and moe.num_experts // moe.n_group < 2:
+        raise ConfigError("group-limited routing scores each group by its top-2 experts: "
+                          f"n_group ({moe.n_group}) leaves fewer than 2 experts per group")
+    if moe.num_experts_per_tok > moe.topk_group * (moe.num_experts // moe.n_group):
+        raise ConfigError(f"num_experts_per_tok ({moe.num_experts_per_tok}) exceeds the experts of the "
+                          f"topk_group ({moe.topk_group}) groups a token may use")
+    if moe.n_shared_experts < 0 or moe.first_k_dense_replace < 0:
+        raise ConfigError("n_shared_experts and first_k_dense_replace must be >= 0")
+
+
+def _check_mla(mla: MLAConfig, head_dim: int) -> None:
+    _positive(mla, ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"))
+    if mla.q_lora_rank is not None:
+        _positive(mla, ("q_lora_rank",))
+    if head_dim != mla.qk_rope_head_dim:
+        raise ConfigError(f"head_dim ({head_dim}) must equal qk_rope_head_dim ({mla.qk_rope_head_dim}) for MLA")

@@ -1,4 +1,4 @@
-"""Decoder: the decoder-only transformer (Qwen3 / Qwen2 / Llama) with HF parameter names.
+"""Decoder: the decoder-only transformer (Qwen3 / Qwen2 / Llama / Qwen3-MoE / DeepSeek-V3) with HF parameter names.
 
 Layout (as transformers names it, so state dicts map 1:1):
     model.embed_tokens, model.layers.N.{input_layernorm, self_attn, post_attention_layernorm, mlp},
@@ -20,15 +20,21 @@ from torch import nn
 from .cache import KVCache
 from .config import ModelConfig
 from .layers import Attention, RMSNorm, RotaryTable, SwiGLU
+from .mla import LatentAttention
+from .moe import Experts, SigmoidGroupRouter, SoftmaxRouter, SparseMoE
 
 
 def make_attention(config: ModelConfig, layer_idx: int) -> nn.Module:
     """The attention block of layer `layer_idx`: forward(x, cos, sin, cache, step) -> [B, T, H]."""
+    if config.mla is not None:
+        return LatentAttention(config, layer_idx)
     return Attention(config, layer_idx)
 
 
 def make_mlp(config: ModelConfig, layer_idx: int) -> nn.Module:
     """The feed-forward block of layer `layer_idx`: forward(x) -> x's shape."""
+    if config.is_sparse_layer(layer_idx):
+        return SparseMoE(config)
     return SwiGLU(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
 
 
@@ -83,6 +89,8 @@ class Decoder(nn.Module):
                     module.bias.zero_()
             elif isinstance(module, RMSNorm):
                 module.weight.fill_(1.0)
+            elif isinstance(module, (Experts, SoftmaxRouter, SigmoidGroupRouter)):
+                module.reset_parameters(self.config.initializer_range)
 
     @property
     def device(self) -> torch.device:
