@@ -23,9 +23,9 @@ def main(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(RLConfig, args.config, args.overrides)
-    except ConfigError as exc:
+        summary = train_rl(cfg)
+    except (ConfigError, ValueError, OSError) as exc:  # bad config or data: the message names the place
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    summary = train_rl(cfg)
     print(json.dumps({k: v for k, v in summary.items() if k != "final"}, indent=1))
     return 0

@@ -1,0 +1,250 @@
+"""Supervised fine-tuning: `ponder train sft CONFIG.yaml key=value ...` or `train_sft(SFTConfig(...))`.
+
+Data is JSONL: {"text": ...} records (loss on every token) or {"prompt": ..., "completion": ...}
+records (loss on completion tokens only; prompt and completion are tokenized apart, as the RL
+engine sees them). An end-of-sequence token closes every example. The loss is the token mean
+over the whole batch across micro-batches. Checkpoints, exact resume and metrics reuse the RL
+machinery (ponder.rl.checkpoint / metrics); the result is an HF-layout model + tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+log = logging.getLogger("ponder.sft")
+
+
+@dataclass
+class SFTConfig:
+    model: str = ""  # HF-layout folder to start from (config.json + weights)
+    init_from_config: bool = False  # build a freshly initialised model from `model`/config.json (seeded) instead of loading weights
+    tokenizer: str | None = None  # folder holding tokenizer.json; None: the model folder
+    data: str = ""  # JSONL of {"text"} or {"prompt", "completion"} records
+    eval_data: str | None = None  # JSONL of the same kind for a held-out loss; None: none
+    max_length: int = 512  # examples longer than this (in tokens) are cut to it
+    output_dir: str = "out/sft"  # checkpoints, metrics.jsonl, TensorBoard, loss plot, final model
+    epochs: float = 1.0  # passes over the data (used when steps is 0)
+    steps: int = 0  # optimizer steps; 0: epochs x examples / batch_size
+    batch_size: int = 32  # examples per optimizer step
+    micro_batch_size: int = 32  # examples per forward/backward; gradients accumulate over the batch
+    lr: float = 1e-3  # AdamW peak learning rate
+    weight_decay: float = 0.0  # AdamW weight decay
+    adam_beta1: float = 0.9  # AdamW beta1
+    adam_beta2: float = 0.999  # AdamW beta2
+    max_grad_norm: float = 1.0  # clip the global gradient norm; 0: off
+    warmup_steps: int = 0  # linear warm-up steps from 0 to lr
+    schedule: Literal["constant", "cosine"] = "cosine"  # after warm-up: constant, or cosine decay to min_lr_ratio x lr
+    min_lr_ratio: float = 0.1  # cosine floor as a share of lr
+    dtype: Literal["float32", "bfloat16"] = "float32"  # bfloat16: autocast forward (weights stay fp32)
+    device: str = "auto"  # "auto": cuda when available, else cpu
+    seed: int = 0  # seeds initialisation (init_from_config) and data order
+    eval_every: int = 0  # held-out loss every N steps (and at the end); 0: only at the end
+    save_every: int = 100  # write the train-state checkpoint every N steps (and at the end)
+
+    def __post_init__(self) -> None:
+        if self.max_length < 2:
+            raise ValueError(f"max_length must be >= 2, got {self.max_length}")
+        for name in ("batch_size", "micro_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.epochs <= 0:
+            raise ValueError("lr and epochs must be > 0")
+        for name in ("steps", "warmup_steps", "eval_every", "save_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass
+class Example:
+    prompt: list[int]  # ids the loss skips (empty for text records but its first token)
+    target: list[int]  # ids the loss is on
+
+
+def read_examples(path: str | Path, tokenizer, max_length: int) -> list[Example]:
+    """Tokenized examples of a JSONL file; a malformed line is an error naming file and line."""
+    eos = tokenizer.eos_token_id
+    out = []
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{where}: not valid JSON ({exc})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{where}: expected an object")
+            if isinstance(record.get("text"), str):
+                ids = tokenizer.encode(record["text"])
+                prompt, target = ids[:1], ids[1:]
+            elif isinstance(record.get("prompt"), str) and isinstance(record.get("completion"), str):
+                prompt, target = tokenizer.encode(record["prompt"]), tokenizer.encode(record["completion"])
+            else:
+                raise ValueError(f"{where}: expected a string field 'text', or 'prompt' and 'completion'")
+            if eos is not None:
+                target = target + [eos]
+            if not prompt:
+                raise ValueError(f"{where}: empty prompt (the first token needs something to follow)")
+            target = target[: max(0, max_length - len(prompt))]
+            if not target:
+                raise ValueError(f"{where}: nothing to learn after cutting to max_length={max_length}")
+            out.append(Example(prompt, target))
+    if not out:
+        raise ValueError(f"{path}: no examples")
+    return out
+
+
+def batch_loss(model, examples: list[Example], device, dtype: str, total_tokens: int) -> torch.Tensor:
+    """Summed target-token negative log-likelihood of `examples`, divided by `total_tokens`."""
+    from ponder.rl.losses import completion_logprobs
+    from ponder.rl.trainer import autocast
+
+    rows = [e.prompt + e.target for e in examples]
+    width = max(map(len, rows))
+    ids = torch.tensor([r + [0] * (width - len(r)) for r in rows], device=device)
+    starts = torch.tensor([len(e.prompt) for e in examples], device=device)
+    length = max(len(e.target) for e in examples)
+    mask = torch.tensor([[1.0] * len(e.target) + [0.0] * (length - len(e.target)) for e in examples], device=device)
+    with autocast(device, dtype):
+        logp, _ = completion_logprobs(model, ids, starts, length)
+    return -(logp * mask).sum() / total_tokens
+
+
+def evaluate_loss(model, examples: list[Example], device, dtype: str, micro: int) -> float:
+    total = sum(len(e.target) for e in examples)
+    model.eval()
+    with torch.no_grad():
+        loss = sum(batch_loss(model, examples[i:i + micro], device, dtype, total).item()
+                   for i in range(0, len(examples), micro))
+    model.train()
+    return loss
+
+
+def train_sft(cfg: SFTConfig, *, model=None, tokenizer=None, progress: bool = True) -> dict[str, Any]:
+    """Fine-tune as `cfg` says, resuming from cfg.output_dir's checkpoint if there is one.
+    Returns a summary: steps, seconds, final loss, held-out loss, model folder."""
+    from tqdm.auto import tqdm
+
+    from ponder import config as config_io
+    from ponder.rl import checkpoint
+    from ponder.rl.metrics import MetricsLog, plot
+    from ponder.rl.trainer import ProblemStream, lr_at, pick_device
+
+    start = time.perf_counter()
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = pick_device(cfg.device)
+    if tokenizer is None:
+        from ponder.tokenizer import Tokenizer
+
+        if not (cfg.tokenizer or cfg.model):
+            raise ValueError("config: set `tokenizer` or `model`")
+        tokenizer = Tokenizer.from_pretrained(cfg.tokenizer or cfg.model)
+    if model is None:
+        if not cfg.model:
+            raise ValueError("config: `model` (an HF-layout folder, or one with config.json and init_from_config) is required")
+        if cfg.init_from_config:
+            from ponder.models import Decoder
+            from ponder.models.checkpoint import read_config
+
+            torch.manual_seed(cfg.seed)
+            model = Decoder(read_config(Path(cfg.model)))
+        else:
+            from ponder.models import from_pretrained
+
+            model = from_pretrained(cfg.model)
+    model.to(device).train()
+    if not cfg.data:
+        raise ValueError("config: `data` (a JSONL file) is required")
+    examples = read_examples(cfg.data, tokenizer, cfg.max_length)
+    held_out = read_examples(cfg.eval_data, tokenizer, cfg.max_length) if cfg.eval_data else None
+    steps = cfg.steps or max(1, math.ceil(cfg.epochs * len(examples) / cfg.batch_size))
+    config_io.save_config(cfg, out / "config.yaml")
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                  weight_decay=cfg.weight_decay)
+    schedule = SFTConfig(**{**config_io.to_dict(cfg), "steps": steps})  # lr_at reads steps from it
+    stream = ProblemStream(len(examples), cfg.seed)
+    st: dict[str, Any] = {"step": 0, "history": []}
+    ckpt_root = out / "checkpoints"
+    found = checkpoint.latest(ckpt_root)
+    if found is not None:
+        saved = checkpoint.load_state(found)
+        checkpoint.load_weights(model, found)
+        optimizer.load_state_dict(saved["optimizer"])
+        checkpoint.set_rng_state(saved["rng"])
+        s = saved["stream"]
+        if s["size"] != len(examples):
+            raise ValueError(f"{found}: checkpoint was trained on {s['size']} examples, {cfg.data} has {len(examples)}")
+        stream = ProblemStream(s["size"], s["seed"], s["epoch"], s["index"])
+        st = {"step": saved["step"], "history": saved["history"]}
+        log.info("resuming from %s (step %d)", found, st["step"])
+    metrics = MetricsLog(out, st["history"])
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    bar = tqdm(total=steps, initial=st["step"], disable=not progress, desc="sft", dynamic_ncols=True)
+    while st["step"] < steps:
+        step = st["step"] + 1
+        t0 = time.perf_counter()
+        lr = lr_at(schedule, step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = [examples[i] for i in stream.take(cfg.batch_size)]
+        tokens = sum(len(e.target) for e in batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss_value = 0.0
+        for i in range(0, len(batch), cfg.micro_batch_size):
+            loss = batch_loss(model, batch[i:i + cfg.micro_batch_size], device, cfg.dtype, tokens)
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"step {step}: non-finite loss; lower lr (now {lr:g})")
+            loss.backward()
+            loss_value += loss.item()
+        norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+        optimizer.step()
+        record = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": norm.item(),
+                  "tokens_per_s": tokens / max(time.perf_counter() - t0, 1e-9)}
+        if held_out and ((cfg.eval_every and step % cfg.eval_every == 0) or step == steps):
+            record["eval/loss"] = evaluate_loss(model, held_out, device, cfg.dtype, cfg.micro_batch_size)
+        st["step"] = step
+        metrics.log(record)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_value:.4f}")
+        if (cfg.save_every and step % cfg.save_every == 0) or step == steps:
+            checkpoint.save(ckpt_root, step, model, tokenizer,
+                            {"step": step, "history": list(st["history"]), "stream": stream.state(),
+                             "optimizer": optimizer.state_dict(), "rng": checkpoint.rng_state(),
+                             "config": config_io.to_dict(cfg)})
+    bar.close()
+    model_dir = out / "model"
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    plot(st["history"], out, {"loss": ["loss", "eval/loss"]})
+    metrics.close()
+    last = st["history"][-1] if st["history"] else {}
+    return {"steps": st["step"], "seconds": time.perf_counter() - start, "loss": last.get("loss"),
+            "eval_loss": last.get("eval/loss"), "model_dir": str(model_dir), "output_dir": str(out)}
+
+
+def main(args) -> int:
+    """`ponder train sft CONFIG.yaml key=value ...`: fine-tune, print the summary as JSON."""
+    from ponder.config import ConfigError, load_config
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(SFTConfig, args.config, args.overrides)
+        summary = train_sft(cfg)
+    except (ConfigError, ValueError, OSError) as exc:  # bad config or data: the message names the place
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=1))
+    return 0
