@@ -85,8 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=_ints, default=[1], help="pass@k / maj@k values, e.g. 1,4,8")
     p.add_argument("--strategy", default=None,
                    help="greedy|sample|majority|weighted-majority|best-of-n|refine")
-    p.add_argument("--scorer", default="loglik", help="best-of-n scorer: oracle|loglik|judge")
+    p.add_argument("--scorer", default="loglik", help="best-of-n scorer: oracle (upper bound)|loglik|judge")
     p.add_argument("--rounds", type=int, default=2, help="refine: rounds")
+    p.add_argument("--judge-model", default=None, help="best-of-n --scorer judge: judge checkpoint (default: --model)")
+    p.add_argument("--thinking-budget", type=int, default=None, help="--strategy: force </think> after B tokens")
+    p.add_argument("--extend-thinking", type=int, default=0,
+                   help="--strategy: budget forcing, replace an early </think> by 'Wait' up to W times")
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -100,7 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None)
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--n", type=_ints, default=[1, 2, 4, 8, 16])
-    p.add_argument("--draws", type=int, default=20, help="random subsets averaged per N")
+    p.add_argument("--draws", type=int, default=200,
+                   help="weighted majority: random N-subsets averaged per N (all when fewer exist)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="out/scale-curve")
     p.set_defaults(func=lambda a: __import__("ponder.scaling", fromlist=["main"]).main(a))

@@ -19,8 +19,8 @@ from pathlib import Path
 from ponder.evaluate.harness import EvalResult, evaluate, markdown
 
 DEFAULT_TEMPERATURE = 1.0  # sampling temperature for pass@k / maj@k when --temperature is not given
-# Options issue 5's inference strategies will use; accepted here only at their defaults.
-_NOT_YET = {"strategy": None, "scorer": "loglik", "rounds": 2}
+# Options of the inference strategies (ponder.scaling); without --strategy only their defaults.
+_STRATEGY_ONLY = {"scorer": "loglik", "rounds": 2}
 
 
 def write_result(result: EvalResult, out: str | Path, header: dict) -> tuple[Path, Path]:
@@ -39,9 +39,13 @@ def write_result(result: EvalResult, out: str | Path, header: dict) -> tuple[Pat
 
 
 def main(args) -> int:
-    for name, default in _NOT_YET.items():
+    if getattr(args, "strategy", None) is not None:  # inference-time strategies live in ponder.scaling
+        from ponder.scaling.command import main as strategy_main
+
+        return strategy_main(args)
+    for name, default in _STRATEGY_ONLY.items():
         if getattr(args, name, default) != default:
-            print(f"ponder eval: error: --{name} is not yet available", file=sys.stderr)
+            print(f"ponder eval: error: --{name} needs --strategy", file=sys.stderr)
             return 2
     import torch
 
