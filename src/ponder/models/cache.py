@@ -54,6 +54,12 @@ class KVCache:
         self.lengths = torch.zeros(batch, dtype=torch.long, device=device)
         self.max_len = max_len
 
+    @staticmethod
+    def bytes_per_token(config: ModelConfig, dtype: torch.dtype = torch.float32) -> int:
+        """Cache bytes one token takes over all layers: K and V of every KV head, or MLA's latent row."""
+        per_layer = config.cache_heads * (config.k_head_dim + config.v_head_dim)
+        return config.num_hidden_layers * per_layer * torch.empty(0, dtype=dtype).element_size()
+
     @property
     def batch(self) -> int:
         return self.lengths.shape[0]

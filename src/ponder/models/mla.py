@@ -70,7 +70,8 @@ class LatentAttention(nn.Module):
             q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
         q_nope, q_rope = q.view(B, T, nh, self.nope + self.rope).split([self.nope, self.rope], dim=-1)
         latent, k_rope = self.kv_a_proj_with_mqa(x).split([r, self.rope], dim=-1)
-        row = torch.cat([self.kv_a_layernorm(latent), self._rotate(k_rope.unsqueeze(2), cos, sin)], dim=-1)
+        # The cache row of each token, [B, T, 1, r + rope]: normed latent, then the rotated shared key.
+        row = torch.cat([self.kv_a_layernorm(latent).unsqueeze(2), self._rotate(k_rope.unsqueeze(2), cos, sin)], dim=-1)
 
         w = self.kv_b_proj.weight.view(nh, self.nope + self.v_dim, r)
         w_k, w_v = w[:, :self.nope], w[:, self.nope:]
