@@ -54,6 +54,9 @@ EQUAL = [
     # percent (default: the sign is dropped), text answers, base-n numerals
     ("5\\%", "5"), ("25", "25 \\%"), ("\\text{Evelyn}", "Evelyn"), ("\\text{(C)}", "C"), ("\\text{east}", "\\text{ East }"),
     ("52_8", "52_{8}"), ("4210_{5}", "4210"),
+    # plain arithmetic on numbers (exact fast path)
+    ("-5", "-(5)"), ("28", "2(14)"), ("-326.5", "-(326.5)"), ("\\frac{3}{2}", "\\frac{3}{4}\\cdot 2"), ("1024", "2^{10}"),
+    ("(1,2]", "(1, 2.0]"), ("\\{1, 2\\}", "\\{2.0, 1\\}"),
     # tiny magnitudes that are equal
     ("\\frac{1}{2^{99}}", "2^{-99}"), ("\\frac{1}{2004!}", "\\frac{1}{2004 \\cdot 2003!}"),
 ]
@@ -72,6 +75,8 @@ NOT_EQUAL = [
     # a tuple is not a set, an interval not a list, order of a tuple matters
     ("(1,3)", "\\{1,3\\}"), ("(6,31,-1)", "\\{6,31,-1\\}"), ("(1,3)", "1,3"), ("(6,31,-1)", "(-1,31,6)"),
     ("(3,4]", "[3,4]"), ("(3,4]", "(3,4)"),
+    ("(1,2)", "\\{1,2\\}"), ("(1,2]", "[1,2]"), ("(1,2)", "(2,1)"), ("5", "(5,6)"), ("2\\frac{1}{2}", "1"),
+    ("(3, \\frac{\\pi}{2})", "(\\frac{\\pi}{2}, 3)"),
     # x>5 is not x<5; strictness matters
     ("x>5", "x<5"), ("x > 5", "x \\ge 5"), ("x \\in [-2,7]", "(-2,7)"),
     # equations: not proportional

@@ -16,6 +16,7 @@ record next to every result.
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -169,6 +170,9 @@ def clean(answer: str, settings: GraderSettings = DEFAULT_SETTINGS) -> str:
         s = _PERCENT.sub("", s).strip()
         if settings.percent == "value":
             s = "\\frac{%s}{100}" % s
+    m = _WHOLE_TEXT.match(s)
+    if m and not re.search(r"[A-Za-z]", m.group(1)):   # \text{5}: a number typeset as text
+        s = m.group(1).strip()
     # Units: trailing \text{...} after some math, or plain words after a number.
     while _TEXT_UNIT.search(s) and _TEXT_UNIT.sub("", s).strip():
         s = _TEXT_UNIT.sub("", s).strip()
@@ -224,6 +228,106 @@ def _fraction(s: str, settings: GraderSettings) -> Fraction | None:
     return None
 
 
+_INNER_FRAC = re.compile(r"\\frac\{([^{}]*)\}\{([^{}]*)\}")
+_ARITH_CHARS = re.compile(r"^[0-9.+\-*/() ]+$")
+
+
+def _arithmetic(s: str) -> Fraction | None:
+    """The exact value of plain arithmetic on numbers (2(14), -(326.5), \\frac{3}{4}\\cdot 2, 2^{10}),
+    computed with Fractions; None for anything else (variables, radicals, big powers...)."""
+    if len(s) > 200 or re.search(r"\d\s*\\frac", s):   # 2\frac{1}{2} is a mixed number, not 2 * 1/2
+        return None
+    t = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", s)
+    for _ in range(10):
+        t, n = _INNER_FRAC.subn(r"((\1)/(\2))", t)
+        if not n:
+            break
+    t = t.replace("\\cdot", "*").replace("\\times", "*")
+    t = re.sub(r"\^\s*\{?\s*(-?\d{1,2})\s*\}?", r"**(\1)", t)
+    if not _ARITH_CHARS.match(t):
+        return None
+    t = re.sub(r"(?<=[\d)])\s*(?=\()|(?<=\))\s*(?=[\d.])", "*", t)   # 2(14), (2)(3)
+    try:
+        tree = ast.parse(t, mode="eval")
+        return _evaluate(tree.body, t)
+    except (SyntaxError, ValueError, ZeroDivisionError, OverflowError):
+        return None
+
+
+def _evaluate(node, source: str) -> Fraction:
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+        return Fraction(ast.get_source_segment(source, node))   # exact: "0.1" is 1/10
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        value = _evaluate(node.operand, source)
+        return -value if isinstance(node.op, ast.USub) else value
+    if isinstance(node, ast.BinOp):
+        a, b = _evaluate(node.left, source), _evaluate(node.right, source)
+        if isinstance(node.op, ast.Add):
+            return a + b
+        if isinstance(node.op, ast.Sub):
+            return a - b
+        if isinstance(node.op, ast.Mult):
+            return a * b
+        if isinstance(node.op, ast.Div):
+            return a / b
+        if isinstance(node.op, ast.Pow) and b.denominator == 1 and abs(b) <= 64 \
+                and abs(a.numerator) < 10 ** 12 and a.denominator < 10 ** 12:
+            return a ** int(b)
+    raise ValueError("not plain arithmetic")
+
+
+def _number(s: str, settings: GraderSettings) -> Fraction | None:
+    value = _fraction(s, settings)
+    return value if value is not None else _arithmetic(s)
+
+
+_OPEN = {"(": ")", "[": "]", "\\{": "\\}"}
+
+
+def split_top_level(s: str) -> list[str]:
+    """s split at the commas outside any brackets or braces."""
+    parts, depth, start = [], 0, 0
+    for i, c in enumerate(s):
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+        elif c == "," and depth == 0:
+            parts.append(s[start:i])
+            start = i + 1
+    parts.append(s[start:])
+    return [p.strip() for p in parts]
+
+
+def _number_list(s: str, settings: GraderSettings):
+    """(brackets, [values]) for a tuple, interval, set or bare list of plain numbers, else None.
+    brackets is e.g. "(]" or "{}" or "" (bare); a single number is not a list."""
+    s = s.strip()
+    brackets, inner = "", s
+    if s.startswith("\\{") and s.endswith("\\}"):
+        brackets, inner = "{}", s[2:-2]
+    elif s[:1] in "([" and s[-1:] in ")]":
+        brackets, inner = s[0] + s[-1], s[1:-1]
+    if "," not in inner:
+        return None
+    parts = split_top_level(inner)
+    if brackets and brackets != "{}" and any(not p for p in parts):
+        return None
+    values = [_number(p, settings) for p in parts]
+    if any(v is None for v in values):
+        return None
+    return brackets, values
+
+
+def _lists_equal(g, p, settings: GraderSettings) -> bool:
+    (gb, gv), (pb, pv) = g, p
+    if gb != pb or len(gv) != len(pv):
+        return False
+    if gb == "{}" or (gb == "" and not settings.ordered_lists):
+        return sorted(gv) == sorted(pv)
+    return gv == pv
+
+
 def _unreduced(s: str) -> bool:
     m = re.match(r"^[+-]?\\frac\{[+-]?(\d+)\}\{(\d+)\}$|^[+-]?(\d+)/(\d+)$", s.replace(" ", ""))
     if not m:
@@ -273,13 +377,19 @@ def _fast(gold: str, pred: str, settings: GraderSettings) -> tuple[bool, str] | 
         if settings.base_subscript_optional and re.fullmatch(r"\d+", other):
             return (True, "equal") if other == digits else (False, "not equal")
         return False, "not equal"
-    gf, pf = _fraction(g, settings), _fraction(p, settings)
+    gf, pf = _number(g, settings), _number(p, settings)
     if gf is not None and pf is not None:
         if gf != pf:
             return False, "not equal"
         if not settings.unreduced_fractions and _unreduced(p):
             return False, "fraction not in lowest terms"
         return True, "equal"
+    if (gf is None) != (pf is None) and (gf is not None and _number_list(p, settings) is not None
+                                         or pf is not None and _number_list(g, settings) is not None):
+        return False, "not equal"
+    gl, pl = _number_list(g, settings), _number_list(p, settings)
+    if gl is not None and pl is not None:
+        return (True, "equal") if _lists_equal(gl, pl, settings) else (False, "not equal")
     if g == p:
         return True, "equal"
     return None

@@ -28,6 +28,9 @@ from sympy.core.relational import Relational
 
 from latex2sympy2_extended.latex2sympy2 import latex2sympy
 from latex2sympy2_extended.math_normalization import NormalizationConfig, normalize_latex
+from latex2sympy2_extended.sets import FiniteSet
+
+from ponder.rewards.math import split_top_level
 
 # units=False on purpose: math-verify's unit stripper deletes single letters such as a trailing
 # "c" or "s" (so "x + c" would become "x +"); ponder strips units itself, in text form only.
@@ -53,12 +56,46 @@ def parse(latex: str):
     """Cleaned LaTeX answer -> sympy object (Expr, Relational, Set, Tuple or Matrix)."""
     text = _exact_decimals(normalize_latex(latex, _NORMALIZE))
     complex_ = bool(re.search(r"(?<![a-zA-Z\\])i(?![a-zA-Z])", text))
-    obj = latex2sympy(text, is_real=not complex_, normalization_config=None)
-    if complex_ and isinstance(obj, sp.Basic) and not isinstance(obj, sp.MatrixBase):
-        obj = obj.xreplace({s: sp.I for s in obj.free_symbols if s.name == "i"})
-    elif isinstance(obj, sp.MatrixBase) and complex_:
-        obj = obj.applyfunc(lambda e: e.xreplace({s: sp.I for s in e.free_symbols if s.name == "i"}))
+    obj = _parse_structure(text, not complex_)
+    if complex_:
+        def to_i(e):
+            return e.xreplace({s: sp.I for s in e.free_symbols if s.name == "i"})
+        obj = obj.applyfunc(to_i) if isinstance(obj, sp.MatrixBase) else to_i(obj)
     return obj
+
+
+def _parse_structure(text: str, real: bool):
+    """Unions, lists, tuples, intervals and sets are split here and their members parsed one by
+    one: one small parse per member is much faster than the grammar's ambiguous list rules, and
+    the bracket rules are ponder's own: {..} and bare lists are sets, (a, b) with real a < b is an
+    open interval, [a, b] (a <= b) and half-open pairs are intervals, other (...) are tuples."""
+    pieces = [p.strip() for p in re.split(r"\\cup", text)]
+    if len(pieces) > 1 and all(pieces):
+        members = [_parse_structure(p, real) for p in pieces]
+        if all(isinstance(m, sp.Set) for m in members):
+            return sp.Union(*members)
+        return latex2sympy(text, is_real=real, normalization_config=None)
+    brackets, inner = "", text.strip()
+    if inner.startswith("\\{") and inner.endswith("\\}"):
+        brackets, inner = "{}", inner[2:-2]
+    elif inner[:1] in "([" and inner[-1:] in ")]":
+        brackets, inner = inner[0] + inner[-1], inner[1:-1]
+    parts = split_top_level(inner) if "," in inner and "matrix" not in inner else [inner]
+    if len(parts) < 2 or not all(parts):
+        return latex2sympy(text, is_real=real, normalization_config=None)
+    items = [latex2sympy(p, is_real=real, normalization_config=None) for p in parts]
+    if brackets in ("{}", ""):
+        flat = []
+        for item in items:   # 1 \pm \sqrt{2}, 3 is a set of three members
+            flat.extend(item.args if isinstance(item, sp.FiniteSet) else [item])
+        return FiniteSet(*flat)
+    if len(items) == 2 and all(isinstance(x, sp.Expr) and x.is_extended_real for x in items):
+        a, b = items
+        if (a < b) == sp.true or (brackets != "()" and (a <= b) == sp.true):
+            return sp.Interval(a, b, left_open=brackets[0] == "(", right_open=brackets[1] == ")")
+    if brackets == "()":
+        return sp.Tuple(*items)
+    return latex2sympy(text, is_real=real, normalization_config=None)
 
 
 def _is_rational_valued(e) -> bool:
@@ -132,11 +169,28 @@ def _relation_key(r: Relational):
 
 
 def _constant_multiple(f: sp.Expr, h: sp.Expr, positive: bool) -> bool:
+    """Is f = c * h for a constant c (c > 0 when `positive`)? Random points reject fast."""
     if f == 0 or h == 0:
         return f == 0 and h == 0
+    symbols = sorted(f.free_symbols | h.free_symbols, key=lambda s: s.name)
+    ratios = []
+    for point in _random_points(symbols, random.Random(1)):
+        try:
+            hv = h.xreplace(point).evalf(30, maxn=_MAXN)
+            if hv == 0 or not hv.is_number:
+                continue
+            ratios.append((f.xreplace(point) / h.xreplace(point)).evalf(30, maxn=_MAXN))
+        except (TypeError, ValueError, ZeroDivisionError):
+            continue
+    ratios = [r for r in ratios if r.is_number and r.is_finite]
+    for r in ratios:
+        if r == 0 or (positive and r.is_extended_real and r < 0):
+            return False
+        if abs(r - ratios[0]) > _REL * abs(ratios[0]):
+            return False
     ratio = sp.simplify(f / h)
     if ratio.free_symbols or ratio == 0 or not ratio.is_finite:
-        return False
+        return len(ratios) == _POINTS   # agreed at every point: proportional
     return bool(ratio > 0) if positive else True
 
 
