@@ -107,8 +107,10 @@ def run_python(script: str, files: dict[str, str], stdin: bytes = b"",
         fds += [status_r, status_w, report_r, report_w]
         config = {
             "workdir": workdir, "script": script, "uid": uid,
-            "interpreter": os.path.realpath(getattr(sys, "_base_executable", sys.executable)),
-            "prefix": sys.base_prefix, "status_fd": status_w, "report_fd": report_w,
+            # the caller's own Python (a venv's packages included), wherever it is installed
+            "interpreter": sys.executable,
+            "reveal": sorted({sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable))}),
+            "status_fd": status_w, "report_fd": report_w,
             "memory_mb": limits.memory_mb, "nproc": limits.nproc, "file_mb": limits.file_mb,
             "cpu_s": limits.cpu_s or max(1, math.ceil(limits.wall_s)),
         }
@@ -298,27 +300,19 @@ def _enter_user_namespace() -> None:
             f.write(text)
 
 
-def _hide_and_reveal(cover: str, reveal_fd: int, reveal_at: str, writable: bool,
-                     size: str = "1m") -> None:
-    """Cover `cover` with an empty read-only tmpfs, then bind one directory (an fd opened
-    before covering) back at `reveal_at` inside it."""
-    _mount("tmpfs", cover, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=755")
-    os.makedirs(reveal_at, exist_ok=True)
-    _mount(f"/proc/self/fd/{reveal_fd}", reveal_at, None, MS_BIND | MS_REC)
-    if not writable:
-        _mount(None, reveal_at, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
-    _mount(None, cover, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
-
-
-def _read_only_view(workdir: str, prefix: str, missing: list[str]) -> None:
+def _read_only_view(workdir: str, reveal: list[str], missing: list[str]) -> None:
     """Inside the new mount namespace: everything read-only except the work directory."""
     _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing below propagates to the host
     _mount(workdir, workdir, None, MS_BIND)  # its own mount, so it stays writable
     work_fd = os.open(workdir, os.O_PATH | os.O_DIRECTORY)
-    # The interpreter may live under a directory others cannot enter (/root/.pyenv/...): find
-    # the topmost such ancestor, to cover it and bind the installation back at the same path.
-    closed = next((a for a in _ancestors(prefix) if not os.stat(a).st_mode & 0o001), None)
-    prefix_fd = os.open(prefix, os.O_PATH | os.O_DIRECTORY) if closed else None
+    # The interpreter may live under a directory others cannot enter (/root/.pyenv/...): cover
+    # the topmost such ancestor and bind the installation back at the same path, so absolute
+    # paths (shared-library rpath, venv links) keep working and the rest stays hidden.
+    covers: dict[str, list[tuple[str, int]]] = {}
+    for path in reveal:
+        closed = next((a for a in _ancestors(path) if not os.stat(a).st_mode & 0o001), None)
+        if closed:
+            covers.setdefault(closed, []).append((path, os.open(path, os.O_PATH | os.O_DIRECTORY)))
     for point, flags in _mounts():
         if point == workdir:
             continue
@@ -328,15 +322,27 @@ def _read_only_view(workdir: str, prefix: str, missing: list[str]) -> None:
             if point == "/":
                 raise
             missing.append(f"read-only {point} ({e.strerror})")
-    if closed:
-        _hide_and_reveal(closed, prefix_fd, prefix, writable=False)
-    _hide_and_reveal("/tmp", work_fd, WORK, writable=True)
+    for closed, paths in covers.items():
+        _cover(closed, paths, writable=False)
+    _cover("/tmp", [(WORK, work_fd)], writable=True)
     for path in ("/var/tmp", "/run"):
         if os.path.isdir(path) and not os.path.islink(path):
             _mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k,mode=755")
     if os.path.isdir("/dev/shm") and not os.path.islink("/dev/shm"):
         # private and small: multiprocessing needs it for semaphores
         _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "size=16m,mode=1777")
+
+
+def _cover(directory: str, reveal: list[tuple[str, int]], writable: bool) -> None:
+    """Cover `directory` with an empty read-only tmpfs, then bind each (path, fd opened before
+    covering) back at path inside it."""
+    _mount("tmpfs", directory, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
+    for path, fd in reveal:
+        os.makedirs(path, exist_ok=True)
+        _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
+        if not writable:
+            _mount(None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    _mount(None, directory, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
 
 def _ancestors(path: str) -> list[str]:
@@ -382,7 +388,7 @@ def _launch(config: dict) -> None:
                 missing.append(f"{name} namespace ({e.strerror})")
     if "mount" in isolation:
         try:
-            _read_only_view(config["workdir"], config["prefix"], missing)
+            _read_only_view(config["workdir"], config["reveal"], missing)
             isolation.append("read-only filesystem")
         except OSError as e:
             missing.append(f"read-only filesystem ({e.strerror or e})")
