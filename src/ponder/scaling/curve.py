@@ -3,14 +3,18 @@ strategies at N = 1, 2, 4, ..., all from one pool of samples.
 
 Each problem is sampled max(N) times once (plus one greedy completion, the baseline). For each
 smaller N the strategies are evaluated on N-subsets of that pool, drawn without replacement:
-  majority            exact mean over all C(max N, N) subsets (metrics.maj_at_k);
   pass@N              exact (metrics.pass_at_k): best-of-N with an oracle verifier, the CEILING
                       of every selection strategy, not a strategy one can run;
   best-of-N (loglik)  exact: with candidates ranked by score (ties: earliest sample; uncommitted
                       ones last), the r-th ranked wins a subset with probability
                       C(max N - 1 - r, N - 1) / C(max N, N);
-  weighted majority   the mean over `draws` random subsets (all subsets when there are no
-                      more than `draws` of them), seeded.
+  majority and        the mean over all N-subsets when there are at most `draws` of them, else
+  weighted majority   over `draws` seeded random ones.
+Each subset is voted on as a run with only those N samples would vote: a tie goes to the
+cluster that appears first *within the subset*. (metrics.maj_at_k counts exactly but breaks
+ties by first appearance in the whole pool, which lets samples outside the subset decide and
+favours the pool's most frequent answer -- e.g. 0.56 instead of 0.50 at N=2 for answers drawn
+with p = 0.5 / 0.3 / 0.1 / 0.1 from pools of 6; so the curve does not use it.)
 Tokens per problem at N: N times the mean generated tokens of a sample -- the exact expected
 cost of a random N-subset. Clusters are computed once over the whole pool.
 """
@@ -67,15 +71,19 @@ def best_of_k(scores: Sequence[float], committed: Sequence[bool], correct: Seque
     return sum(math.comb(n - 1 - r, k - 1) for r, i in enumerate(ranked) if committed[i] and correct[i]) / total
 
 
-def _weighted_majority_at_k(cands: Sequence[Candidate], clusters: Sequence[int | None], k: int, draws: int,
-                            rng: random.Random) -> float:
-    weights = [vote_weight(c) if c.committed else 0.0 for c in cands]
+def vote_at_k(cands: Sequence[Candidate], clusters: Sequence[int | None], k: int, draws: int,
+              rng: random.Random, weighted: bool) -> float:
+    """Mean over N-subsets of "the (weighted) majority of the subset is correct", each subset
+    voting on its own (ties: the cluster first seen in the subset)."""
+    weights = [(vote_weight(c) if weighted else 1.0) if c.committed else 0.0 for c in cands]
 
     def correct(subset: Sequence[int]) -> float:
-        label = weighted_winner([clusters[i] for i in subset], [weights[i] for i in subset])
-        if label is None:
+        local: dict[int, int] = {}  # global cluster label -> order of first appearance in the subset
+        labels = [None if clusters[i] is None else local.setdefault(clusters[i], len(local)) for i in subset]
+        winner = weighted_winner(labels, [weights[i] for i in subset])
+        if winner is None:
             return 0.0
-        return float(cands[next(i for i in subset if clusters[i] == label)].correct)
+        return float(cands[subset[labels.index(winner)]].correct)
 
     return subset_mean(len(cands), k, correct, draws, rng)
 
@@ -89,8 +97,8 @@ def problem_curve(cands: Sequence[Candidate], equivalent, ks: Sequence[int], dra
     out = {}
     for k in ks:
         out[k] = {
-            "majority": M.maj_at_k(clusters, correct, k),
-            "weighted_majority": _weighted_majority_at_k(cands, clusters, k, draws, rng),
+            "majority": vote_at_k(cands, clusters, k, draws, rng, weighted=False),
+            "weighted_majority": vote_at_k(cands, clusters, k, draws, rng, weighted=True),
             "best_of_n_loglik": best_of_k([c.loglik for c in cands], committed, correct, k),
             "pass@n": M.pass_at_k(len(cands), sum(correct), k),
         }

@@ -183,7 +183,8 @@ def run_strategy(strategy: str, model, tokenizer, problems: Sequence[Problem], *
     """Run `strategy` (one of STRATEGIES) on every problem; one Choice per problem, in order.
 
     params: sampling for the strategy's own completions (greedy forces temperature 0); the
-    thinking controls in it apply to every completion. scorer: best-of-n's (see scorers).
+    thinking controls in it apply to every completion. Default: greedy for greedy and refine,
+    temperature 1 for the rest. scorer: best-of-n's (see scorers).
     engine: anything with Engine's generate(prompts, n, params); default Engine(model, tokenizer).
     Batch b samples with seed params.seed + b's first index, as the evaluation harness does.
     """
@@ -196,7 +197,8 @@ def run_strategy(strategy: str, model, tokenizer, problems: Sequence[Problem], *
     if strategy in ("majority", "weighted-majority"):
         for p in problems:
             _equivalence(p)  # fail before generating anything
-    params = params or SamplingParams()
+    if params is None:
+        params = SamplingParams(temperature=0.0 if strategy in ("greedy", "refine") else 1.0)
     if engine is None:
         model.eval()
         engine = Engine(model, tokenizer)
