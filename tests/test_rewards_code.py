@@ -111,6 +111,15 @@ def test_cases_exit_status_and_threads():
     assert run_program(threaded, cases=[{"input": "21\n", "output": "42\n"}]).correct
 
 
+def test_plain_program_passes_when_it_runs_to_the_end():
+    assert run_program("import sys\nprint('x')\nsys.exit(0)\n").correct
+    assert run_program("import os\nos._exit(0)\n").correct
+    assert run_program("import sys\nsys.exit('bad input')\n").reason == "crashed"
+    assert run_program("import os\nos._exit(4)\n").reason == "crashed"
+    with pytest.raises(ValueError, match=r"'cases\[0\]\.input'"):
+        run_program("print(1)", cases=[{"output": "1"}])
+
+
 def test_large_stdin_is_fed_without_deadlock():
     data = "x" * (3 << 20)
     reads = run_program("import sys\nprint(len(sys.stdin.read()))\n",

@@ -16,6 +16,7 @@ never in an exception for the caller.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import math
 import os
@@ -29,8 +30,9 @@ REASONS = ("passed", "failed", "timed out", "memory", "crashed", "blocked")
 
 # An OSError with one of these errnos means the sandbox refused something (network, writes
 # outside the work directory, too many processes, too large a file).
-_BLOCKED_ERRNOS = {1, 11, 13, 27, 30, 97, 99, 100, 101, 111, 113}  # EPERM EAGAIN EACCES EFBIG
-# EROFS EAFNOSUPPORT EADDRNOTAVAIL ENETDOWN ENETUNREACH ECONNREFUSED EHOSTUNREACH
+_BLOCKED_ERRNOS = {errno.EPERM, errno.EACCES, errno.EROFS, errno.EAGAIN, errno.EFBIG,
+                   errno.ENETDOWN, errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ECONNREFUSED,
+                   errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT}
 _BLOCKED_TYPES = {"gaierror", "herror"}  # name resolution: there is no network
 
 
@@ -116,10 +118,8 @@ def run_program(program: str, test: str | None = None, entry_point: str | None =
         return _run_once(program, {"mode": "test", "entry_point": entry_point}, limits,
                          extra_files={"test.py": test})
     if cases is not None:
-        if not cases:
-            raise ValueError("cases is empty: nothing would be tested")
         result = CodeResult(True, "passed")
-        for i, case in enumerate(cases):
+        for i, case in enumerate(_checked_cases(cases)):
             result = _run_once(program, {"mode": "cases"}, limits, stdin=case["input"],
                                expected=case["output"], case_index=i)
             if not result.correct:
@@ -165,11 +165,12 @@ def _classify(outcome: Outcome, report: dict | None, mode: str, limits: Limits) 
     if outcome.timed_out:
         return "timed out", f"wall-clock limit of {limits.wall_s:g} s"
     stderr_tail = _tail(outcome.stderr)
-    if outcome.returncode == SETUP_FAILED and report is None:
-        return "crashed", f"sandbox setup failed: {stderr_tail}"
-    if report is not None and report.get("error"):
-        return _classify_error(report, mode)
+    if report is not None:
+        return _classify_error(report, mode) if report.get("error") else ("passed", "")
+    # No report from the harness: the process ended some other way.
     rc = outcome.returncode
+    if rc == SETUP_FAILED:
+        return "crashed", f"sandbox setup failed or exit status {rc}: {stderr_tail}"
     if rc is not None and rc < 0:
         cpu_limit = limits.cpu_s or math.ceil(limits.wall_s)
         # The kernel enforces RLIMIT_CPU by SIGKILL at tick granularity, and reports the time
@@ -180,9 +181,7 @@ def _classify(outcome: Outcome, report: dict | None, mode: str, limits: Limits) 
             f": {stderr_tail}" if stderr_tail else "")
     if "MemoryError" in stderr_tail:
         return "memory", stderr_tail
-    if report is not None:  # stage "done"
-        return "passed", ""
-    if mode == "cases" and rc == 0:  # left through os._exit(0): its output still counts
+    if mode != "test" and rc == 0:  # left through os._exit(0): its output still counts
         return "passed", ""
     if mode == "test":
         return "failed", f"exited with status {rc} before the tests finished" + (
@@ -195,11 +194,9 @@ def _classify_error(report: dict, mode: str) -> tuple[str, str]:
     detail = f"{name} in {stage}: {report.get('message', '')}".strip().rstrip(":")
     if name == "SystemExit":
         code = report.get("code")
-        if mode == "cases" and code in (0, None):
-            return "passed", ""
         if mode == "test":
             return "failed", f"SystemExit({code}) in {stage}, before the tests finished"
-        return "crashed", f"SystemExit({code})"
+        return ("passed", "") if code in (0, None) else ("crashed", f"SystemExit({code})")
     if name == "MemoryError":
         return "memory", detail
     if name == "AssertionError":

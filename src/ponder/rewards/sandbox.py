@@ -128,8 +128,7 @@ def run_python(script: str, files: dict[str, str], stdin: bytes = b"",
                                       "status": status_r, "report": report_r},
                         start + limits.wall_s, limits.output_bytes)
         wall = time.monotonic() - start
-        status = [json.loads(line) for line in streams["status"].splitlines() if line.strip()]
-        info = {k: v for line in status for k, v in line.items()}
+        info = _status(streams["status"])
         if "child" in info and "returncode" not in info:
             _kill_script(proc, info["child"])
         _kill_group(proc)
@@ -204,6 +203,17 @@ def _pump(proc, stdin: bytes, readers: dict[str, int], deadline: float, cap: int
     sel.close()
     out = {name: b"".join(parts) for name, parts in chunks.items()}
     return {**out, "timed_out": timed_out and not exceeded, "exceeded": exceeded}
+
+
+def _status(data: bytes) -> dict:
+    """The launcher's status lines merged into one dict (a line cut off by a kill is skipped)."""
+    info = {}
+    for line in data.splitlines():
+        try:
+            info.update(json.loads(line))
+        except ValueError:
+            pass
+    return info
 
 
 def _exited(pid: int) -> bool:
