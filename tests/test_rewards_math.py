@@ -137,6 +137,8 @@ def test_settings_change_the_convention_they_name():
     ("framed \\fbox{12}", "12", "12"),
     ("The final answer is $42$.", "42", "42"),
     ("Work...\nAnswer: 3/4", "3/4", "3/4"),
+    ("Final Answer: The final answer is $7$. I hope it is correct.", "7", "7"),
+    ("**Final answer:** 12 cm\nThanks", "12 cm", "12 cm"),
     ("GSM style\n#### 1,200", "1,200", "1,200"),
     ("<think>maybe \\boxed{1}</think> then \\boxed{2}", "2", "2"),
     ("we found 3 apples and then 17 more", None, "17"),
@@ -180,6 +182,21 @@ def test_timeout_off_the_main_thread_and_recovery():
     assert box["seconds"] < 10
     # the killed worker is replaced and the next symbolic call works
     assert grade("2\\sqrt{2}", "\\sqrt{8}", settings=settings).correct
+
+
+def _grade_in_child(pair):
+    from ponder.rewards.math import GraderSettings, grade
+    result = grade(*pair, settings=GraderSettings(timeout_s=1.0))
+    return result.correct, result.reason
+
+
+def test_grading_inside_a_daemonic_worker_process():
+    # multiprocessing pool workers are daemonic and may not start multiprocessing children;
+    # the grader's own worker is a plain subprocess, so symbolic grading and its timeout work there
+    import multiprocessing
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        results = pool.map(_grade_in_child, [("2\\sqrt{2}", "\\sqrt{8}"), ("9^{9^{9}}", "9^{9^{9}}+1")])
+    assert results == [(True, "equal (symbolic)"), (False, "timed out")]
 
 
 def test_grade_many_matches_one_by_one():

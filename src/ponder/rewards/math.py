@@ -60,9 +60,9 @@ class Grade:
 # ---------------------------------------------------------------- extraction
 
 _BOX = re.compile(r"\\(?:boxed|fbox)\b")
-_FINAL = re.compile(r"(?:final answer(?: is)?\s*[:=]?|^\s*\**answer\**\s*[:=]|####)\s*(.+)$",
-                    re.IGNORECASE | re.MULTILINE)
-_ANSWER_IS = re.compile(r"answer is\s*[:=]?\s*(.+)$", re.IGNORECASE | re.MULTILINE)
+_FINAL = re.compile(r"final answer(?:\s+is)?\s*[:=]?|^\s*\**answer\**\s*[:=]|####", re.IGNORECASE)
+_ANSWER_IS = re.compile(r"answer is\s*[:=]?", re.IGNORECASE)
+_HOPE = re.compile(r"\.?\s*I hope it is correct\.?\s*$", re.IGNORECASE)
 _NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?|-?\.\d+")
 
 
@@ -96,10 +96,15 @@ def last_boxed(text: str) -> str | None:
     return m.group(1) if m else None
 
 
-def _tidy_line(answer: str) -> str | None:
-    answer = answer.strip().strip("*").strip().rstrip(" .")
-    answer = re.sub(r"^\$+|\$+$", "", answer).strip()
-    return answer.rstrip(" .") or None
+def _after_marker(text: str, marker: re.Pattern) -> str | None:
+    """What follows the last marker on the last line that has one ("The final answer is 5")."""
+    for line in reversed(text.splitlines()):
+        found = list(marker.finditer(line))
+        if found:
+            answer = _HOPE.sub("", line[found[-1].end():]).strip().strip("*").strip().rstrip(" .")
+            answer = re.sub(r"^\$+|\$+$", "", answer).strip().rstrip(" .")
+            return answer or None
+    return None
 
 
 def extract_answer(text: str, mode: str = "strict", truncated: bool = False) -> str | None:
@@ -123,13 +128,13 @@ def extract_answer(text: str, mode: str = "strict", truncated: bool = False) -> 
         return boxed.strip() or None
     if _BOX.search(text):        # a box that never closes: the response was cut
         return None
-    finals = _FINAL.findall(text)
-    if finals:
-        return _tidy_line(finals[-1])
+    final = _after_marker(text, _FINAL)
+    if final is not None:
+        return final
     if mode == "lenient":
-        said = _ANSWER_IS.findall(text)
-        if said:
-            return _tidy_line(said[-1])
+        said = _after_marker(text, _ANSWER_IS)
+        if said is not None:
+            return said
         numbers = _NUMBER.findall(text)
         if numbers:
             return numbers[-1]
@@ -411,7 +416,7 @@ def _symbolic(gold: str, pred: str, settings: GraderSettings) -> tuple[bool, str
 
 
 def _compare(gold: str, pred: str, settings: GraderSettings) -> tuple[bool, str]:
-    g, p = clean(gold, settings), clean(pred, settings)
+    g, p = clean(str(gold), settings), clean(str(pred), settings)
     if not g:
         return False, "empty gold answer"
     if not p:

@@ -40,7 +40,7 @@ _MAXN = 400                     # digits evalf may use to resolve a cancelling d
 _REL = sp.Float(10) ** -100     # a difference this small relative to the values counts as zero
 _POINTS = 3                     # random points for comparing expressions with variables
 _DECIMAL = re.compile(r"(?<![\d.])(\d*)\.(\d+)(?![\d.])")
-_I = sp.Symbol("i")
+_MEMORY_LIMIT = 2 << 30        # bytes of address space for a worker process
 
 
 def _exact_decimals(latex: str) -> str:
@@ -315,6 +315,11 @@ def compare(gold: str, pred: str, settings: dict) -> tuple[bool, str]:
 
 def serve() -> None:
     """Worker loop: length-prefixed pickles (gold, pred, settings) in, (ok, reason) out."""
+    try:   # a 10^{10^{10}} must fail with MemoryError here, not exhaust the machine
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (_MEMORY_LIMIT, _MEMORY_LIMIT))
+    except (ImportError, ValueError, OSError):
+        pass
     # Keep the protocol channel private: anything a library prints goes to stderr instead.
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
