@@ -277,6 +277,12 @@ def test_refinement_stops_when_the_answer_is_unchanged():
     assert engine.calls[1][0][0].endswith(f"{boxed(400)}\n\n{REFINE_INSTRUCTION}\n")
     [zero] = run_strategy("refine", None, None, [p1], rounds=0, engine=FakeEngine(script), progress=False)
     assert zero.detail["rounds"] == 0 and zero.pred == "400"
+    # the thinking-length dials reach every completion, revisions included
+    engine = FakeEngine(script)
+    dials = SamplingParams(temperature=0.0, thinking_budget=4, extend_thinking=2)
+    run_strategy("refine", None, None, [p1], rounds=3, params=dials, engine=engine, progress=False)
+    assert len(engine.calls) == 3
+    assert all((p.thinking_budget, p.extend_thinking) == (4, 2) for _, _, p in engine.calls)
 
 
 def test_sample_and_greedy_report_per_answer_tokens():

@@ -191,6 +191,7 @@ def plot(table: dict, path: str | Path, title: str = "") -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     xs = [row["generated_tokens"] for row in table["curve"]]
@@ -207,6 +208,9 @@ def plot(table: dict, path: str | Path, title: str = "") -> Path:
     ax.axhline(100 * g["accuracy"], color="k", linestyle=":", linewidth=0.8)
     if len(xs) > 1 and min(xs) > 0:
         ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}"))
+    top = max([100 * row["pass@n"] for row in table["curve"]] + [100 * g["accuracy"]])
+    ax.set_ylim(0, min(100, top + 8))
     ax.set_xlabel("mean generated tokens per problem")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title or "accuracy vs inference compute")
