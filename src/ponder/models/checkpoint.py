@@ -5,11 +5,18 @@ A folder holds `config.json` and either `model.safetensors` or a sharded
 every tensor name and shape against the model the config describes before any weight is used:
 a missing, unexpected or misshapen tensor, an unreadable file, or an unsupported config is a
 CheckpointError naming the file and the field or tensor. There is no partial load.
+
+Mixture-of-experts weights: the model holds each layer's experts fused (`experts.gate_up_proj`
+[E, 2I, H], gate rows first; `experts.down_proj` [E, H, I]), as transformers 5 does in memory.
+Files may hold them fused or as one module per expert (`experts.N.{gate,up,down}_proj.weight`,
+transformers 4.x, and what transformers 5 itself writes to disk); both load. Saving writes the
+per-expert layout, like transformers' own save_pretrained, so 4.x-era readers load it too.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -20,6 +27,10 @@ from .decoder import Decoder
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
+# Kept in fp32 whatever dtype the model loads in (transformers does the same): routing-bias
+# updates of ~1e-3 would round away in bf16.
+FP32_TENSORS = ("e_score_correction_bias",)
+PER_EXPERT = re.compile(r"(.+\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight")
 
 
 class CheckpointError(ValueError):
@@ -121,6 +132,7 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32,
     stored = _tensor_shapes(folder)
     # Some writers store a tied head anyway; it is skipped (checked equal to the embedding below).
     tied_head = stored.pop("lm_head.weight", None) if config.tie_word_embeddings else None
+    parts = _per_expert_parts(stored, expected)  # fused name -> its per-expert tensors, when stored so
 
     # Check every name and shape first, in the model's own order, so that nothing is loaded
     # from a checkpoint that does not match, and the first problem named is the earliest tensor.
@@ -140,14 +152,22 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32,
     state: dict[str, torch.Tensor] = {}
     by_file: dict[Path, list[str]] = {}
     for name, (file, _) in stored.items():
-        by_file.setdefault(file, []).append(name)
+        for part, part_file in parts.get(name, [(name, file)]):
+            by_file.setdefault(part_file, []).append(part)
     for file, names in by_file.items():
         with _open(file) as f:
             for name in names:
                 t = f.get_tensor(name)
                 if not t.is_floating_point():
                     raise CheckpointError(f"{file}: tensor {name!r} has dtype {t.dtype}, expected floating point")
-                state[name] = t.to(device=device, dtype=dtype)
+                state[name] = t.to(device=device, dtype=torch.float32 if name.endswith(FP32_TENSORS) else dtype)
+    for name, names in parts.items():
+        tensors = [state.pop(part) for part, _ in names]
+        if name.endswith("gate_up_proj"):  # [gate_0 .. gate_E-1, up_0 .. up_E-1] -> [E, 2I, H]
+            half = len(tensors) // 2
+            state[name] = torch.cat([torch.stack(tensors[:half]), torch.stack(tensors[half:])], dim=1)
+        else:
+            state[name] = torch.stack(tensors)
     if tied_head is not None:
         with _open(tied_head[0]) as f:
             head = f.get_tensor("lm_head.weight").to(device=device, dtype=dtype)
@@ -170,8 +190,63 @@ def save_checkpoint(model: Decoder, path: str | Path) -> None:
         config["torch_dtype"] = dtype
     # A tied model has no lm_head module, so the state dict holds the shared tensor once.
     state = {n: t.detach().contiguous().cpu() for n, t in model.state_dict().items()}
+    state = _split_experts(state)
     save_file(state, str(folder / WEIGHTS), metadata={"format": "pt"})
     (folder / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     stale = folder / INDEX  # a leftover index would shadow the file just written
     if stale.exists():
         stale.unlink()
+
+
+def _per_expert_parts(stored: dict[str, tuple[Path, tuple[int, ...]]],
+                      expected: dict[str, tuple[int, ...]]) -> dict[str, list[tuple[str, Path]]]:
+    """Map per-expert tensors onto the fused ones the model expects, checking each part.
+
+    For every fused expert tensor that is not stored as such but whose per-expert parts are,
+    each of the E parts must be present with the expected shape (else a CheckpointError naming
+    it); `stored` then lists the fused name (with the expected shape) in place of its parts.
+    Returns fused name -> [(part name, its file)] in stacking order. Parts that belong to no
+    expected tensor (an expert index >= E, a dense layer) stay in `stored`, reported as unexpected.
+    """
+    prefixes = {m.group(1) for name in stored if (m := PER_EXPERT.fullmatch(name))}
+    parts: dict[str, list[tuple[str, Path]]] = {}
+    for prefix in sorted(prefixes):
+        gate_up, down = f"{prefix}.gate_up_proj", f"{prefix}.down_proj"
+        if gate_up not in expected or gate_up in stored or down in stored:
+            continue
+        E, two_inner, hidden = expected[gate_up]
+        want = {"gate_proj": (two_inner // 2, hidden), "up_proj": (two_inner // 2, hidden),
+                "down_proj": expected[down][1:]}
+        names = {kind: [f"{prefix}.{e}.{kind}.weight" for e in range(E)] for kind in want}
+        for kind, shape in want.items():
+            for name in names[kind]:
+                if name not in stored:
+                    first = next(n for n in stored if n.startswith(prefix + "."))
+                    raise CheckpointError(f"{stored[first][0]}: tensor {name!r} missing (the other experts of "
+                                          f"{prefix!r} are stored one module per expert)")
+                if stored[name][1] != shape:
+                    raise CheckpointError(f"{stored[name][0]}: tensor {name!r} has shape {stored[name][1]}, "
+                                          f"expected {shape} from {CONFIG}")
+        for fused, kinds in ((gate_up, ("gate_proj", "up_proj")), (down, ("down_proj",))):
+            parts[fused] = [(name, stored[name][0]) for kind in kinds for name in names[kind]]
+            stored[fused] = (parts[fused][0][1], expected[fused])
+            for name, _ in parts[fused]:
+                del stored[name]
+    return parts
+
+
+def _split_experts(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Fused expert tensors -> one gate/up/down weight per expert (the layout written to disk)."""
+    out: dict[str, torch.Tensor] = {}
+    for name, t in state.items():
+        if name.endswith(".experts.gate_up_proj"):
+            prefix, inner = name.removesuffix("gate_up_proj"), t.shape[1] // 2
+            for e in range(t.shape[0]):
+                out[f"{prefix}{e}.gate_proj.weight"] = t[e, :inner].contiguous()
+                out[f"{prefix}{e}.up_proj.weight"] = t[e, inner:].contiguous()
+        elif name.endswith(".experts.down_proj"):
+            for e in range(t.shape[0]):
+                out[f"{name.removesuffix('down_proj')}{e}.down_proj.weight"] = t[e].contiguous()
+        else:
+            out[name] = t
+    return out

@@ -130,8 +130,10 @@ class SparseMoE(nn.Module):
         moe = config.moe
         self.gate = SigmoidGroupRouter(config) if config.model_type == "deepseek_v3" else SoftmaxRouter(config)
         self.experts = Experts(moe.num_experts, config.hidden_size, moe.moe_intermediate_size)
+        # DeepSeek-V3 always has the module (transformers builds it, empty, for 0 shared experts),
+        # so that checkpoints match tensor for tensor.
         self.shared_experts = (SwiGLU(config.hidden_size, moe.moe_intermediate_size * moe.n_shared_experts)
-                               if moe.n_shared_experts else None)
+                               if config.model_type == "deepseek_v3" else None)
         self.load: torch.Tensor | None = None  # tokens routed to each expert since the last reset
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
