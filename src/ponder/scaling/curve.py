@@ -37,7 +37,7 @@ from ponder.engine import Engine, SamplingParams
 from ponder.evaluate import metrics as M
 from ponder.evaluate.harness import DEFAULT_MAX_NEW_TOKENS, build_prompt, grader_info
 from ponder.scaling.candidates import Candidate, fill_logliks, generate_candidates, logprobs_are_the_models
-from ponder.scaling.strategies import _equivalence, vote_weight, weighted_winner
+from ponder.scaling.strategies import answer_equivalence, vote_weight, weighted_winner
 from ponder.tasks import FAMILIES, Problem
 
 LABELS = {
@@ -118,7 +118,7 @@ def scale_curve(model, tokenizer, problems: Sequence[Problem], ns: Sequence[int]
         raise ValueError(f"the curve samples: temperature must be > 0, got {temperature}")
     if not problems:
         raise ValueError("no problems")
-    equivalences = [_equivalence(p) for p in problems]
+    equivalences = [answer_equivalence(p) for p in problems]
     if max_new_tokens is None:
         max_new_tokens = max(DEFAULT_MAX_NEW_TOKENS["synthetic" if p.kind in FAMILIES else p.kind] for p in problems)
     if engine is None:

@@ -64,7 +64,8 @@ class Choice:
 
 # ---------------------------------------------------------------- voting and selection
 
-def _equivalence(problem: Problem) -> Callable[[str, str], bool]:
+def answer_equivalence(problem: Problem) -> Callable[[str, str], bool]:
+    """How the answers of `problem` are compared for voting (the harness's equivalence_for)."""
     equivalent = equivalence_for(problem.kind)
     if equivalent is None:
         raise ValueError(f"voting compares answers, and {problem.kind!r} tasks have none to compare "
@@ -130,7 +131,7 @@ def _same_answer(problem: Problem, a: Candidate, b: Candidate) -> bool:
         return a.text.strip() == b.text.strip()
     if a.pred is None or b.pred is None:
         return a.pred is None and b.pred is None
-    return bool(_equivalence(problem)(a.pred, b.pred))
+    return bool(answer_equivalence(problem)(a.pred, b.pred))
 
 
 def refine(engine, tokenizer, problems: Sequence[Problem], prompts: Sequence[str], rounds: int,
@@ -196,7 +197,7 @@ def run_strategy(strategy: str, model, tokenizer, problems: Sequence[Problem], *
         raise ValueError("best-of-n needs a scorer (oracle, loglik or judge)")
     if strategy in ("majority", "weighted-majority"):
         for p in problems:
-            _equivalence(p)  # fail before generating anything
+            answer_equivalence(p)  # fail before generating anything
     if params is None:
         params = SamplingParams(temperature=0.0 if strategy in ("greedy", "refine") else 1.0)
     if engine is None:
@@ -207,14 +208,14 @@ def run_strategy(strategy: str, model, tokenizer, problems: Sequence[Problem], *
     for start in range(0, len(problems), batch_size):
         batch = list(problems[start:start + batch_size])
         prompts = [build_prompt(p, tokenizer) for p in batch]
-        p = replace(params, seed=params.seed + start)
+        batch_params = replace(params, seed=params.seed + start)
         if strategy == "greedy":
-            p = replace(p, temperature=0.0)
+            batch_params = replace(batch_params, temperature=0.0)
         if strategy == "refine":
-            choices += refine(engine, tokenizer, batch, prompts, rounds, p)
+            choices += refine(engine, tokenizer, batch, prompts, rounds, batch_params)
             bar.update(len(batch))
             continue
-        cands = generate_candidates(engine, batch, prompts, 1 if strategy == "greedy" else n, p)
+        cands = generate_candidates(engine, batch, prompts, 1 if strategy == "greedy" else n, batch_params)
         if strategy in ("greedy", "sample"):
             for cs in cands:
                 choices.append(Choice(cs[0].pred if len(cs) == 1 else None, M.mean([float(c.correct) for c in cs]),
@@ -223,7 +224,7 @@ def run_strategy(strategy: str, model, tokenizer, problems: Sequence[Problem], *
             weighted = strategy == "weighted-majority"
             scored = fill_logliks(model, tokenizer, prompts, cands) if weighted else [0] * len(cands)
             for problem, cs, s in zip(batch, cands, scored):
-                index = majority_vote(cs, _equivalence(problem), weighted=weighted)
+                index = majority_vote(cs, answer_equivalence(problem), weighted=weighted)
                 extra = {"weights": [_finite(math.exp(c.loglik)) for c in cs]} if weighted else {}
                 choices.append(_chosen(cs, index, scored=s, detail=extra))
         else:  # best-of-n
