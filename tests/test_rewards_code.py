@@ -78,6 +78,11 @@ def test_exiting_early_or_forging_the_report_does_not_pass():
               "    except OSError:\n        pass\nos._exit(0)\n")
     result = run_program(forged, test=ADD_TEST, entry_point="add")
     assert (result.correct, result.reason) == (False, "failed")
+    # the nonce is neither in the environment nor in a file the program can read
+    snoop = ("import glob, re\nseen = open('/proc/self/environ', 'rb').read().decode(errors='replace')\n"
+             "seen += ''.join(open(p, errors='replace').read() for p in glob.glob('*'))\n"
+             "assert not re.search('[0-9a-f]{32}', seen), seen\n")
+    assert run_program(snoop, cases=[{"input": "", "output": ""}]).correct
 
 
 def test_cases_compare_lines_and_line_counts():
@@ -236,6 +241,17 @@ def test_writes_outside_the_work_directory_are_refused():
     finally:
         for target in targets:
             target.unlink(missing_ok=True)
+
+
+def test_filling_the_disk_stops_at_the_work_directory_size():
+    _require("read-only filesystem")
+    fill = "import os\nfor i in range(1000):\n    open(f'f{i}', 'wb').write(b'x' * (4 << 20))\n"
+    result = run_program(fill, limits=Limits(wall_s=20, disk_mb=32))
+    assert (result.correct, result.reason) == (False, "blocked"), result
+    assert "No space left" in result.detail
+    one_big = "open('big', 'wb').write(b'x' * (40 << 20))\n"
+    result = run_program(one_big, limits=Limits(wall_s=20, file_mb=8))
+    assert (result.correct, result.reason) == (False, "blocked"), result
 
 
 def test_gigabytes_of_output_are_cut_off():

@@ -29,8 +29,8 @@ from ponder.rewards.sandbox import FULL_ISOLATION, SETUP_FAILED, Limits, Outcome
 REASONS = ("passed", "failed", "timed out", "memory", "crashed", "blocked")
 
 # An OSError with one of these errnos means the sandbox refused something (network, writes
-# outside the work directory, too many processes, too large a file).
-_BLOCKED_ERRNOS = {errno.EPERM, errno.EACCES, errno.EROFS, errno.EAGAIN, errno.EFBIG,
+# outside the work directory, too many processes, too large a file, a full work directory).
+_BLOCKED_ERRNOS = {errno.EPERM, errno.EACCES, errno.EROFS, errno.EAGAIN, errno.EFBIG, errno.ENOSPC,
                    errno.ENETDOWN, errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ECONNREFUSED,
                    errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT}
 _BLOCKED_TYPES = {"gaierror", "herror"}  # name resolution: there is no network
@@ -52,10 +52,11 @@ class CodeResult:
 _HARNESS = r'''
 import json, os, sys, threading, traceback
 _fd = int(os.environ.pop("PONDER_REPORT_FD"))
-_nonce = os.environ.pop("PONDER_NONCE")
 _pid = os.getpid()
 with open("spec.json") as f:
     _spec = json.load(f)
+os.unlink("spec.json")  # the nonce lives on only in this process (not in /proc/self/environ)
+_nonce = _spec.pop("nonce")
 
 def _report(stage, error=None):
     for stream in (sys.stdout, sys.stderr):
@@ -131,10 +132,9 @@ def run_program(program: str, test: str | None = None, entry_point: str | None =
 def _run_once(program: str, spec: dict, limits: Limits, extra_files: dict | None = None,
               stdin: str = "", expected: str | None = None, case_index: int = 0) -> CodeResult:
     nonce = secrets.token_hex(16)
-    files = {"harness.py": _HARNESS, "program.py": program, "spec.json": json.dumps(spec),
-             **(extra_files or {})}
-    outcome = run_python("harness.py", files, stdin=stdin.encode(), limits=limits,
-                         env={"PONDER_NONCE": nonce})
+    files = {"harness.py": _HARNESS, "program.py": program,
+             "spec.json": json.dumps({**spec, "nonce": nonce}), **(extra_files or {})}
+    outcome = run_python("harness.py", files, stdin=stdin.encode(), limits=limits)
     isolation = _isolation_text(outcome)
     reason, detail = _classify(outcome, _harness_report(outcome, nonce), spec["mode"], limits)
     if reason == "passed" and expected is not None:

@@ -13,8 +13,9 @@ mechanisms, then forks the script as PID 1 of a new PID namespace:
 - new PID namespace: the script sees only its own processes, and when it exits the kernel kills
   every process it left behind (even ones that called setsid());
 - new mount namespace with a read-only view of every mount, empty read-only tmpfs over /tmp,
-  /var/tmp and /run (hiding host Unix sockets there), a private 16 MiB /dev/shm, the work
-  directory writable at /tmp/work;
+  /var/tmp and /run (hiding host Unix sockets there), a private 16 MiB /dev/shm, and the only
+  writable place, /tmp/work: a size-capped private tmpfs holding a copy of the run's files, so
+  nothing the script writes reaches the host's disk;
 - an otherwise unused uid (random per run, so RLIMIT_NPROC counts only this run) with no groups
   and no_new_privs, since RLIMIT_NPROC does not bind root;
 - rlimits: address space, CPU seconds, processes, file size, no core dumps;
@@ -66,6 +67,7 @@ class Limits:
     nproc: int = 64  # processes and threads of the sandbox uid (RLIMIT_NPROC)
     output_bytes: int = 4 << 20  # stdout + stderr together; the run is killed beyond this
     file_mb: int = 16  # largest file the script may write (RLIMIT_FSIZE)
+    disk_mb: int = 64  # size of the work directory (a private tmpfs; needs the mount namespace)
 
 
 @dataclasses.dataclass
@@ -112,6 +114,7 @@ def run_python(script: str, files: dict[str, str], stdin: bytes = b"",
             "reveal": sorted({sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable))}),
             "status_fd": status_w, "report_fd": report_w,
             "memory_mb": limits.memory_mb, "nproc": limits.nproc, "file_mb": limits.file_mb,
+            "disk_mb": limits.disk_mb,
             "cpu_s": limits.cpu_s or max(1, math.ceil(limits.wall_s)),
         }
         run_env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
@@ -310,11 +313,11 @@ def _enter_user_namespace() -> None:
             f.write(text)
 
 
-def _read_only_view(workdir: str, reveal: list[str], missing: list[str]) -> None:
-    """Inside the new mount namespace: everything read-only except the work directory."""
+def _read_only_view(workdir: str, reveal: list[str], uid: int | None, disk_mb: int,
+                    missing: list[str]) -> None:
+    """Inside the new mount namespace: everything read-only except a private work directory."""
     _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing below propagates to the host
-    _mount(workdir, workdir, None, MS_BIND)  # its own mount, so it stays writable
-    work_fd = os.open(workdir, os.O_PATH | os.O_DIRECTORY)
+    host_work = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY)
     # The interpreter may live under a directory others cannot enter (/root/.pyenv/...): cover
     # the topmost such ancestor and bind the installation back at the same path, so absolute
     # paths (shared-library rpath, venv links) keep working and the rest stays hidden.
@@ -324,8 +327,6 @@ def _read_only_view(workdir: str, reveal: list[str], missing: list[str]) -> None
         if closed:
             covers.setdefault(closed, []).append((path, os.open(path, os.O_PATH | os.O_DIRECTORY)))
     for point, flags in _mounts():
-        if point == workdir:
-            continue
         try:
             _mount(None, point, None, MS_BIND | MS_REMOUNT | MS_RDONLY | flags)
         except OSError as e:
@@ -333,9 +334,19 @@ def _read_only_view(workdir: str, reveal: list[str], missing: list[str]) -> None
                 raise
             missing.append(f"read-only {point} ({e.strerror})")
     for closed, paths in covers.items():
-        _cover(closed, paths, writable=False)
-    _cover("/tmp", [(WORK, work_fd)], writable=True)
-    for path in ("/var/tmp", "/run"):
+        _cover(closed, paths)
+    # /tmp: empty and read-only but for the work directory, a size-capped tmpfs of its own
+    # holding a copy of the run's files, so the script never writes to the host's disk.
+    _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=755")
+    os.mkdir(WORK)
+    owner = f",uid={uid},gid={uid}" if uid is not None else ""
+    _mount("tmpfs", WORK, "tmpfs", MS_NOSUID | MS_NODEV, f"size={disk_mb}m,mode=700{owner}")
+    for name in os.listdir(host_work):
+        with open(name, "rb", opener=lambda p, fl: os.open(p, fl, dir_fd=host_work)) as src, \
+                open(os.path.join(WORK, name), "wb") as dst:
+            dst.write(src.read())
+    _mount(None, "/tmp", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    for path in ("/var/tmp", "/run"):  # also hides the host's Unix sockets kept there
         if os.path.isdir(path) and not os.path.islink(path):
             _mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k,mode=755")
     if os.path.isdir("/dev/shm") and not os.path.islink("/dev/shm"):
@@ -343,15 +354,14 @@ def _read_only_view(workdir: str, reveal: list[str], missing: list[str]) -> None
         _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "size=16m,mode=1777")
 
 
-def _cover(directory: str, reveal: list[tuple[str, int]], writable: bool) -> None:
+def _cover(directory: str, reveal: list[tuple[str, int]]) -> None:
     """Cover `directory` with an empty read-only tmpfs, then bind each (path, fd opened before
-    covering) back at path inside it."""
-    _mount("tmpfs", directory, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
+    covering) back, read-only, at path inside it."""
+    _mount("tmpfs", directory, "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=755")
     for path, fd in reveal:
         os.makedirs(path, exist_ok=True)
         _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
-        if not writable:
-            _mount(None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+        _mount(None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
     _mount(None, directory, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
 
@@ -398,7 +408,8 @@ def _launch(config: dict) -> None:
                 missing.append(f"{name} namespace ({e.strerror})")
     if "mount" in isolation:
         try:
-            _read_only_view(config["workdir"], config["reveal"], missing)
+            _read_only_view(config["workdir"], config["reveal"], config["uid"] if root else None,
+                            config["disk_mb"], missing)
             isolation.append("read-only filesystem")
         except OSError as e:
             missing.append(f"read-only filesystem ({e.strerror or e})")
