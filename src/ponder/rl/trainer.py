@@ -36,7 +36,7 @@ from ponder.rl.scoring import correct, overlong_penalty, resolve_reward, reward_
 log = logging.getLogger("ponder.rl")
 
 # Keys whose values depend on wall-clock time, not on the computation (left out of comparisons).
-TIMING_KEYS = ("tokens_per_s", "time/generate", "time/score", "time/train", "time/eval", "seconds")
+TIMING_KEYS = ("tokens_per_s", "time/generate", "time/score", "time/train", "time/eval", "time/step")
 
 
 class Collapse(Exception):
@@ -459,6 +459,7 @@ def train_rl(cfg: RLConfig, *, model=None, tokenizer=None, problems: Sequence | 
 
         elapsed = time.perf_counter() - t_step
         record["tokens_per_s"] = record.pop("generated_tokens") / max(elapsed, 1e-9)
+        record["time/step"] = elapsed
         record = {"step": step, **record}
         if record["truncated_frac"] > cfg.truncation_warning and (warned_truncation == 0
                                                                   or step - warned_truncation >= 10):
