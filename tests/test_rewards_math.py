@@ -84,7 +84,7 @@ NOT_EQUAL = [
     # Minerva's trick: an equation "... = 0" is not the number 0; Qwen's unit trick: x is no unit
     ("0", "x^2 - 1 = 0"), ("2x + c", "2x"), ("3", "3 x"),
     # lists: missing, extra or wrong members
-    ("1,-2", "1,2"), ("3, 5, 7", "3, 5"), ("1 \\pm \\sqrt{19}", "1+\\sqrt{19}"),
+    ("1,-2", "1,2"), ("3, 5, 7", "3, 5"), ("1234", "1, 234"), ("1 \\pm \\sqrt{19}", "1+\\sqrt{19}"),
     # matrices: shape and entries
     ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix} 1 & 2 \\end{pmatrix}"),
     ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix} 1 \\\\ 3 \\end{pmatrix}"),

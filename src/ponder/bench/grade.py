@@ -1,9 +1,10 @@
 """`ponder bench grade`: ponder's math grader against math-verify on the same MATH-500 pairs.
 
 The pairs are each gold answer against itself, against rewrites that keep its value (expected
-equal: $...$, \\text{} around a number, a unit, x = ..., \\dfrac, a terminating decimal) and against
-perturbations made deterministically (expected different: the last integer plus one, the sign
-flipped, the value doubled). Both graders run on one core, one pair at a time; math-verify is
+equal: $...$, \\text{} around a number, a unit, x = ..., \\dfrac, a terminating decimal, a set or
+bare list in reverse order) and against perturbations made deterministically (expected different:
+the last integer plus one, the sign flipped, the value doubled, a tuple reversed, open and closed
+ends of an interval or tuple swapped). Both graders run on one core, one pair at a time; math-verify is
 used directly as its README shows: verify(parse("\\boxed{gold}"), parse("\\boxed{pred}")).
 Prints each grader's throughput, their ratio, and every pair they grade differently together with
 which of them matches the label the pair was built with. Figures, never pass/fail.
@@ -58,6 +59,21 @@ def make_pairs(golds: list[str]) -> list[tuple[str, str, bool, str]]:
                 pairs.append((gold, format(exact, "f"), True, "as a decimal"))
         if _is_single_expression(gold):
             pairs.append((gold, f"x = {gold}", True, "x = ..."))
+        from ponder.rewards.math import split_top_level
+        inner = re.fullmatch(r"(\\\{|\()(.*)(\\\}|\))", gold)
+        plain = not re.search(r"\\left|\\!|\\\$|infty|\\cup", gold) \
+            and not re.fullmatch(r"\d{1,3}(,\d{3})+", gold)   # 58,500 is a number, not a list
+        if inner and plain and "," in inner.group(2):
+            members = split_top_level(inner.group(2))
+            if len(members) > 1 and len(set(members)) == len(members):
+                swapped = inner.group(1) + ", ".join(reversed(members)) + inner.group(3)
+                is_set = inner.group(1) == "\\{"
+                pairs.append((gold, swapped, is_set, "members reversed"))
+        elif plain and "," in gold and not re.search(r"[()\[\]{}]", gold):
+            pairs.append((gold, ", ".join(reversed(split_top_level(gold))), True, "list reversed"))
+        if re.fullmatch(r"[(\[].*,.*[)\]]", gold) and "\\cup" not in gold and "infty" not in gold:
+            flip = {"(": "[", "[": "(", ")": "]", "]": ")"}
+            pairs.append((gold, flip[gold[0]] + gold[1:-1] + flip[gold[-1]], False, "brackets flipped"))
         # perturbations: each changes the value
         unit = re.search(r"\\(?:text|mbox)", gold)   # change the value, not the unit's exponent
         ints = list(re.finditer(r"\d+", gold[:unit.start()] if unit else gold))

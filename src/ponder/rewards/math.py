@@ -164,6 +164,8 @@ def clean(answer: str, settings: GraderSettings = DEFAULT_SETTINGS) -> str:
         if m and _braced(s, m.end() - 1) is not None and len(_braced(s, m.end() - 1)) == len(s) - m.end() - 1:
             s = s[m.end():-1].strip()
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    # 1{,}000 and 1,\!000 are explicit thousands separators; "1, 234" (comma, space) is a list
+    explicit_thousands = bool(re.search(r"\{,\}|,\s*\\!", s)) or not re.search(r",\s", s)
     s = s.replace("\\mathrm{e}", "e").replace("{,}", ",").replace("\u2212", "-")
     s = _SPACES.sub(" ", s)
     s = _LEFT_RIGHT.sub("", s).replace("\\left.", "").replace("\\right.", "")
@@ -185,7 +187,7 @@ def clean(answer: str, settings: GraderSettings = DEFAULT_SETTINGS) -> str:
     if m and _fraction(s[:m.start()].strip(), settings) is not None:
         s = s[:m.start()].strip()
     s = s.strip().rstrip(".").strip()
-    if _THOUSANDS.match(s.replace(" ", "")):
+    if explicit_thousands and _THOUSANDS.match(s.replace(" ", "")):
         # 1,000: one number, or (thousands_separators=False) the list 1, 000 -- never both
         s = s.replace(",", "").replace(" ", "") if settings.thousands_separators else s.replace(",", ", ")
     return s
