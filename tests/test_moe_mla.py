@@ -9,9 +9,8 @@ import json
 import pytest
 import torch
 
-from ponder.models import CheckpointError, Decoder, KVCache, ModelConfig, from_pretrained
-from ponder.models.config import MLAConfig, MoEConfig
-from ponder.models.moe import SparseMoE, router_stats, update_routing_bias
+from ponder.models import (CheckpointError, Decoder, KVCache, MLAConfig, ModelConfig, MoEConfig, from_pretrained,
+                           router_stats, update_routing_bias)
 
 transformers = pytest.importorskip("transformers")
 from hf_peer import randomize  # noqa: E402  (tests/ is on sys.path under pytest)

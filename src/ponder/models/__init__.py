@@ -1,10 +1,15 @@
-"""ponder.models: a readable PyTorch decoder for Qwen3 / Qwen2 / Llama checkpoints in HF layout.
+"""ponder.models: a readable PyTorch decoder for Qwen3 / Qwen2 / Llama / Qwen3-MoE / DeepSeek-V3
+checkpoints in HF layout.
 
     model = from_pretrained("path/to/checkpoint", dtype=torch.float32)
     logits = model(input_ids)                       # [B, T, vocab], plain causal
     cache = KVCache(model.config, batch=B, max_len=L)
     logits = model(prompt_ids, cache)               # prefill; then one token at a time
     model.save_pretrained("out/")                   # transformers loads it
+    KVCache.bytes_per_token(model.config)           # MLA caches its latent, not per-head K/V
+
+Mixture-of-experts training hooks: router_stats(model) (expert load per layer, its coefficient of
+variation; resets per call) and update_routing_bias(model, gamma) (DeepSeek-V3's bias balancing).
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ import torch
 
 from .cache import CacheStep, KVCache
 from .checkpoint import CheckpointError, load_checkpoint
-from .config import ConfigError, ModelConfig
+from .config import ConfigError, MLAConfig, ModelConfig, MoEConfig
 from .decoder import Decoder
+from .moe import router_stats, update_routing_bias
 
 
 def from_pretrained(path: str | Path, dtype: torch.dtype = torch.float32,
@@ -25,5 +31,5 @@ def from_pretrained(path: str | Path, dtype: torch.dtype = torch.float32,
     return load_checkpoint(path, dtype=dtype, device=device)
 
 
-__all__ = ["CacheStep", "CheckpointError", "ConfigError", "Decoder", "KVCache", "ModelConfig",
-           "from_pretrained"]
+__all__ = ["CacheStep", "CheckpointError", "ConfigError", "Decoder", "KVCache", "MLAConfig", "ModelConfig",
+           "MoEConfig", "from_pretrained", "router_stats", "update_routing_bias"]
