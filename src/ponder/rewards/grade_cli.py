@@ -11,6 +11,7 @@ still grade.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -89,9 +90,21 @@ def _grade_code(rows, args) -> tuple[list[dict], str]:
                           "reason": f"line {number}: {error}"}
         else:
             good.append(i)
-    graded = grade_records([rows[i][1] for i in good], args.workers)
+    while True:   # grade_records checks every record first and names the first bad one
+        try:
+            graded = grade_records([rows[i][1] for i in good], args.workers)
+            break
+        except ValueError as exc:
+            m = re.match(r"record (\d+): (.*)", str(exc), re.S)
+            if not m:
+                raise
+            i = good.pop(int(m.group(1)))
+            number, error = rows[i][0], m.group(2)
+            print(f"{args.file}:{number}: {error}", file=sys.stderr)
+            results[i] = {**rows[i][1], "correct": False, "reason": f"line {number}: {error}"}
     for i, g in zip(good, graded):
-        results[i] = {**rows[i][1], "correct": bool(g.correct), "reason": g.reason}
+        results[i] = {**rows[i][1], "correct": bool(g.correct), "reason": g.reason,
+                      "grader": "ponder.rewards.code"}
     return results, "ponder.rewards.code"
 
 
