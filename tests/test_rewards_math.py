@@ -126,6 +126,8 @@ def test_settings_change_the_convention_they_name():
     assert equivalent("\\frac{1}{2}", "\\frac{2}{4}")
     assert not equivalent("1000", "1,000", thousands_separators=False)
     assert not equivalent("52_8", "52", base_subscript_optional=False)
+    with pytest.raises(ValueError, match="percent"):
+        GraderSettings(percent="guess")
 
 
 @pytest.mark.parametrize("text,strict,lenient", [

@@ -41,6 +41,12 @@ class GraderSettings:
     base_subscript_optional: bool = True  # True: 52 == 52_8 (the question names the base); 52_8 != 52_9 always.
     timeout_s: float = 5.0           # wall-clock bound on one symbolic comparison; past it: incorrect, "timed out".
 
+    def __post_init__(self):
+        if self.percent not in ("ignore", "value"):
+            raise ValueError(f"GraderSettings.percent must be 'ignore' or 'value', not {self.percent!r}")
+        if not self.timeout_s > 0:
+            raise ValueError(f"GraderSettings.timeout_s must be positive, not {self.timeout_s!r}")
+
 
 DEFAULT_SETTINGS = GraderSettings()
 
