@@ -5,8 +5,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from ponder.rewards import (OverlongReward, Reward, format_reward, math_accuracy, overlong_penalty,
-                            score, weighted_sum)
+from ponder.rewards import (OverlongReward, Reward, accuracy, format_reward, math_accuracy,
+                            overlong_penalty, score, weighted_sum)
 
 MATH = SimpleNamespace(answer="\\frac{1}{2}", kind="math", meta={})
 CODE = SimpleNamespace(answer="", kind="code", meta={"entry_point": "f"})
@@ -76,3 +76,11 @@ def test_score_keeps_each_value_and_weighted_sum_skips_none():
     assert on_code == {"accuracy": None} and weighted_sum(on_code, rewards[:1]) is None
     with pytest.raises(ValueError, match="named"):
         score([rewards[0], rewards[0]], "Q", good, MATH)
+
+
+def test_accuracy_dispatches_on_kind():
+    assert accuracy("Q", "\\boxed{1/2}", MATH) == 1.0
+    assert accuracy("Q", "\\boxed{1/2}", MATH, truncated=True) == 0.0
+    assert accuracy("Q", "```python\nprint(1)\n```", CODE, truncated=True) == 0.0
+    no_tests = SimpleNamespace(answer="", kind="code", meta={})
+    assert accuracy("Q", "```python\nprint(1)\n```", no_tests) is None   # nothing to run

@@ -8,6 +8,7 @@ The problem is duck-typed (.answer, .kind, .meta); this package never imports po
     values = score(rewards, prompt, completion, problem, truncated=finish_reason == "length")
     total = weighted_sum(values, rewards)
 
+`accuracy` dispatches on problem.kind (code -> ponder.rewards.code, else math).
 Math grading lives in ponder.rewards.math (extract_answer, equivalent, grade, grade_many).
 """
 
@@ -16,6 +17,19 @@ from ponder.rewards.format import (OverlongReward, Reward, format_reward, overlo
 from ponder.rewards.math import (GraderSettings, describe, equivalent, extract_answer, grade,
                                  grade_many, math_accuracy)
 
-__all__ = ["GraderSettings", "OverlongReward", "Reward", "describe", "equivalent",
+
+
+def accuracy(prompt: str, completion: str, problem, *, truncated: bool = False) -> float | None:
+    """Accuracy by the problem's kind: a code problem runs its tests (ponder.rewards.code), any
+    other problem with a gold answer is graded as math (strict extraction); None otherwise."""
+    if getattr(problem, "kind", None) == "code":
+        if truncated:
+            return 0.0
+        from ponder.rewards.code import code_accuracy
+        return code_accuracy(prompt, completion, problem)
+    return math_accuracy(prompt, completion, problem, truncated=truncated)
+
+
+__all__ = ["GraderSettings", "OverlongReward", "Reward", "accuracy", "describe", "equivalent",
            "extract_answer", "format_reward", "grade", "grade_many", "math_accuracy",
            "overlong_penalty", "score", "weighted_sum"]
