@@ -143,6 +143,25 @@ def test_nan_loss_rolls_back_with_lower_lr(base, tmp_path, monkeypatch, caplog):
     assert all(torch.isfinite(p).all() for p in from_pretrained(summary["model_dir"]).parameters())
 
 
+def test_entropy_blowup_rolls_back(base, tmp_path, monkeypatch):
+    real = rl_losses.completion_logprobs
+    calls = {"n": 0}
+
+    def hot(*args, **kwargs):
+        logp, ent = real(*args, **kwargs)
+        if ent is not None:
+            calls["n"] += 1
+            if calls["n"] in (9, 10):  # step 5's two micro-batches: entropy x10
+                ent = ent * 10
+        return logp, ent
+
+    monkeypatch.setattr(rl_losses, "completion_logprobs", hot)
+    summary = train_rl(config(base, tmp_path / "run", steps=5, save_every=4), progress=False)
+    events = [r for r in records(tmp_path / "run") if r.get("event") == "rollback"]
+    assert [(e["step"], e["to_step"]) for e in events] == [(5, 4)] and "entropy" in events[0]["reason"]
+    assert summary["steps"] == 5 and summary["rollbacks"] == 1
+
+
 def test_collapse_without_rollback_is_an_error(base, tmp_path, monkeypatch):
     real = rl_losses.policy_loss
     monkeypatch.setattr(rl_losses, "policy_loss", lambda *a, **k: (real(*a, **k)[0] * float("nan"), {}))
