@@ -46,7 +46,7 @@ def run_ponder(tmp: Path, problems, args) -> dict:
 
     cfg = RLConfig(model=str(tmp / "base"), output_dir=str(tmp / "ponder"), prompts_per_step=args.prompts,
                    group_size=args.group, max_new_tokens=args.max_new_tokens, steps=args.steps, lr=LR,
-                   loss_type="dapo", beta=0.0, advantage="grpo", epsilon_high=0.2, adam_beta2=0.999,
+                   loss_type="dapo", beta=0.0, advantage="grpo", epsilon_high=0.2,
                    micro_batch_size=args.prompts * args.group, eval_every=0, save_every=0, rollback=False,
                    temperature=1.0, device="cpu", seed=0)
     train_rl(cfg, problems=problems, rewards=[correct_reward], progress=False)

@@ -58,7 +58,7 @@ class RLConfig:
     lr: float = 1e-5  # AdamW peak learning rate
     weight_decay: float = 0.0  # AdamW weight decay
     adam_beta1: float = 0.9  # AdamW beta1
-    adam_beta2: float = 0.99  # AdamW beta2 (0.99 as most RL recipes use, smoother than 0.999 on few steps)
+    adam_beta2: float = 0.999  # AdamW beta2 (TRL's default)
     max_grad_norm: float = 1.0  # clip the global gradient norm; 0: off
     warmup_steps: int = 0  # linear warm-up steps from 0 to lr
     schedule: Literal["constant", "cosine"] = "constant"  # after warm-up: constant, or cosine decay to min_lr_ratio x lr
@@ -66,7 +66,7 @@ class RLConfig:
     micro_batch_size: int = 16  # completions per forward/backward; gradients accumulate over the batch
     dtype: Literal["float32", "bfloat16"] = "float32"  # bfloat16: autocast forward (weights and log-probs stay fp32)
     device: str = "auto"  # "auto": cuda when available, else cpu
-    seed: int = 0  # seeds data order, sampling (per step) and initialisation-free randomness
+    seed: int = 0  # seeds the data order and each step's sampling seed (a function of seed and step)
 
     # --- evaluation, checkpoints, rollback ---
     eval_every: int = 10  # held-out greedy evaluation every N steps (and at the end); 0: only at the end
