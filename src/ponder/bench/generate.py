@@ -10,7 +10,7 @@ import time
 import torch
 
 from ponder.engine import Engine, SamplingParams
-from ponder.models import Decoder, ModelConfig
+from ponder.models import Decoder, KVCache, ModelConfig
 
 
 def matmul_gflops(size: int = 2048, dtype=torch.float32, repeats: int = 10) -> float:
@@ -24,11 +24,16 @@ def matmul_gflops(size: int = 2048, dtype=torch.float32, repeats: int = 10) -> f
 
 
 def flops_per_token(config: ModelConfig, model: torch.nn.Module, context: float) -> float:
-    """2 x non-embedding parameters, plus attention (QK^T and AV) over `context` keys."""
+    """2 x non-embedding parameters a token uses, plus attention (QK^T and AV) over `context` keys."""
     embedding = sum(p.numel() for name, p in model.named_parameters()
                     if "embed_tokens" in name or name.startswith("lm_head"))
     non_embedding = sum(p.numel() for p in model.parameters()) - embedding
-    attention = 4 * config.num_hidden_layers * config.num_attention_heads * config.head_dim * context
+    if config.moe is not None:  # a token runs k of the E routed experts
+        routed = sum(p.numel() for name, p in model.named_parameters() if ".experts." in name)
+        non_embedding -= routed * (1 - config.moe.num_experts_per_tok / config.moe.num_experts)
+    # MLA attends in its absorbed form: keys of width kv_lora_rank + rope, values of width kv_lora_rank.
+    value_width = config.mla.kv_lora_rank if config.mla is not None else config.v_head_dim
+    attention = 2 * config.num_hidden_layers * config.num_attention_heads * (config.k_head_dim + value_width) * context
     return 2 * non_embedding + attention
 
 
@@ -42,6 +47,16 @@ def build_config(args) -> ModelConfig:
         "head_dim": args.hidden // args.heads, "intermediate_size": args.intermediate or 3 * args.hidden,
         "max_position_embeddings": 4096, "rope_theta": 1e6, "rms_norm_eps": 1e-6,
         "tie_word_embeddings": True, "eos_token_id": 0,
+        # Sparse shapes, small and fixed: 8 routed experts, 2 per token, each as wide as the
+        # hidden size; MLA with DeepSeek-V3's proportions (latent = 4 heads' width, rope = half a head).
+        **({"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": args.hidden,
+            "norm_topk_prob": True} if args.arch == "qwen3_moe" else {}),
+        **({"n_routed_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": args.hidden,
+            "n_shared_experts": 1, "n_group": 4, "topk_group": 2, "first_k_dense_replace": 1,
+            "routed_scaling_factor": 2.5, "norm_topk_prob": True, "q_lora_rank": None,
+            "kv_lora_rank": 4 * (args.hidden // args.heads), "qk_nope_head_dim": args.hidden // args.heads,
+            "qk_rope_head_dim": args.hidden // args.heads // 2, "v_head_dim": args.hidden // args.heads,
+            "rope_interleave": True} if args.arch == "deepseek_v3" else {}),
     })
 
 
@@ -103,6 +118,7 @@ def main(args) -> int:
                   "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2)},
         "batch": args.batch, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
         "dtype": args.dtype, "threads": torch.get_num_threads(),
+        "cache_bytes_per_token": KVCache.bytes_per_token(config, dtype),
         "ponder_tok_s": round(tokens / ponder_s, 1),
         "transformers_tok_s": round(tokens / peer_s, 1) if peer_s else None,
         "ratio": round(peer_s / ponder_s, 2) if peer_s else None,
@@ -116,7 +132,8 @@ def main(args) -> int:
         s = result["shape"]
         print(f"shape: {s['arch']} hidden {s['hidden']}, {s['layers']} layers, {s['heads']}/{s['kv_heads']} heads, "
               f"vocab {s['vocab']}, {s['params_M']}M params; batch {args.batch}, prompt {args.prompt_len}, "
-              f"{args.new_tokens} new tokens, {args.dtype}, {result['threads']} threads")
+              f"{args.new_tokens} new tokens, {args.dtype}, {result['threads']} threads; "
+              f"KV cache {result['cache_bytes_per_token']:,} bytes/token")
         print(f"ponder        {result['ponder_tok_s']:>10,.0f} tok/s  ({result['ponder_gflops']} GFLOP/s, "
               f"{100 * result['fraction_of_matmul']:.0f}% of {result['matmul_gflops']} GFLOP/s matmul)")
         if peer_s:
