@@ -100,7 +100,8 @@ def test_resume_after_kill_equals_uninterrupted_run(base, tmp_path):
     pointer = out / "checkpoints" / "LATEST"
     deadline = time.time() + 60
     while time.time() < deadline and proc.poll() is None:
-        if pointer.exists() and pointer.read_text().strip() == "step-000002":
+        # Any checkpoint before the last will do (a loaded machine may poll past step 2's).
+        if pointer.exists() and pointer.read_text().strip() in ("step-000002", "step-000004"):
             proc.send_signal(signal.SIGKILL)
             break
         time.sleep(0.005)
