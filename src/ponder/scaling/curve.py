@@ -174,9 +174,10 @@ def scale_curve(model, tokenizer, problems: Sequence[Problem], ns: Sequence[int]
 def markdown(table: dict, title: str = "") -> str:
     lines = [f"## {title}", ""] if title else []
     g = table["greedy"]
-    lines += [f"Greedy: {100 * g['accuracy']:.1f}% ± {100 * g['stderr']:.1f} at {g['generated_tokens']:.1f} "
-              f"tokens/problem ({table['settings']['problems']} problems, "
-              f"T={table['settings']['temperature']}).", "",
+    settings = table["settings"]
+    lines += [f"{settings['problems']} problems; samples at T={settings['temperature']}, up to "
+              f"{settings['max_new_tokens']} tokens. Greedy decoding: {100 * g['accuracy']:.1f}% "
+              f"± {100 * g['stderr']:.1f} at {g['generated_tokens']:.1f} tokens/problem.", "",
               "| N | tokens/problem | " + " | ".join(LABELS.values()) + " |",
               "|---|---|" + "---|" * len(LABELS)]
     for row in table["curve"]:
