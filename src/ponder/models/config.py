@@ -2,8 +2,9 @@
 
 Five families share one decoder: Qwen3 (per-head QK-norm), Qwen2 (q/k/v bias), Llama
 (bias only where `attention_bias` / `mlp_bias` say so), Qwen3-MoE (Qwen3 with routed experts:
-`moe`) and DeepSeek-V3 (multi-head latent attention: `mla`, and DeepSeekMoE: `moe`). The config.json dict is kept whole in
-`raw`, so that `to_hf_dict` round-trips keys this package does not use.
+`moe`) and DeepSeek-V3 (multi-head latent attention: `mla`, and DeepSeekMoE: `moe`). The
+config.json dict is kept whole in `raw`, so that `to_hf_dict` round-trips keys this package does
+not use.
 """
 
 from __future__ import annotations
@@ -221,7 +222,7 @@ class ModelConfig:
             moe, mla = _moe_from_hf(d, model_type, get), _mla_from_hf(d, model_type, get, fail)
             if mla is not None:
                 # MLA has no key/value head grouping (transformers expands the latent to every
-                # head), and its RoPE width is the rope part of a head.
+                # head), and its RoPE width is the rope part of a head. (`get` reads this new d.)
                 d = {**d, "num_key_value_heads": d.get("num_attention_heads"), "head_dim": mla.qk_rope_head_dim}
             return cls(
                 vocab_size=get("vocab_size", int),
