@@ -304,7 +304,7 @@ def test_per_expert_checkpoint_with_a_missing_or_misshapen_expert_is_named(tmp_p
 
 # ---------------------------------------------------------------- config.json
 
-def test_config_json_round_trips_and_names_bad_fields(tmp_path):
+def test_config_json_round_trips_and_names_bad_fields():
     for cfg in CONFIGS.values():
         assert ModelConfig.from_hf_dict(cfg.to_hf_dict()) == cfg
     d = CONFIGS["ds-qlora-g4t2-interleave"].to_hf_dict()
