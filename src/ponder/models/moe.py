@@ -118,6 +118,8 @@ class Experts(nn.Module):
             if chunk.shape[0]:
                 gate, up = F.linear(chunk, self.gate_up_proj[e]).chunk(2, dim=-1)
                 outputs.append(F.linear(F.silu(gate) * up, self.down_proj[e]))
+        if not outputs:  # no tokens at all
+            return torch.zeros_like(x)
         weighted = torch.cat(outputs) * weights.reshape(-1)[order, None]
         return torch.zeros_like(x).index_add_(0, tokens, weighted.to(x.dtype))
 
