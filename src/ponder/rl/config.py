@@ -77,6 +77,9 @@ class RLConfig:
     rollback_entropy_factor: float = 4.0  # collapse when entropy exceeds this multiple of its running mean
     max_rollbacks: int = 3  # give up (error) after this many rollbacks
 
+    # --- mixture-of-experts policies ---
+    routing_bias_gamma: float = 0.0  # DeepSeek-V3 auxiliary-loss-free balancing: bias += gamma * sign(mean load - load) after each step; 0: off
+
     def __post_init__(self) -> None:
         positive = ("prompts_per_step", "group_size", "max_new_tokens", "mu", "steps", "micro_batch_size",
                     "max_sampling_tries")
@@ -94,6 +97,8 @@ class RLConfig:
             raise ValueError(f"{len(self.reward_weights)} reward_weights for {len(self.rewards)} rewards")
         if not self.rewards:
             raise ValueError("rewards: give at least one reward function")
+        if self.routing_bias_gamma < 0:
+            raise ValueError("routing_bias_gamma must be >= 0")
         if not 0 < self.rollback_lr_factor <= 1:
             raise ValueError("rollback_lr_factor must be in (0, 1]")
         if self.overlong == "soft" and not 0 < self.overlong_buffer < self.max_new_tokens:

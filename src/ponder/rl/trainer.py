@@ -294,6 +294,17 @@ def update(cfg: RLConfig, model, ref_model, optimizer, rollout: Rollout, device:
             "clip_high": totals["clip_high"] / tokens, "grad_norm": grad_norm, "loss_tokens": batch_tokens}
 
 
+def routing_metrics(model, gamma: float) -> dict[str, float]:
+    """MoE policies: this step's expert-load balance (generation forwards included), after the
+    optional auxiliary-loss-free bias update (DeepSeek-V3). Empty for dense models."""
+    from ponder.models import router_stats, update_routing_bias
+
+    if gamma:
+        update_routing_bias(model, gamma)
+    stats = router_stats(model)
+    return {f"router/{k}": stats[k] for k in ("cv_mean", "cv_max", "max_share")} if stats else {}
+
+
 def evaluate_greedy(engine, tokenizer, problems: Sequence, *, max_new_tokens: int, chat: bool = False,
                     enable_thinking: bool = True, stop_strings: Sequence[str] = ()) -> dict[str, float]:
     """Greedy accuracy on held-out problems by the task verifier, with mean length and truncation."""
@@ -434,6 +445,7 @@ def train_rl(cfg: RLConfig, *, model=None, tokenizer=None, problems: Sequence | 
             if st["entropy_mean"] is not None and st["healthy_steps"] >= 3:
                 entropy_limit = cfg.rollback_entropy_factor * st["entropy_mean"]
             record.update(update(cfg, model, ref_model, optimizer, rollout, device, entropy_limit))
+            record.update(routing_metrics(model, cfg.routing_bias_gamma))
             record["time/train"] = time.perf_counter() - t0
             record["lr"] = lr
             if eval_problems and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps):
