@@ -116,8 +116,7 @@ class Engine:
         """How many sample rows one chunk may hold: `max_rows`, or what fits ~2 GiB of KV cache."""
         if self.max_rows:
             return self.max_rows
-        probe = KVCache(self.model.config, 1, 1, dtype=self._dtype, device="meta")
-        bytes_per_row = sum(t.numel() * t.element_size() for t in probe.k + probe.v) * max_len
+        bytes_per_row = KVCache.bytes_per_token(self.model.config, self._dtype) * max_len
         return int(max(1, min(1024, (2 << 30) // max(bytes_per_row, 1))))
 
     @property
