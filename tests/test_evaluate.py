@@ -269,8 +269,8 @@ def test_ponder_eval_errors_are_clear(tiny_checkpoint, tmp_path, capsys):
     args = ["eval", "--model", str(tiny_checkpoint), "--out", str(tmp_path)]
     assert main(args + ["--task", "multiply", "--n", "2", "--k", "4"]) == 2
     assert "n=2" in capsys.readouterr().err
-    assert main(args + ["--task", "multiply", "--strategy", "best-of-n"]) == 2
-    assert "not yet available" in capsys.readouterr().err
+    assert main(args + ["--task", "multiply", "--strategy", "beam"]) == 2
+    assert "--strategy must be one of" in capsys.readouterr().err
     assert main(args + ["--task", "jsonl"]) == 2
     assert "--data" in capsys.readouterr().err
     assert not (tmp_path / "result.json").exists()
