@@ -250,7 +250,7 @@ def test_best_of_n_token_accounting_includes_the_judge():
 
 
 def test_refinement_stops_when_the_answer_is_unchanged():
-    p1, p2, p3 = multiply.make(12, 34), multiply.make(21, 43), multiply.make(11, 11)  # 408, 903, 121
+    p1, p2, p3, p4 = multiply.make(12, 34), multiply.make(21, 43), multiply.make(11, 11), multiply.make(10, 10)
 
     def again(problem, previous):
         return refine_prompt(problem, problem.prompt, previous, None)
@@ -262,17 +262,21 @@ def test_refinement_stops_when_the_answer_is_unchanged():
         p2.prompt: [boxed(903)], again(p2, boxed(903)): [boxed("0903")],
         # 121 -> 120 -> 121 -> 120: never settles; runs all 3 rounds and keeps the last answer
         p3.prompt: [boxed(121)], again(p3, boxed(121)): [boxed(120)], again(p3, boxed(120)): [boxed(121)],
+        # 100 -> nothing (cut off): the answer stays 100, unchanged, so it stops
+        p4.prompt: [boxed(100)], again(p4, boxed(100)): [done(boxed(1) + "000", finish="length")],
     }
     engine = FakeEngine(script)
-    c1, c2, c3 = run_strategy("refine", None, None, [p1, p2, p3], rounds=3, engine=engine, progress=False)
+    c1, c2, c3, c4 = run_strategy("refine", None, None, [p1, p2, p3, p4], rounds=3, engine=engine, progress=False)
     assert c1.detail == {"answers": ["400", "408", "408"], "rounds": 2} and c1.correct == 1.0
     assert c2.detail == {"answers": ["903", "0903"], "rounds": 1} and c2.correct == 1.0
     assert c3.detail["rounds"] == 3 and c3.pred == "120" and c3.correct == 0.0
+    assert c4.detail == {"answers": ["100", None], "rounds": 1} and c4.pred == "100" and c4.correct == 1.0
+    assert c4.generated_tokens == len(boxed(100)) + len(boxed(1)) + 3
     # every round's tokens count
     assert c1.generated_tokens == len(boxed(400)) + 2 * len(boxed(408))
     assert c2.generated_tokens == len(boxed(903)) + len(boxed("0903"))
     # round by round, only the problems still changing are asked again; all greedy by default
-    assert [len(prompts) for prompts, _, _ in engine.calls] == [3, 3, 2, 1]
+    assert [len(prompts) for prompts, _, _ in engine.calls] == [4, 4, 2, 1]
     assert all(params.temperature == 0 for _, _, params in engine.calls)
     assert engine.calls[1][0][0].endswith(f"{boxed(400)}\n\n{REFINE_INSTRUCTION}\n")
     [zero] = run_strategy("refine", None, None, [p1], rounds=0, engine=FakeEngine(script), progress=False)

@@ -21,8 +21,8 @@ Rules that are a choice:
     one whose first member was generated first wins -- the rule of metrics.majority and
     metrics.maj_at_k. Best-of-N ties: the earliest sample among the best scores.
   * The chosen answer is the winning cluster's first member; it is correct when that sample is.
-  * Refinement's answer is its last response's; an unextractable answer equals only another
-    unextractable one.
+  * Refinement's answer is the latest one the model committed to: a revision that commits to
+    none (truncated, or nothing extracted) leaves the answer unchanged, and so ends the rounds.
 Thinking-length control is a dial on every strategy, not a strategy of its own: set
 SamplingParams.thinking_budget (force `</think>` after B thinking tokens) or extend_thinking
 (budget forcing: replace an early `</think>` by "Wait" up to W times); `ponder eval` exposes them
@@ -134,11 +134,19 @@ def _same_answer(problem: Problem, a: Candidate, b: Candidate) -> bool:
     return bool(answer_equivalence(problem)(a.pred, b.pred))
 
 
+def _revise(problem: Problem, current: Candidate, revised: Candidate) -> tuple[Candidate, bool]:
+    """The answer after a revision, and whether it changed (see the module's rules)."""
+    if not revised.committed:
+        return (current if current.committed else revised), False
+    return revised, not _same_answer(problem, current, revised)
+
+
 def refine(engine, tokenizer, problems: Sequence[Problem], prompts: Sequence[str], rounds: int,
            params: SamplingParams) -> list[Choice]:
     """Self-refinement: one answer, then up to `rounds` check-and-revise turns per problem; a
-    problem stops as soon as a revision's answer equals the previous one. Each response is
-    graded against the problem (the original prompt), not against the refinement prompt."""
+    problem stops as soon as a revision leaves the answer unchanged (an equivalent answer, or
+    none). Each response is graded against the problem (the original prompt), not against the
+    refinement prompt; the model is shown its last committed response."""
     if rounds < 0:
         raise ValueError(f"rounds must be >= 0, got {rounds}")
     current = [cs[0] for cs in generate_candidates(engine, problems, prompts, 1, params)]
@@ -155,9 +163,9 @@ def refine(engine, tokenizer, problems: Sequence[Problem], prompts: Sequence[str
             revised = to_candidate(problems[i], prompts[i], out[0], params)
             tokens[i] += revised.tokens
             answers[i].append(revised.pred)
-            if not _same_answer(problems[i], current[i], revised):
+            current[i], changed = _revise(problems[i], current[i], revised)
+            if changed:
                 still.append(i)
-            current[i] = revised
         active = still
     return [Choice(c.pred, float(c.correct), t, detail={"answers": a, "rounds": len(a) - 1})
             for c, t, a in zip(current, tokens, answers)]
