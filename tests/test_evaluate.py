@@ -48,15 +48,24 @@ def test_pass_at_k_needs_enough_samples():
 
 
 def test_maj_at_k_hand_values_with_ties():
-    # answers A B A C, A correct. k=2 subsets: AB(tie, A first) AA AC(tie, A) BA(tie, A first
-    # in generation order) BC(tie, B: wrong) AC -> 5 of 6.
+    # answers A B A C, A correct. k=2 subsets, each voting on its own, a tie going to the answer
+    # first generated within the subset: AB -> A, AA -> A, AC -> A, BA -> B, BC -> B, AC -> A: 4 of 6.
     clusters, correct = [0, 1, 0, 2], [True, False, True, False]
     assert maj_at_k(clusters, correct, 1) == pytest.approx(2 / 4)
-    assert maj_at_k(clusters, correct, 2) == pytest.approx(5 / 6)
-    assert maj_at_k(clusters, correct, 3) == pytest.approx(1.0)  # every 3-subset: A has 2, or ties first
+    assert maj_at_k(clusters, correct, 2) == pytest.approx(4 / 6)
+    # k=3: ABA, ABC (tie -> A), AAC, BAC (tie -> B): 3 of 4
+    assert maj_at_k(clusters, correct, 3) == pytest.approx(3 / 4)
     assert maj_at_k(clusters, correct, 4) == 1.0
-    # the same answers with B correct: only the BC subset wins for B
-    assert maj_at_k(clusters, [False, True, False, False], 2) == pytest.approx(1 / 6)
+    # the same answers with B correct: BA and BC win for B
+    assert maj_at_k(clusters, [False, True, False, False], 2) == pytest.approx(2 / 6)
+
+
+def test_maj_at_k_ties_are_not_decided_by_samples_outside_the_subset():
+    # A and B tie in both pools; only the order within each 2-subset decides its ties.
+    # A A B B: AA, AB, AB, AB, AB -> A; BB -> B: 5 of 6.
+    assert maj_at_k([0, 0, 1, 1], [True, True, False, False], 2) == pytest.approx(5 / 6)
+    # A B B A: AB, AB, AA -> A; BB, BA, BA -> B: 3 of 6 (a pool-wide rule, A first, would say 5 of 6)
+    assert maj_at_k([0, 1, 1, 0], [True, False, False, True], 2) == pytest.approx(3 / 6)
 
 
 def test_maj_at_k_empty_answers_do_not_vote():
@@ -71,15 +80,20 @@ def test_maj_at_k_empty_answers_do_not_vote():
 
 
 def _brute_maj(clusters, correct, k):
-    first = {}
-    for label, ok in zip(clusters, correct):
-        if label is not None:
-            first.setdefault(label, ok)
-    wins = [majority([clusters[i] for i in s]) for s in itertools.combinations(range(len(clusters)), k)]
-    return sum(w is not None and first[w] for w in wins) / len(wins)
+    """Each k-subset votes alone: most votes, ties to the answer first generated in the subset."""
+    wins = []
+    for subset in itertools.combinations(range(len(clusters)), k):
+        labels = [clusters[i] for i in subset if clusters[i] is not None]
+        if not labels:
+            wins.append(False)
+            continue
+        top = max(labels.count(x) for x in labels)
+        winner = next(x for x in labels if labels.count(x) == top)
+        wins.append(correct[next(i for i in subset if clusters[i] == winner)])
+    return sum(wins) / len(wins)
 
 
-def test_maj_at_k_exact_count_equals_enumerating_subsets():
+def test_maj_at_k_equals_enumerating_subsets_and_estimates_large_pools():
     rng = random.Random(0)
     for _ in range(200):
         n = rng.randint(1, 9)
@@ -89,6 +103,11 @@ def test_maj_at_k_exact_count_equals_enumerating_subsets():
         correct = [label in good for label in clusters]
         for k in range(1, n + 1):
             assert maj_at_k(clusters, correct, k) == pytest.approx(_brute_maj(clusters, correct, k), abs=1e-12)
+    # C(14, 7) = 3432 subsets: with 500 random ones the estimate is within a few standard errors
+    clusters = [0, 1, 0, 2, 1, 0, 3, 1, 0, 2, 0, 1, 4, 0]
+    correct = [c == 0 for c in clusters]
+    exact = _brute_maj(clusters, correct, 7)
+    assert abs(maj_at_k(clusters, correct, 7) - exact) < 3 * (exact * (1 - exact) / 500) ** 0.5 + 1e-9
 
 
 def test_maj_at_k_needs_enough_samples():
@@ -101,7 +120,7 @@ def test_clusters_follow_equivalence_not_strings():
         return Fraction(a) == Fraction(b)
 
     assert cluster(["1/2", "0.5", "2", None, "0.50", ""], numeric) == [0, 0, 1, None, 0, None]
-    assert majority([1, 0, 0, 1]) == 0  # tie: the cluster seen first in the generation order
+    assert majority([1, 0, 0, 1]) == 1  # tie: the cluster whose vote comes first
     assert majority([None, None]) is None
 
 

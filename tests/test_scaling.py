@@ -155,13 +155,13 @@ def test_subset_mean_enumerates_when_it_can_and_samples_without_replacement_othe
         seen.append(tuple(subset))
         return float(0 in subset)
 
-    assert subset_mean(10, 5, has_zero, draws=252, rng=random.Random(0)) == pytest.approx(0.5)  # C(10,5) = 252
+    assert subset_mean(10, 5, has_zero, draws=252, seed=0) == pytest.approx(0.5)  # C(10,5) = 252
     assert len(set(seen)) == 252
     seen.clear()
-    estimate = subset_mean(10, 5, has_zero, draws=100, rng=random.Random(0))
+    estimate = subset_mean(10, 5, has_zero, draws=100, seed=0)
     assert len(seen) == 100 and abs(estimate - 0.5) < 0.15  # 3 standard errors of 100 draws
     with pytest.raises(ValueError):
-        subset_mean(3, 4, has_zero, draws=10, rng=random.Random(0))
+        subset_mean(3, 4, has_zero, draws=10, seed=0)
 
 
 def test_scale_curve_from_one_pool_matches_hand_counts():

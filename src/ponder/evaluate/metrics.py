@@ -5,21 +5,24 @@ pass@k (Chen et al. 2021): the probability that at least one of k samples drawn 
 replacement from the n generated is correct, 1 - C(n-c, k) / C(n, k), computed in the stable
 product form 1 - prod_{i=n-c+1..n} (1 - k/i); exactly 1 when n - c < k. Needs n >= k.
 
-maj@k: the vote of k samples, averaged *exactly* over all C(n, k) subsets of the n samples by
-counting with the multivariate hypergeometric over cluster sizes (no random subsets).
+maj@k: the vote of k samples, averaged over the k-subsets of the n samples (all of them when
+there are at most `draws`, else that many seeded random ones), each subset voting on its own, as
+k fresh samples would.
   * Answers are grouped into clusters by an equivalence function (mathematical equivalence, not
     string equality): an answer joins the first cluster whose first member it is equivalent to.
-  * A cluster is correct when its first member is (its grade decides for the cluster).
   * Empty answers (None: nothing could be extracted) do not vote. A subset in which nobody
     votes has no winner and counts as wrong.
-  * Tie rule: among clusters with the most votes, the one whose first member comes earliest in
-    the generation order wins. The order of clusters is thus fixed for all subsets, which is what
-    makes exact counting possible.
+  * Tie rule: among clusters with the most votes in the subset, the one whose first member *in
+    the subset* was generated earliest wins; its first member's grade decides. (Breaking ties by
+    first appearance in the whole pool would favour the pool's most common answer, which
+    appears early, and overstate maj@k for k < n.)
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+import random
 from typing import Callable, Sequence
 
 
@@ -61,65 +64,51 @@ def cluster(answers: Sequence[str | None], equivalent: Callable[[str, str], bool
     return out
 
 
-def _truncated_poly(size: int, cap: int, degree: int) -> list[int]:
-    """Coefficients of sum_{x=0..min(cap, size)} C(size, x) t^x, up to t^degree."""
-    return [math.comb(size, x) if x <= cap else 0 for x in range(min(size, degree) + 1)]
+def subset_mean(n: int, k: int, fn: Callable[[Sequence[int]], float], draws: int = 500,
+                seed: int = 0) -> float:
+    """Mean of fn(subset) over the k-subsets of range(n) (each sorted): all of them when there
+    are at most `draws`, else `draws` uniform random ones from a generator seeded with `seed`."""
+    if not 1 <= k <= n:
+        raise ValueError(f"subsets of size k need 1 <= k <= n samples, got k={k}, n={n}: generate at least k samples")
+    if math.comb(n, k) <= draws:
+        values = [fn(s) for s in itertools.combinations(range(n), k)]
+    else:
+        rng = random.Random(seed)
+        values = [fn(sorted(rng.sample(range(n), k))) for _ in range(draws)]
+    return sum(values) / len(values)
 
 
-def _multiply(p: list[int], q: list[int], degree: int) -> list[int]:
-    out = [0] * min(len(p) + len(q) - 1, degree + 1)
-    for i, a in enumerate(p):
-        if a:
-            for j, b in enumerate(q[: degree + 1 - i]):
-                out[i + j] += a * b
-    return out
-
-
-def maj_at_k(clusters: Sequence[int | None], correct: Sequence[bool], k: int) -> float:
-    """Exact mean, over all k-subsets of the n samples, of "the majority cluster is correct".
+def maj_at_k(clusters: Sequence[int | None], correct: Sequence[bool], k: int, draws: int = 500,
+             seed: int = 0) -> float:
+    """Mean, over k-subsets of the n samples, of "the subset's own majority cluster is correct".
 
     clusters: each sample's cluster index from `cluster` (None: empty, does not vote).
-    correct: each sample's grade; a cluster is correct when its first member is.
+    correct: each sample's grade; the winning cluster's first member in the subset decides.
     """
     n = len(clusters)
     if len(correct) != n:
         raise ValueError(f"maj@k: {n} cluster labels but {len(correct)} grades")
-    if not 1 <= k <= n:
-        raise ValueError(f"maj@k needs 1 <= k <= n samples, got k={k}, n={n}: generate at least k samples")
-    sizes: dict[int, int] = {}
-    cluster_correct: dict[int, bool] = {}
-    for label, ok in zip(clusters, correct):
-        if label is None:
-            continue
-        sizes[label] = sizes.get(label, 0) + 1
-        cluster_correct.setdefault(label, bool(ok))
-    order = sorted(sizes)  # cluster index = order of first appearance = tie-break order
-    empties = n - sum(sizes.values())
-    favourable = 0
-    for j in (label for label in order if cluster_correct[label]):
-        # Count subsets where cluster j gets v votes and wins: earlier clusters get < v
-        # (they would win a tie), later clusters <= v, empties anything.
-        for v in range(1, min(sizes[j], k) + 1):
-            ways = [1]
-            for other in order:
-                if other != j:
-                    cap = v - 1 if other < j else v
-                    ways = _multiply(ways, _truncated_poly(sizes[other], cap, k - v), k - v)
-            ways = _multiply(ways, _truncated_poly(empties, empties, k - v), k - v)
-            if k - v < len(ways):
-                favourable += math.comb(sizes[j], v) * ways[k - v]
-    return favourable / math.comb(n, k)
+
+    def subset_correct(subset: Sequence[int]) -> float:
+        winner = majority([clusters[i] for i in subset])
+        if winner is None:
+            return 0.0
+        return float(correct[next(i for i in subset if clusters[i] == winner)])
+
+    return subset_mean(n, k, subset_correct, draws, seed)
 
 
 def majority(clusters: Sequence[int | None]) -> int | None:
-    """The winning cluster of one vote over all samples (same tie rule), or None if nobody voted."""
+    """The winning cluster of one vote (ties: the tied cluster seen first in `clusters`), or
+    None if nobody voted."""
     counts: dict[int, int] = {}
     for label in clusters:
         if label is not None:
             counts[label] = counts.get(label, 0) + 1
     if not counts:
         return None
-    return min(counts, key=lambda label: (-counts[label], label))
+    top = max(counts.values())
+    return next(label for label in clusters if label is not None and counts[label] == top)
 
 
 def mean(values: Sequence[float]) -> float | None:

@@ -11,7 +11,8 @@ Command line: `ponder eval ... --strategy NAME` (ponder.scaling.command) and
 """
 
 from ponder.scaling.candidates import Candidate, fill_logliks, generate_candidates
-from ponder.scaling.curve import best_of_k, main, scale_curve, subset_mean
+from ponder.evaluate.metrics import subset_mean
+from ponder.scaling.curve import best_of_k, main, scale_curve
 from ponder.scaling.scorers import JudgeScorer, LoglikScorer, OracleScorer, Scores, parse_verdict
 from ponder.scaling.strategies import (STRATEGIES, Choice, best_of_n, majority_vote, refine, run_strategy,
                                        weighted_winner)

@@ -11,10 +11,8 @@ smaller N the strategies are evaluated on N-subsets of that pool, drawn without 
   majority and        the mean over all N-subsets when there are at most `draws` of them, else
   weighted majority   over `draws` seeded random ones.
 Each subset is voted on as a run with only those N samples would vote: a tie goes to the
-cluster that appears first *within the subset*. (metrics.maj_at_k counts exactly but breaks
-ties by first appearance in the whole pool, which lets samples outside the subset decide and
-favours the pool's most frequent answer -- e.g. 0.56 instead of 0.50 at N=2 for answers drawn
-with p = 0.5 / 0.3 / 0.1 / 0.1 from pools of 6; so the curve does not use it.)
+cluster that appears first *within the subset* (metrics.maj_at_k's rule; metrics.subset_mean
+does the averaging for both).
 Tokens per problem at N: N times the mean generated tokens of a sample -- the exact expected
 cost of a random N-subset. Clusters are computed once over the whole pool.
 """
@@ -48,18 +46,6 @@ LABELS = {
 }
 
 
-def subset_mean(n: int, k: int, fn: Callable[[Sequence[int]], float], draws: int, rng: random.Random) -> float:
-    """Mean of fn(subset) over k-subsets of range(n) (each sorted): all of them when there are
-    at most `draws`, else `draws` uniform random ones."""
-    if not 1 <= k <= n:
-        raise ValueError(f"subsets of size {k} need 1 <= k <= n, n={n}")
-    if math.comb(n, k) <= draws:
-        values = [fn(s) for s in itertools.combinations(range(n), k)]
-    else:
-        values = [fn(sorted(rng.sample(range(n), k))) for _ in range(draws)]
-    return sum(values) / len(values)
-
-
 def best_of_k(scores: Sequence[float], committed: Sequence[bool], correct: Sequence[bool], k: int) -> float:
     """Exact mean over all k-subsets of "the best-scored committed candidate is correct"
     (ties: the earliest; a subset with no committed candidate answers nothing)."""
@@ -85,7 +71,7 @@ def vote_at_k(cands: Sequence[Candidate], clusters: Sequence[int | None], k: int
             return 0.0
         return float(cands[subset[labels.index(winner)]].correct)
 
-    return subset_mean(len(cands), k, correct, draws, rng)
+    return M.subset_mean(len(cands), k, correct, draws, seed=rng.randrange(2**32))
 
 
 def problem_curve(cands: Sequence[Candidate], equivalent, ks: Sequence[int], draws: int,
