@@ -2,8 +2,11 @@
 
 Same weights (a randomly initialised 3.2M-parameter Qwen3 shape saved in HF layout), same char
 tokenizer, same prompts (synthetic multiplication), G completions each, the same completion cap,
-reward (the task's exact check), loss (dapo, beta 0, one update per batch, one micro-batch) and
-learning rate. Both run offline on CPU in fp32. Prints seconds per step for each (the first step
+reward (the task's exact check), loss (dapo, beta 0, one update per batch) and learning rate.
+Both run offline on CPU in fp32 with their own defaults for how a batch is split: TRL runs the 64
+completions as one micro-batch; ponder as length-sorted micro-batches of `micro_batch_size` (16),
+which wastes less compute on padding. The loss and gradient are the same either way (dapo divides
+by the whole batch's token count), as the TRL-formula tests check. Prints seconds per step for each (the first step
 is warm-up and left out), their ratio, the loss values, and where each step's time goes.
 """
 
@@ -47,7 +50,7 @@ def run_ponder(tmp: Path, problems, args) -> dict:
     cfg = RLConfig(model=str(tmp / "base"), output_dir=str(tmp / "ponder"), prompts_per_step=args.prompts,
                    group_size=args.group, max_new_tokens=args.max_new_tokens, steps=args.steps, lr=LR,
                    loss_type="dapo", beta=0.0, advantage="grpo", epsilon_high=0.2,
-                   micro_batch_size=args.prompts * args.group, eval_every=0, save_every=0, rollback=False,
+                   eval_every=0, save_every=0, rollback=False,
                    temperature=1.0, device="cpu", seed=0)
     train_rl(cfg, problems=problems, rewards=[correct_reward], progress=False)
     rows = [json.loads(x) for x in (tmp / "ponder" / "metrics.jsonl").read_text().splitlines()]
