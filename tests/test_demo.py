@@ -38,3 +38,11 @@ def test_demo_json_reports_before_after_steps_seconds(tmp_path, capsys):
     run = tmp_path / "seed-0"
     assert (run / "metrics.jsonl").exists() and (run / "model" / "model.safetensors").exists()
     assert (run / "reward.png").exists()
+
+
+def test_ponder_generate_prints_completions_from_a_checkpoint(capsys):
+    assert main(["generate", "--model", str(base_model_dir()), "--prompt", "12*34=", "--prompt", "57*85=",
+                 "--max-new-tokens", "48", "--n", "2", "--temperature", "1.0", "--seed", "3"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("--- prompt: '12*34='") == 2 and out.count("--- prompt: '57*85='") == 2
+    assert out.count("\\boxed{") == 4 and out.count("tokens, stop]") == 4  # the model ends with eos
