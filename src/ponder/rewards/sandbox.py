@@ -335,6 +335,11 @@ def _read_only_view(workdir: str, reveal: list[str], uid: int | None, disk_mb: i
             missing.append(f"read-only {point} ({e.strerror})")
     for closed, paths in covers.items():
         _cover(closed, paths)
+    # The interpreter (a virtual environment in a clone under /tmp, say) may live in a directory
+    # about to be emptied: keep a handle on it now and bind it back afterwards.
+    hidden = ("/tmp", "/var/tmp", "/run")
+    kept = {d: [(p, os.open(p, os.O_PATH | os.O_DIRECTORY)) for p in reveal
+                if os.path.realpath(p).startswith(d + "/")] for d in hidden}
     # /tmp: empty and read-only but for the work directory, a size-capped tmpfs of its own
     # holding a copy of the run's files, so the script never writes to the host's disk.
     _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=755")
@@ -345,10 +350,11 @@ def _read_only_view(workdir: str, reveal: list[str], uid: int | None, disk_mb: i
         with open(name, "rb", opener=lambda p, fl: os.open(p, fl, dir_fd=host_work)) as src, \
                 open(os.path.join(WORK, name), "wb") as dst:
             dst.write(src.read())
+    _bind_back(kept["/tmp"])
     _mount(None, "/tmp", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
     for path in ("/var/tmp", "/run"):  # also hides the host's Unix sockets kept there
         if os.path.isdir(path) and not os.path.islink(path):
-            _mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k,mode=755")
+            _cover(path, kept[path])
     if os.path.isdir("/dev/shm") and not os.path.islink("/dev/shm"):
         # private and small: multiprocessing needs it for semaphores
         _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "size=16m,mode=1777")
@@ -358,11 +364,16 @@ def _cover(directory: str, reveal: list[tuple[str, int]]) -> None:
     """Cover `directory` with an empty read-only tmpfs, then bind each (path, fd opened before
     covering) back, read-only, at path inside it."""
     _mount("tmpfs", directory, "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=755")
+    _bind_back(reveal)
+    _mount(None, directory, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+def _bind_back(reveal: list[tuple[str, int]]) -> None:
+    """Bind each (path, fd opened before it was covered) back, read-only, at its own path."""
     for path, fd in reveal:
         os.makedirs(path, exist_ok=True)
         _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
         _mount(None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
-    _mount(None, directory, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
 
 def _ancestors(path: str) -> list[str]:
