@@ -138,31 +138,13 @@ def train_sft(cfg: SFTConfig, *, model=None, tokenizer=None, progress: bool = Tr
     from ponder import config as config_io
     from ponder.rl import checkpoint
     from ponder.rl.metrics import MetricsLog, plot
-    from ponder.rl.trainer import ProblemStream, lr_at, pick_device
+    from ponder.rl.trainer import ProblemStream, load_policy, lr_at, pick_device
 
     start = time.perf_counter()
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
-    if tokenizer is None:
-        from ponder.tokenizer import Tokenizer
-
-        if not (cfg.tokenizer or cfg.model):
-            raise ValueError("config: set `tokenizer` or `model`")
-        tokenizer = Tokenizer.from_pretrained(cfg.tokenizer or cfg.model)
-    if model is None:
-        if not cfg.model:
-            raise ValueError("config: `model` (an HF-layout folder, or one with config.json and init_from_config) is required")
-        if cfg.init_from_config:
-            from ponder.models import Decoder
-            from ponder.models.checkpoint import read_config
-
-            torch.manual_seed(cfg.seed)
-            model = Decoder(read_config(Path(cfg.model)))
-        else:
-            from ponder.models import from_pretrained
-
-            model = from_pretrained(cfg.model)
+    model, tokenizer = load_policy(cfg, model, tokenizer, init_seed=cfg.seed if cfg.init_from_config else None)
     model.to(device).train()
     if not cfg.data:
         raise ValueError("config: `data` (a JSONL file) is required")

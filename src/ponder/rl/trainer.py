@@ -73,6 +73,32 @@ class ProblemStream:
         return {"size": self.size, "seed": self.seed, "epoch": self.epoch, "index": self.index}
 
 
+def load_policy(cfg, model=None, tokenizer=None, init_seed: int | None = None):
+    """The model and tokenizer a config names (`cfg.model`, `cfg.tokenizer` or else the model
+    folder), unless given. With `init_seed`, a fresh model is built from the folder's config.json
+    (seeded) instead of loading its weights."""
+    if tokenizer is None:
+        from ponder.tokenizer import Tokenizer
+
+        if not (cfg.tokenizer or cfg.model):
+            raise ValueError("config: set `model` (and `tokenizer` if it lives elsewhere)")
+        tokenizer = Tokenizer.from_pretrained(cfg.tokenizer or cfg.model)
+    if model is None:
+        if not cfg.model:
+            raise ValueError("config: `model` (an HF-layout folder) is required")
+        if init_seed is not None:
+            from ponder.models import Decoder
+            from ponder.models.checkpoint import read_config
+
+            torch.manual_seed(init_seed)
+            model = Decoder(read_config(Path(cfg.model)))
+        else:
+            from ponder.models import from_pretrained
+
+            model = from_pretrained(cfg.model)
+    return model, tokenizer
+
+
 def sampling_seed(seed: int, step: int, attempt: int, rollbacks: int) -> int:
     """Seed of one generation round: a pure function of the run's seed and its position."""
     return (((seed * 1_000_003 + step) * 1009 + attempt) * 101 + rollbacks) % (2**63)
@@ -338,18 +364,7 @@ def train_rl(cfg: RLConfig, *, model=None, tokenizer=None, problems: Sequence | 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
-    if tokenizer is None:
-        from ponder.tokenizer import Tokenizer
-
-        if not (cfg.tokenizer or cfg.model):
-            raise ValueError("config: set `model` (and `tokenizer` if it lives elsewhere)")
-        tokenizer = Tokenizer.from_pretrained(cfg.tokenizer or cfg.model)
-    if model is None:
-        from ponder.models import from_pretrained
-
-        if not cfg.model:
-            raise ValueError("config: `model` (an HF-layout folder) is required")
-        model = from_pretrained(cfg.model)
+    model, tokenizer = load_policy(cfg, model, tokenizer)
     model.to(device).train()
     if problems is None:
         from ponder.tasks import load_task
