@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         t = train.add_parser(kind)
         t.add_argument("config", help="YAML config")
         t.add_argument("overrides", nargs="*", help="key=value overrides")
-        t.set_defaults(func=lambda a: __import__(f"ponder.{a.kind}", fromlist=["main"]).main(a))
+        t.set_defaults(func=run_training)
 
     # --- demo (ponder.demo) ---
     p = sub.add_parser("demo", help="evaluate the embedded base model, run GRPO, evaluate again")
@@ -130,6 +130,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=lambda a: __import__("ponder.demo", fromlist=["main"]).main(a))
     return parser
+
+
+def run_training(args) -> int:
+    """`ponder train sft|rl CONFIG.yaml key=value ...`: train, print the summary as JSON."""
+    import json
+    import logging
+
+    from ponder.config import ConfigError, load_config
+
+    if args.kind == "rl":
+        from ponder.rl import RLConfig as config_class, train_rl as run
+    else:
+        from ponder.sft import SFTConfig as config_class, train_sft as run
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        summary = run(load_config(config_class, args.config, args.overrides))
+    except (ConfigError, ValueError, OSError) as exc:  # bad config or data: the message names the place
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    summary.pop("final", None)  # the last metrics record: in metrics.jsonl already
+    print(json.dumps(summary, indent=1))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,18 +214,3 @@ def train_sft(cfg: SFTConfig, *, model=None, tokenizer=None, progress: bool = Tr
     last = st["history"][-1] if st["history"] else {}
     return {"steps": st["step"], "seconds": time.perf_counter() - start, "loss": last.get("loss"),
             "eval_loss": last.get("eval/loss"), "model_dir": str(model_dir), "output_dir": str(out)}
-
-
-def main(args) -> int:
-    """`ponder train sft CONFIG.yaml key=value ...`: fine-tune, print the summary as JSON."""
-    from ponder.config import ConfigError, load_config
-
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_config(SFTConfig, args.config, args.overrides)
-        summary = train_sft(cfg)
-    except (ConfigError, ValueError, OSError) as exc:  # bad config or data: the message names the place
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary, indent=1))
-    return 0

@@ -20,14 +20,13 @@ cost of a random N-subset. Clusters are computed once over the whole pool.
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 import json
 import math
 import random
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 from tqdm.auto import tqdm
 
