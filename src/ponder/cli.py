@@ -1,4 +1,4 @@
-"""The `ponder` command line: argument parsing only; each subcommand calls into its module.
+"""The `ponder` command line: argument parsing, then each subcommand calls into its module.
 
 Imports are lazy so that `ponder grade` does not pay for torch and `ponder --help` is instant.
 """
@@ -14,7 +14,9 @@ def _ints(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ponder", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="ponder", description="Turn small base LLMs into reasoning models with RL from verifiable "
+                                   "rewards and inference-time scaling, and measure the result.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     # --- generate (ponder.engine) ---
