@@ -241,23 +241,6 @@ def test_prompts_per_kind():
 # ---------------------------------------------------------------- `ponder eval` end to end
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    torch = pytest.importorskip("torch")
-    pytest.importorskip("ponder.engine")
-    from ponder.models import Decoder, ModelConfig
-    from ponder.tokenizer import build_char_tokenizer
-
-    tokenizer = build_char_tokenizer(multiply.ALPHABET)
-    torch.manual_seed(0)
-    config = ModelConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)
-    path = tmp_path_factory.mktemp("ckpt")
-    Decoder(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 def test_ponder_eval_end_to_end(tiny_checkpoint, tmp_path, capsys):
     from ponder.cli import main
 

@@ -301,22 +301,6 @@ def test_sample_and_greedy_report_per_answer_tokens():
 # ---------------------------------------------------------------- on a real (tiny, random) model
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    torch = pytest.importorskip("torch")
-    from ponder.models import Decoder, ModelConfig
-    from ponder.tokenizer import build_char_tokenizer
-
-    tokenizer = build_char_tokenizer(multiply.ALPHABET)
-    torch.manual_seed(0)
-    config = ModelConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)
-    path = tmp_path_factory.mktemp("ckpt")
-    Decoder(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 def test_recomputed_loglik_equals_the_engine_logprobs_at_temperature_one(tiny_checkpoint):
     import torch
 
