@@ -137,7 +137,7 @@ def train_sft(cfg: SFTConfig, *, model=None, tokenizer=None, progress: bool = Tr
     from ponder import config as config_io
     from ponder.rl import checkpoint
     from ponder.rl.metrics import MetricsLog, plot
-    from ponder.rl.trainer import ProblemStream, load_policy, lr_at, pick_device
+    from ponder.rl.trainer import ProblemStream, load_policy, lr_at, pick_device, restore_train_state
 
     start = time.perf_counter()
     out = Path(cfg.output_dir)
@@ -160,14 +160,7 @@ def train_sft(cfg: SFTConfig, *, model=None, tokenizer=None, progress: bool = Tr
     ckpt_root = out / "checkpoints"
     found = checkpoint.latest(ckpt_root)
     if found is not None:
-        saved = checkpoint.load_state(found)
-        checkpoint.load_weights(model, found)
-        optimizer.load_state_dict(saved["optimizer"])
-        checkpoint.set_rng_state(saved["rng"])
-        s = saved["stream"]
-        if s["size"] != len(examples):
-            raise ValueError(f"{found}: checkpoint was trained on {s['size']} examples, {cfg.data} has {len(examples)}")
-        stream = ProblemStream(s["size"], s["seed"], s["epoch"], s["index"])
+        saved, stream = restore_train_state(found, model, optimizer, len(examples), f"examples of {cfg.data}")
         st = {"step": saved["step"], "history": saved["history"]}
         log.info("resuming from %s (step %d)", found, st["step"])
     metrics = MetricsLog(out, st["history"])

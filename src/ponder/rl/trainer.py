@@ -73,6 +73,19 @@ class ProblemStream:
         return {"size": self.size, "seed": self.seed, "epoch": self.epoch, "index": self.index}
 
 
+def restore_train_state(path: Path, model, optimizer, size: int, what: str) -> tuple[dict, ProblemStream]:
+    """Load a train-state checkpoint into `model` and `optimizer`, set every RNG, and return the
+    saved state with the data stream where it stopped; `size` must match the saved data size."""
+    saved = checkpoint.load_state(path)
+    checkpoint.load_weights(model, path)
+    optimizer.load_state_dict(saved["optimizer"])
+    checkpoint.set_rng_state(saved["rng"])
+    s = saved["stream"]
+    if s["size"] != size:
+        raise ValueError(f"{path}: checkpoint was trained on {s['size']} {what}, this run has {size}")
+    return saved, ProblemStream(s["size"], s["seed"], s["epoch"], s["index"])
+
+
 def load_policy(cfg, model=None, tokenizer=None, init_seed: int | None = None):
     """The model and tokenizer a config names (`cfg.model`, `cfg.tokenizer` or else the model
     folder), unless given. With `init_seed`, a fresh model is built from the folder's config.json
@@ -407,14 +420,7 @@ def train_rl(cfg: RLConfig, *, model=None, tokenizer=None, problems: Sequence | 
 
     def restore(path: Path) -> dict[str, Any]:
         nonlocal stream
-        saved = checkpoint.load_state(path)
-        checkpoint.load_weights(model, path)
-        optimizer.load_state_dict(saved["optimizer"])
-        checkpoint.set_rng_state(saved["rng"])
-        s = saved["stream"]
-        if s["size"] != len(problems):
-            raise ValueError(f"{path}: checkpoint was trained on {s['size']} problems, this run has {len(problems)}")
-        stream = ProblemStream(s["size"], s["seed"], s["epoch"], s["index"])
+        saved, stream = restore_train_state(path, model, optimizer, len(problems), "problems")
         for key in st:
             st[key] = saved[key]
         return saved
