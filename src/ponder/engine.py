@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ponder.models import KVCache
+from ponder.models.decode import DecodeStep
 
 
 @dataclass
@@ -79,6 +80,8 @@ class Engine:
         self.model = model
         self.tokenizer = tokenizer
         self.max_rows = max_rows
+        self._decode_step: DecodeStep | None = None
+        self._decode_weights: list | None = None
 
     # ---- public API -----------------------------------------------------------------------
     def generate(self, prompts, n: int = 1, params: SamplingParams | None = None) -> list[list[Completion]]:
@@ -118,6 +121,16 @@ class Engine:
             return self.max_rows
         bytes_per_row = KVCache.bytes_per_token(self.model.config, self._dtype) * max_len
         return int(max(1, min(1024, (2 << 30) // max(bytes_per_row, 1))))
+
+    def _decoder(self):
+        """What runs a decode step: `DecodeStep` where the model supports it, rebuilt whenever
+        the weights have changed since (an optimizer step bumps each parameter's version)."""
+        if not DecodeStep.supports(self.model):
+            return lambda tokens, cache: self.model(tokens[:, None], cache=cache)[:, -1]
+        weights = [(id(p), p._version) for p in self.model.parameters()]
+        if weights != self._decode_weights:
+            self._decode_step, self._decode_weights = DecodeStep(self.model), weights
+        return self._decode_step
 
     @property
     def _dtype(self) -> torch.dtype:
@@ -166,6 +179,9 @@ class Engine:
         prompt_of_row = torch.arange(num_prompts, device=device).repeat_interleave(n)
         cache.select(prompt_of_row)
         logits = last[prompt_of_row]
+        decode = self._decoder()
+        if isinstance(decode, DecodeStep):
+            decode.pack(rows)
 
         # per-sample outputs, written column by column (all live rows are at the same step)
         out_tokens = torch.zeros(rows, max_new, dtype=torch.long, device=device)
@@ -222,7 +238,9 @@ class Engine:
                 keep = alive.nonzero().squeeze(1)
                 cache.select(keep)
                 live, token, alive = live[keep], token[keep], alive[keep]
-            logits = self.model(token[:, None], cache=cache)[:, -1]
+                if isinstance(decode, DecodeStep):
+                    decode.pack(len(keep))
+            logits = decode(token, cache)
 
         return self._collect(out_tokens, out_logprobs, out_forced, out_len, finish, n, params)
 

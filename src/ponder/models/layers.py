@@ -58,8 +58,8 @@ class RotaryTable:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x [B, T, H, D] (half-split layout); `sin` carries rotate_half's sign (RotaryTable)."""
-    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin
+    """Rotate x [..., D] (half-split layout); `sin` carries rotate_half's sign (RotaryTable)."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int,

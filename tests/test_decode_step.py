@@ -1,0 +1,80 @@
+"""DecodeStep (the engine's fused, packed decode step) computes what Decoder.forward computes,
+for every dense family, ragged rows included; the engine rebuilds it when the weights change."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from ponder.engine import Engine, SamplingParams
+from ponder.models import Decoder, KVCache, MoEConfig
+from ponder.models.decode import DecodeStep
+
+from test_models import CONFIGS, ours, random_ids  # tests/ is on sys.path under pytest
+
+
+def two_caches(cfg, model, lens):
+    """The same ragged cache twice: a right-padded prefill, then per-row lengths."""
+    prompt = random_ids(cfg, (len(lens), max(lens)), seed=4)
+    caches = []
+    for _ in range(2):
+        cache = KVCache(cfg, batch=len(lens), max_len=max(lens) + 4)
+        with torch.no_grad():
+            model(prompt, cache)
+        cache.lengths = torch.tensor(lens)
+        caches.append(cache)
+    return caches
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("packed_rows", [3, 5])  # packed for this batch, and packed for another
+def test_decode_step_equals_the_model_on_ragged_rows(name, packed_rows):
+    cfg = CONFIGS[name]
+    model = ours(cfg, seed=11)  # norm weights and biases randomized: folding them is exercised
+    step = DecodeStep(model)
+    step.pack(packed_rows)
+    want_cache, got_cache = two_caches(cfg, model, [4, 1, 6])
+    for t in range(3):
+        tokens = random_ids(cfg, (3,), seed=20 + t)
+        with torch.no_grad():
+            want = model(tokens[:, None], want_cache)[:, -1]
+        got = step(tokens, got_cache)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert got_cache.lengths.tolist() == want_cache.lengths.tolist() == [7, 4, 9]
+    for layer in range(cfg.num_hidden_layers):  # the cache holds the same keys and values
+        torch.testing.assert_close(got_cache.k[layer], want_cache.k[layer], atol=1e-5, rtol=0)
+        torch.testing.assert_close(got_cache.v[layer], want_cache.v[layer], atol=1e-5, rtol=0)
+
+
+def test_decode_step_is_only_used_where_it_mirrors_the_model():
+    dense = CONFIGS["qwen3-gqa2-hd24-tied"]
+    assert DecodeStep.supports(ours(dense))
+    assert not DecodeStep.supports(ours(dense).to(torch.bfloat16))
+
+    class Edited(Decoder):  # a subclass may change the forward DecodeStep mirrors
+        pass
+
+    assert not DecodeStep.supports(Edited(dense))
+    moe = replace(dense, model_type="qwen3_moe", moe=MoEConfig(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32))
+    assert not DecodeStep.supports(Decoder(moe))
+    with pytest.raises(ValueError, match="dense fp32"):
+        DecodeStep(Decoder(moe))
+
+
+def test_engine_samples_from_the_current_weights_after_an_update():
+    """RL updates the policy in place between rollouts: the next generate must see the new weights."""
+    cfg = CONFIGS["qwen3-mha-hd32"]
+    model = ours(cfg, seed=12)
+    engine = Engine(model)
+    params = SamplingParams(max_new_tokens=10, temperature=0, stop_token_ids=())
+    prompts = [[1, 2, 3], [4, 5]]
+    before = engine.generate(prompts, params=params)
+    with torch.no_grad():
+        for p in model.parameters():  # an in-place optimizer-like step
+            p.add_(0.3 * torch.randn_like(p))
+    after = engine.generate(prompts, params=params)
+    fresh = Engine(model).generate(prompts, params=params)
+    assert [c[0].token_ids for c in after] == [c[0].token_ids for c in fresh]
+    assert [c[0].token_ids for c in after] != [c[0].token_ids for c in before]
