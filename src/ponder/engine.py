@@ -58,7 +58,9 @@ class Completion:
 
 def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
     """Turn raw logits [R, V] into the logits of the distribution to sample from (fp32)."""
-    logits = logits.float() / temperature
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
     if 0 < top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -207,34 +209,36 @@ class Engine:
         alive = torch.ones(rows, dtype=torch.bool, device=device)  # per cache row
         for step in range(max_new):
             token, logprob = self._sample(logits, params, generator)
-            forced = torch.zeros_like(token, dtype=torch.bool)
+            forced = None
             if think_open is not None:
                 token, forced = self._thinking_controls(
-                    token, forced, live, thinking, think_tokens, extensions_used, queued,
+                    token, live, thinking, think_tokens, extensions_used, queued,
                     params, think_close, extension)
-            elif queued:
-                token, forced = self._apply_queue(token, forced, live, queued)
-            logprob = logprob.masked_fill(forced, 0.0)
+                logprob = logprob.masked_fill(forced, 0.0)
+                out_forced[live, step] = forced
+            # Finished rows not yet compacted away write here too: _collect cuts each at out_len.
+            out_tokens[live, step] = token
+            out_logprobs[live, step] = logprob
 
-            samples = live[alive]
-            out_tokens[samples, step] = token[alive]
-            out_logprobs[samples, step] = logprob[alive]
-            out_forced[samples, step] = forced[alive]
-
-            done = alive & ~forced & torch.isin(token, stop_ids)
+            done = alive & torch.isin(token, stop_ids)
+            if forced is not None:
+                done &= ~forced
             if params.stop_strings:
+                samples = live[alive]
                 done[alive] |= self._hit_stop_string(out_tokens, samples, step, params.stop_strings, stop_window)
-            if done.any():
+            finished = bool(done.any())
+            if finished:
                 for sample in live[done].tolist():
                     finish[sample] = "stop"
                     queued.pop(sample, None)
                 out_len[live[done]] = step + 1
                 alive &= ~done
-            if step == max_new - 1 or not alive.any():
+                remaining = int(alive.sum())
+            if step == max_new - 1 or (finished and remaining == 0):
                 break
             # Dead rows are dropped from the cache once they are a quarter of it: compaction
             # copies the cache, so it is paid a few times per call, not once per finished row.
-            if (~alive).sum() * 4 >= len(alive):
+            if finished and remaining * 4 <= 3 * len(alive):
                 keep = alive.nonzero().squeeze(1)
                 cache.select(keep)
                 live, token, alive = live[keep], token[keep], alive[keep]
@@ -245,20 +249,23 @@ class Engine:
         return self._collect(out_tokens, out_logprobs, out_forced, out_len, finish, n, params)
 
     def _sample(self, logits: torch.Tensor, params: SamplingParams, generator):
+        """The next token of each row and its log-prob under the distribution it was drawn from."""
         if params.temperature == 0:
             logprobs = torch.log_softmax(logits.float(), dim=-1)
             token = logprobs.argmax(-1)
-        else:
-            logprobs = torch.log_softmax(filter_logits(logits, params.temperature, params.top_k, params.top_p), -1)
-            # Inverse-CDF sampling: one uniform per row. torch.multinomial draws an exponential
-            # per vocabulary entry, which costs more than the rest of a small model's step.
-            # right=True and u < total never land on a zero-probability (filtered) token.
-            cdf = logprobs.exp().cumsum(-1)
-            total = cdf[:, -1:]
-            u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device) * total
-            u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))
-            token = torch.searchsorted(cdf, u, right=True).squeeze(1)
-        return token, logprobs.gather(1, token[:, None]).squeeze(1)
+            return token, logprobs.gather(1, token[:, None]).squeeze(1)
+        probs = torch.softmax(filter_logits(logits, params.temperature, params.top_k, params.top_p), -1)
+        # Inverse-CDF sampling: one uniform per row. torch.multinomial draws an exponential
+        # per vocabulary entry, which costs more than the rest of a small model's step.
+        # right=True and u < total never land on a zero-probability (filtered) token.
+        cdf = probs.cumsum(-1)
+        total = cdf[:, -1:]
+        u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device) * total
+        u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))
+        token = torch.searchsorted(cdf, u, right=True).squeeze(1)
+        # The log of the chosen probability equals log_softmax's entry to fp32 rounding, and
+        # skips a log over the whole vocabulary.
+        return token, probs.gather(1, token[:, None]).squeeze(1).log()
 
     @staticmethod
     def _apply_queue(token, forced, live, queued):
@@ -271,11 +278,11 @@ class Engine:
                     del queued[sample]
         return token, forced
 
-    def _thinking_controls(self, token, forced, live, thinking, think_tokens, extensions_used,
+    def _thinking_controls(self, token, live, thinking, think_tokens, extensions_used,
                            queued, params, think_close, extension):
         """Apply the thinking budget and budget forcing to this step's tokens, then update each
-        row's thinking state from the token it will actually emit."""
-        token, forced = self._apply_queue(token, forced, live, queued)
+        row's thinking state from the token it will actually emit. Returns the tokens and which were forced."""
+        token, forced = self._apply_queue(token, torch.zeros_like(token, dtype=torch.bool), live, queued)
         in_think = thinking[live]
         if params.extend_thinking and extension:
             early_close = in_think & (token == think_close) & ~forced & (extensions_used[live] < params.extend_thinking)

@@ -106,7 +106,7 @@ class DecodeStep:
     def __call__(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
         B, Hq, Hkv, D = tokens.shape[0], self.heads, self.kv_heads, self.head_dim
         step = cache.step(1)
-        x = self.model.model.embed_tokens(tokens)  # [B, hidden]
+        x = F.embedding(tokens, self.model.model.embed_tokens.weight)  # [B, hidden]
         cos, sin = self.model.rope.lookup(step.positions, x.dtype, step.key_len - 1)
         cos, sin = cos.view(B, 1, D), sin.view(B, 1, D)
         for i, (qkv_proj, qk_norm, o_proj, gate_up_proj, down_proj) in enumerate(self.layers):
