@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch", type=int, default=64)
     b.add_argument("--prompt-len", type=int, default=16)
     b.add_argument("--new-tokens", type=int, default=64)
-    b.add_argument("--repeats", type=int, default=3)
+    b.add_argument("--repeats", type=int, default=5, help="rounds; ponder and the peer take turns in each, best of each kept")
     b.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     b.add_argument("--device", default="cpu")
     b.add_argument("--json", action="store_true")

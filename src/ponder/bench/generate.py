@@ -60,13 +60,17 @@ def build_config(args) -> ModelConfig:
     })
 
 
-def _time(fn, repeats: int) -> float:
-    fn()  # warm-up: first-call allocations and lazy initialisation are not what we measure
-    best = float("inf")
+def best_times(fns, repeats: int) -> list[float]:
+    """Best wall time of each function over `repeats` rounds. The functions take turns within a
+    round, so a slow spell of a shared machine hits all of them, not only whichever ran then."""
+    for fn in fns:
+        fn()  # warm-up: first-call allocations and lazy initialisation are not what we measure
+    best = [float("inf")] * len(fns)
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - start)
     return best
 
 
@@ -83,9 +87,7 @@ def main(args) -> int:
         out = engine.generate(prompts, n=1, params=params)
         assert all(c[0].num_tokens == args.new_tokens for c in out)
 
-    ponder_s = _time(run_ponder, args.repeats)
-
-    peer_s = None
+    run_peer = None
     try:
         from transformers import AutoModelForCausalLM
     except ImportError:
@@ -103,7 +105,8 @@ def main(args) -> int:
                                     min_new_tokens=args.new_tokens, eos_token_id=None, pad_token_id=0)
             assert out.shape[1] == args.prompt_len + args.new_tokens
 
-        peer_s = _time(run_peer, args.repeats)
+    times = best_times([run_ponder] + ([run_peer] if run_peer else []), args.repeats)
+    ponder_s, peer_s = times[0], (times[1] if run_peer else None)
 
     tokens = args.batch * args.new_tokens
     context = args.prompt_len + args.new_tokens / 2
