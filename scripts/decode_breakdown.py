@@ -1,5 +1,6 @@
-"""Where a decode step's time goes: the step's weight matmuls alone against the whole forward,
-then the step with one kind of op removed at a time. Prints ms per step (batch 64, 64 steps).
+"""Where a decode step's time goes: the engine's DecodeStep whole, without attention, with only
+its matmuls and attention (every norm, RoPE, SiLU and residual add removed), and its matmuls
+alone. Prints ms per step (batch 64, 63 steps after a 16-token prompt).
 
     .venv/bin/python scripts/decode_breakdown.py [--hidden 512 --layers 8 --heads 8 --kv-heads 4]
 
@@ -16,18 +17,60 @@ import torch
 import torch.nn.functional as F
 
 from ponder.models import Decoder, KVCache, ModelConfig
-from ponder.models import cache as cache_module
-from ponder.models import layers
+from ponder.models.decode import DecodeStep, PackedLinear
+from ponder.models.layers import attend
+
+ROWS, PROMPT, STEPS = 64, 16, 63
 
 
-def best_ms_per_step(fn, steps: int = 64, repeats: int = 4) -> float:
-    fn()
+def best_ms_per_step(step, config, repeats: int = 5) -> float:
+    tokens = torch.randint(1, config.vocab_size, (ROWS,))
+
+    def decode():
+        cache = KVCache(config, ROWS, PROMPT + STEPS + 1)
+        cache.lengths[:] = PROMPT  # the keys' values do not change the timing
+        with torch.inference_mode():
+            for _ in range(STEPS):
+                step(tokens, cache)
+
+    decode()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        fn()
+        decode()
         best = min(best, time.perf_counter() - start)
-    return 1e3 * best / steps
+    return 1e3 * best / STEPS
+
+
+def matmuls_and_attention(fast: DecodeStep):
+    """DecodeStep's forward with everything but the matmuls and attention taken out."""
+
+    def step(tokens, cache):
+        B, Hq, Hkv, D = tokens.shape[0], fast.heads, fast.kv_heads, fast.head_dim
+        plan = cache.step(1)
+        x = F.embedding(tokens, fast.model.model.embed_tokens.weight)
+        for i, (qkv_proj, _, o_proj, gate_up_proj, down_proj) in enumerate(fast.layers):
+            qkv = qkv_proj(x).view(B, Hq + 2 * Hkv, D)
+            out = attend(qkv[:, None, :Hq], qkv[:, None, Hq:Hq + Hkv], qkv[:, None, Hq + Hkv:], i, cache, plan)
+            x = o_proj(out.view(B, -1))
+            x = down_proj(gate_up_proj(x)[:, :down_proj.weight.shape[1]])
+        cache.advance(1)
+        return fast.lm_head(x)
+
+    return step
+
+
+def matmuls_only(fast: DecodeStep, hidden: int):
+    linears = [linear for layer in fast.layers for linear in layer if isinstance(linear, PackedLinear)]
+    inputs = {linear.weight.shape[1]: torch.randn(ROWS, linear.weight.shape[1]) for linear in linears}
+    x = torch.randn(ROWS, hidden)
+
+    def step(tokens, cache):
+        for linear in linears:
+            linear(inputs[linear.weight.shape[1]])
+        return fast.lm_head(x)
+
+    return step
 
 
 def main() -> None:
@@ -44,43 +87,23 @@ def main() -> None:
         "intermediate_size": 3 * args.hidden, "tie_word_embeddings": True, "rope_theta": 1e6})
     torch.manual_seed(0)
     model = Decoder(config).eval()
-    prompt = torch.randint(1, 1024, (64, 16))
+    fast = DecodeStep(model)
+    fast.pack(ROWS)
 
-    def decode():
-        cache = KVCache(config, 64, 80)
-        with torch.inference_mode():
-            model(prompt, cache)
-            for _ in range(63):
-                model(prompt[:, :1], cache)
+    def model_step(tokens, cache):
+        return model(tokens[:, None], cache)[:, -1]
 
-    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    x, x_inner = torch.randn(64, 1, args.hidden), torch.randn(64, 1, 3 * args.hidden)
-
-    def matmuls_only():
-        with torch.inference_mode():
-            for _ in range(64):
-                for m in linears:
-                    m(x if m.in_features == args.hidden else x_inner)
-                F.linear(x, model.model.embed_tokens.weight)
-
-    whole = best_ms_per_step(decode)
-    print(f"whole forward      {whole:6.2f} ms/step")
-    print(f"matmuls alone      {best_ms_per_step(matmuls_only):6.2f} ms/step")
-    ablations = {
-        "attention (SDPA)": (F, "scaled_dot_product_attention", lambda q, k, v, **kw: q[..., :v.shape[-1]].clone()),
-        "RMSNorm": (layers.RMSNorm, "forward", lambda self, h: h),
-        "cache writes": (cache_module.KVCache, "write",
-                         lambda self, i, k, v, step: (self.k[i][:, :, :step.key_len], self.v[i][:, :, :step.key_len])),
-        "RoPE": (layers, "apply_rope", lambda h, cos, sin: h),
-        "SiLU": (F, "silu", lambda h: h),
-    }
-    for name, (owner, attr, stand_in) in ablations.items():
-        original = getattr(owner, attr)
-        setattr(owner, attr, stand_in)
-        try:
-            print(f"without {name:<18} saves {whole - best_ms_per_step(decode):5.2f} ms/step")
-        finally:
-            setattr(owner, attr, original)
+    print(f"Decoder.forward (unfused)  {best_ms_per_step(model_step, config):6.2f} ms/step")
+    whole = best_ms_per_step(fast, config)
+    print(f"DecodeStep                 {whole:6.2f} ms/step")
+    sdpa = F.scaled_dot_product_attention
+    F.scaled_dot_product_attention = lambda q, k, v, **kw: q[..., :v.shape[-1]].clone()
+    try:
+        print(f"  without attention        {best_ms_per_step(fast, config):6.2f} ms/step")
+    finally:
+        F.scaled_dot_product_attention = sdpa
+    print(f"  matmuls + attention only {best_ms_per_step(matmuls_and_attention(fast), config):6.2f} ms/step")
+    print(f"  matmuls alone            {best_ms_per_step(matmuls_only(fast, args.hidden), config):6.2f} ms/step")
 
 
 if __name__ == "__main__":
