@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from ponder.models import CheckpointError, Decoder, KVCache, ModelConfig, from_pretrained
+from ponder.models import CheckpointError, Decoder, KVCache, ModelConfig, RopeScaling, from_pretrained
 
 from hf_peer import hf_model, import_transformers, randomize  # tests/ is on sys.path under pytest
 
@@ -35,6 +35,18 @@ CONFIGS = {
                                              num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
                                              head_dim=10, model_type="llama", attention_bias=True, mlp_bias=True,
                                              tie_word_embeddings=True),
+    # Long-context RoPE, with a pretraining context short enough that every regime of each formula
+    # (kept, scaled, blended or ramped dimensions) falls inside a 16-wide head.
+    "llama-llama3-rope": ModelConfig(vocab_size=75, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=2, model_type="llama",
+                                     rope_theta=500_000.0, rope_scaling=RopeScaling(
+                                         "llama3", 8.0, 64, low_freq_factor=1.0, high_freq_factor=4.0)),
+    "qwen3-yarn-rope": ModelConfig(vocab_size=83, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                   rope_scaling=RopeScaling("yarn", 4.0, 64)),
+    "qwen2-linear-rope": ModelConfig(vocab_size=60, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                     num_attention_heads=2, num_key_value_heads=1, model_type="qwen2",
+                                     rope_scaling=RopeScaling("linear", 2.5)),
 }
 
 
@@ -286,9 +298,26 @@ def test_unknown_architecture_names_config_and_field(qwen3_dir, tmp_path):
 
 def test_unsupported_rope_type_names_the_field(qwen3_dir, tmp_path):
     d = copy_checkpoint(qwen3_dir, tmp_path / "c")
-    edit_config(d, rope_parameters={"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0})
+    edit_config(d, rope_parameters={"rope_type": "longrope", "rope_theta": 1e6, "factor": 4.0})
     msg = load_error(d)
-    assert "config.json" in msg and "rope_parameters.rope_type" in msg and "yarn" in msg
+    assert "config.json" in msg and "rope_parameters.rope_type" in msg and "longrope" in msg
+
+
+def test_missing_rope_scaling_field_is_named(qwen3_dir, tmp_path):
+    d = copy_checkpoint(qwen3_dir, tmp_path / "c")
+    edit_config(d, rope_parameters={"rope_type": "llama3", "rope_theta": 1e6, "factor": 8.0, "low_freq_factor": 1.0})
+    msg = load_error(d)
+    assert "config.json" in msg and "rope_parameters.high_freq_factor" in msg and "missing" in msg
+
+
+def test_legacy_rope_scaling_spelling_is_read():
+    """transformers 4.x files: a top-level rope_theta and `rope_scaling` with `type` (DeepSeek-V3's)."""
+    d = CONFIGS["qwen3-yarn-rope"].to_hf_dict()
+    del d["rope_parameters"]
+    d["rope_scaling"] = {"type": "yarn", "factor": 40, "beta_fast": 32, "beta_slow": 1, "mscale": 1.0,
+                         "mscale_all_dim": 1.0, "original_max_position_embeddings": 4096}
+    scaling = ModelConfig.from_hf_dict(d).rope_scaling
+    assert scaling == RopeScaling("yarn", 40.0, 4096, mscale=1.0, mscale_all_dim=1.0)
 
 
 def test_missing_config_field_is_named(qwen3_dir, tmp_path):

@@ -9,8 +9,8 @@ import json
 import pytest
 import torch
 
-from ponder.models import (CheckpointError, Decoder, KVCache, MLAConfig, ModelConfig, MoEConfig, from_pretrained,
-                           router_stats, update_routing_bias)
+from ponder.models import (CheckpointError, Decoder, KVCache, MLAConfig, ModelConfig, MoEConfig, RopeScaling,
+                           from_pretrained, router_stats, update_routing_bias)
 
 transformers = pytest.importorskip("transformers")
 from hf_peer import randomize  # noqa: E402  (tests/ is on sys.path under pytest)
@@ -60,6 +60,12 @@ CONFIGS = {
         moe=dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=12, norm_topk_prob=True,
                  n_shared_experts=0, routed_scaling_factor=1.5, n_group=2, topk_group=1, first_k_dense_replace=2),
         mla=dict(kv_lora_rank=8, qk_nope_head_dim=4, qk_rope_head_dim=8, v_head_dim=8, q_lora_rank=6)),
+    # DeepSeek-V3's YaRN: ramped frequencies, and the softmax scaled by mscale(factor, mscale_all_dim)**2
+    "ds-yarn": deepseek_v3(
+        rope_scaling=RopeScaling("yarn", 40.0, 32, mscale=1.0, mscale_all_dim=0.8),
+        moe=dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=8, norm_topk_prob=True,
+                 n_shared_experts=1, routed_scaling_factor=2.5, n_group=4, topk_group=2, first_k_dense_replace=1),
+        mla=dict(kv_lora_rank=8, qk_nope_head_dim=4, qk_rope_head_dim=8, v_head_dim=8, q_lora_rank=None)),
 }
 
 
@@ -310,8 +316,8 @@ def test_config_json_round_trips_and_names_bad_fields():
     d = CONFIGS["ds-qlora-g4t2-interleave"].to_hf_dict()
     with pytest.raises(ValueError, match=r"config.json.*n_group"):
         ModelConfig.from_hf_dict({**d, "n_group": 3})
-    with pytest.raises(ValueError, match=r"config.json.*rope_parameters.rope_type.*yarn"):
-        ModelConfig.from_hf_dict({**d, "rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0,
+    with pytest.raises(ValueError, match=r"config.json.*rope_parameters.factor.*positive"):
+        ModelConfig.from_hf_dict({**d, "rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": -4.0,
                                                           "original_max_position_embeddings": 512}})
     with pytest.raises(ValueError, match=r"config.json.*kv_lora_rank.*missing"):
         ModelConfig.from_hf_dict({k: v for k, v in d.items() if k != "kv_lora_rank"})
@@ -460,3 +466,27 @@ def test_rl_trains_a_tiny_sparse_policy_end_to_end(arch, tmp_path):
     if arch == "deepseek_v3":  # the balancing bias moved; it only steers expert choice
         bias = lambda m: m.model.layers[1].mlp.gate.e_score_correction_bias
         assert (bias(after) - bias(before)).abs().max() > 0
+
+
+def test_deepseek_multi_token_prediction_layers_are_skipped(tmp_path):
+    """Real DeepSeek-V3 files store the MTP module as layer num_hidden_layers; it is not loaded,
+    and the same tensors without num_nextn_predict_layers are still reported as unexpected."""
+    from safetensors.torch import load_file, save_file
+
+    cfg = CONFIGS["ds-yarn"]
+    model = ours(cfg, seed=3)
+    model.save_pretrained(tmp_path)
+    tensors = load_file(str(tmp_path / "model.safetensors"))
+    last = cfg.num_hidden_layers
+    tensors.update({k.replace("model.layers.1.", f"model.layers.{last}."): v.clone()
+                    for k, v in tensors.items() if k.startswith("model.layers.1.")})
+    tensors[f"model.layers.{last}.eh_proj.weight"] = torch.zeros(cfg.hidden_size, 2 * cfg.hidden_size)
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=rf"unexpected tensor 'model.layers.{last}\."):
+        from_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "num_nextn_predict_layers": 1}))
+    loaded = from_pretrained(tmp_path)
+    ids = random_ids(cfg, (1, 6))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids), model(ids), atol=0, rtol=0)

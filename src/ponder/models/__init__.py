@@ -20,7 +20,7 @@ import torch
 
 from .cache import CacheStep, KVCache
 from .checkpoint import CheckpointError, load_checkpoint
-from .config import ConfigError, MLAConfig, ModelConfig, MoEConfig
+from .config import ConfigError, MLAConfig, ModelConfig, MoEConfig, RopeScaling
 from .decoder import Decoder
 from .moe import router_stats, update_routing_bias
 
@@ -32,4 +32,4 @@ def from_pretrained(path: str | Path, dtype: torch.dtype = torch.float32,
 
 
 __all__ = ["CacheStep", "CheckpointError", "ConfigError", "Decoder", "KVCache", "MLAConfig", "ModelConfig",
-           "MoEConfig", "from_pretrained", "router_stats", "update_routing_bias"]
+           "MoEConfig", "RopeScaling", "from_pretrained", "router_stats", "update_routing_bias"]

@@ -132,6 +132,12 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32,
     stored = _tensor_shapes(folder)
     # Some writers store a tied head anyway; it is skipped (checked equal to the embedding below).
     tied_head = stored.pop("lm_head.weight", None) if config.tie_word_embeddings else None
+    # DeepSeek-V3 files also hold its multi-token-prediction module(s), stored as the layers after
+    # the last one; generation and RL do not use them, so they are skipped (as transformers does).
+    mtp_layers = config.raw.get("num_nextn_predict_layers") or 0
+    mtp_prefixes = tuple(f"model.layers.{config.num_hidden_layers + i}." for i in range(mtp_layers))
+    for name in [n for n in stored if mtp_prefixes and n.startswith(mtp_prefixes)]:
+        del stored[name]
     parts = _per_expert_parts(stored, expected)  # fused name -> its per-expert tensors, when stored so
 
     # Check every name and shape first, in the model's own order, so that nothing is loaded

@@ -21,7 +21,7 @@ ARCHITECTURES = {
     "qwen3_moe": "Qwen3MoeForCausalLM",
     "deepseek_v3": "DeepseekV3ForCausalLM",
 }
-ROPE_TYPES = ("default",)
+ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
 
 class ConfigError(ValueError):
@@ -60,6 +60,40 @@ class MLAConfig:
 
 
 @dataclass
+class RopeScaling:
+    """Long-context RoPE frequency scaling (config.json `rope_parameters` or `rope_scaling`).
+
+    linear: every frequency / factor. llama3 (Llama 3.1+): low frequencies / factor, high ones
+    kept, a smooth blend between. yarn (Qwen3 long context, DeepSeek-V3): a ramp between
+    interpolated and original frequencies, and cos/sin scaled by an attention factor.
+    """
+
+    rope_type: str  # "linear" | "llama3" | "yarn"
+    factor: float
+    original_max_position_embeddings: int = 0  # llama3, yarn: the pretraining context
+    low_freq_factor: float = 1.0  # llama3
+    high_freq_factor: float = 4.0  # llama3
+    beta_fast: float = 32.0  # yarn: rotations bounding the ramp
+    beta_slow: float = 1.0
+    mscale: float | None = None  # yarn: attention factor = mscale(factor, mscale) / mscale(factor, mscale_all_dim)
+    mscale_all_dim: float | None = None  # (DeepSeek's MLA also scales its softmax by mscale(factor, this)**2)
+    attention_factor: float | None = None  # yarn: overrides the mscale rule
+    truncate: bool = True  # yarn: round the ramp's bounds to whole dimensions
+
+    def to_hf(self) -> dict[str, Any]:
+        d = {"rope_type": self.rope_type, "factor": self.factor}
+        if self.rope_type == "llama3":
+            d.update(low_freq_factor=self.low_freq_factor, high_freq_factor=self.high_freq_factor,
+                     original_max_position_embeddings=self.original_max_position_embeddings)
+        elif self.rope_type == "yarn":
+            d.update(beta_fast=self.beta_fast, beta_slow=self.beta_slow, truncate=self.truncate,
+                     original_max_position_embeddings=self.original_max_position_embeddings)
+            d.update({k: v for k, v in (("mscale", self.mscale), ("mscale_all_dim", self.mscale_all_dim),
+                                        ("attention_factor", self.attention_factor)) if v is not None})
+        return d
+
+
+@dataclass
 class ModelConfig:
     """Shape and options of a decoder-only transformer (names as in HF config.json)."""
 
@@ -73,6 +107,7 @@ class ModelConfig:
     model_type: str = "qwen3"  # "qwen3" | "qwen2" | "llama"
     rms_norm_eps: float = 1e-6
     rope_theta: float = 10_000.0  # RoPE base wavelength
+    rope_scaling: RopeScaling | None = None  # None: plain RoPE
     max_position_embeddings: int = 4096  # written to config.json; positions beyond it still work
     tie_word_embeddings: bool = False  # lm_head shares embed_tokens.weight
     attention_bias: bool = False  # Qwen3/Llama: bias on q/k/v/o (Qwen2 always has q/k/v bias)
@@ -212,6 +247,7 @@ class ModelConfig:
         if rope_type not in ROPE_TYPES:
             raise fail(f"{rope_field}.rope_type",
                        f"{rope_type!r} is not supported (supported: {', '.join(ROPE_TYPES)})")
+        rope_scaling = _rope_scaling_from_hf(rope, rope_type, d, lambda name, why: fail(f"{rope_field}.{name}", why))
         if rope.get("partial_rotary_factor", 1.0) != 1.0 or d.get("partial_rotary_factor", 1.0) != 1.0:
             raise fail("partial_rotary_factor", "partial rotary embeddings are not supported")
         theta = rope.get("rope_theta", d.get("rope_theta", 10_000.0))
@@ -235,6 +271,7 @@ class ModelConfig:
                 model_type=model_type,
                 rms_norm_eps=get("rms_norm_eps", float, 1e-6),
                 rope_theta=float(theta),
+                rope_scaling=rope_scaling,
                 max_position_embeddings=get("max_position_embeddings", int, 4096),
                 tie_word_embeddings=get("tie_word_embeddings", bool, False),
                 attention_bias=get("attention_bias", bool, False) if model_type != "qwen2" else False,
@@ -266,11 +303,13 @@ class ModelConfig:
             d["attention_bias"] = self.attention_bias
         if self.model_type == "llama":
             d["mlp_bias"] = self.mlp_bias
-        # Both RoPE spellings, so transformers 4.x (rope_theta) and 5.x (rope_parameters) agree.
-        rope = dict(d.get("rope_parameters") or {})
-        rope.update(rope_type="default", rope_theta=self.rope_theta)
-        d["rope_parameters"] = rope
+        # Both RoPE spellings, so transformers 4.x (rope_theta, rope_scaling) and 5.x
+        # (rope_parameters) agree.
+        scaling = self.rope_scaling.to_hf() if self.rope_scaling else {"rope_type": "default"}
+        d["rope_parameters"] = {**scaling, "rope_theta": self.rope_theta}
         d["rope_theta"] = self.rope_theta
+        if self.rope_scaling or "rope_scaling" in d:
+            d["rope_scaling"] = self.rope_scaling.to_hf() if self.rope_scaling else None
         if self.moe is not None:
             d.update(_moe_to_hf(self.moe, self.model_type, d))
         if self.mla is not None:
@@ -279,6 +318,42 @@ class ModelConfig:
                      qk_rope_head_dim=m.qk_rope_head_dim, v_head_dim=m.v_head_dim, rope_interleave=m.rope_interleave,
                      qk_head_dim=m.qk_nope_head_dim + m.qk_rope_head_dim)
         return d
+
+
+def _rope_scaling_from_hf(rope: dict[str, Any], rope_type: str, d: dict[str, Any], fail) -> RopeScaling | None:
+    """The scaling settings of a RoPE dict, with transformers' defaults; None for plain RoPE."""
+    if rope_type == "default":
+        return None
+
+    def number(name: str, default: Any = ...) -> Any:
+        value = rope.get(name)
+        if value is None:
+            if default is ...:
+                raise fail(name, f"missing (needed by rope_type {rope_type!r})")
+            return default
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise fail(name, f"expected a positive number, got {value!r}")
+        return float(value)
+
+    # transformers takes a top-level original_max_position_embeddings first, then the RoPE dict's,
+    # then max_position_embeddings.
+    original = d.get("original_max_position_embeddings") or rope.get("original_max_position_embeddings") \
+        or d.get("max_position_embeddings", 4096)
+    if isinstance(original, bool) or not isinstance(original, int) or original <= 0:
+        raise fail("original_max_position_embeddings", f"expected a positive integer, got {original!r}")
+    if rope_type == "linear":
+        return RopeScaling("linear", number("factor"))
+    if rope_type == "llama3":
+        low, high = number("low_freq_factor"), number("high_freq_factor")
+        if high <= low:
+            raise fail("high_freq_factor", f"must exceed low_freq_factor ({low}), got {high}")
+        return RopeScaling("llama3", number("factor"), original, low_freq_factor=low, high_freq_factor=high)
+    # yarn: a missing factor is the context extension itself (DeepSeek-V3 files carry both)
+    factor = number("factor", d.get("max_position_embeddings", 4096) / original)
+    return RopeScaling("yarn", factor, original, beta_fast=number("beta_fast", 32.0),
+                       beta_slow=number("beta_slow", 1.0), mscale=number("mscale", None),
+                       mscale_all_dim=number("mscale_all_dim", None),
+                       attention_factor=number("attention_factor", None), truncate=bool(rope.get("truncate", True)))
 
 
 # transformers' defaults for the routing options a config.json may leave out.

@@ -75,7 +75,7 @@ class Decoder(nn.Module):
         self.model = Backbone(config)
         self.lm_head = None if config.tie_word_embeddings else nn.Linear(
             config.hidden_size, config.vocab_size, bias=False)
-        self.rope = RotaryTable(config.rope_dim, config.rope_theta)
+        self.rope = RotaryTable(config)
         if not self.model.embed_tokens.weight.is_meta:
             self.reset_parameters()
 

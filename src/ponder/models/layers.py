@@ -6,6 +6,8 @@ HF state dict maps onto these modules 1:1.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,6 +30,52 @@ class RMSNorm(nn.Module):
         return self.weight * F.rms_norm(x.float(), self.weight.shape, eps=self.eps).to(x.dtype)
 
 
+def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
+    """YaRN's magnitude correction for a context extended `factor` times."""
+    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
+
+
+def rope_frequencies(config: ModelConfig) -> tuple[torch.Tensor, float]:
+    """RoPE's inverse frequencies [rope_dim / 2] and the factor cos/sin are multiplied by, with
+    the config's scaling applied (transformers' rope init functions, formula for formula)."""
+    dim, theta, scaling = config.rope_dim, config.rope_theta, config.rope_scaling
+    # on the CPU explicitly: models are built under a meta-device context when loaded
+    inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.int64, device="cpu").float() / dim))
+    if scaling is None:
+        return inv_freq, 1.0
+    factor, original = scaling.factor, scaling.original_max_position_embeddings
+    if scaling.rope_type == "linear":
+        return inv_freq / factor, 1.0
+    if scaling.rope_type == "llama3":
+        # Wavelengths longer than the pretraining context / low_freq_factor are slowed by
+        # `factor`, those shorter than context / high_freq_factor kept, the band between blended.
+        wavelen = 2 * math.pi / inv_freq
+        low_wavelen, high_wavelen = original / scaling.low_freq_factor, original / scaling.high_freq_factor
+        scaled = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+        smooth = (original / wavelen - scaling.low_freq_factor) / (scaling.high_freq_factor - scaling.low_freq_factor)
+        blended = (1 - smooth) * scaled / factor + smooth * scaled
+        between = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        return torch.where(between, blended, scaled), 1.0
+    # yarn: dimensions that turn fewer than beta_slow times over the pretraining context are
+    # interpolated (/ factor), those that turn more than beta_fast times kept, a linear ramp between.
+    def turning_dim(rotations: float) -> float:
+        return dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+    low, high = turning_dim(scaling.beta_fast), turning_dim(scaling.beta_slow)
+    if scaling.truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001  # keep the ramp finite
+    kept = 1 - ((torch.arange(dim // 2, dtype=torch.float32, device="cpu") - low) / (high - low)).clamp(0, 1)
+    inv_freq = inv_freq / factor * (1 - kept) + inv_freq * kept
+    attention = scaling.attention_factor
+    if attention is None:
+        attention = (yarn_mscale(factor, scaling.mscale) / yarn_mscale(factor, scaling.mscale_all_dim)
+                     if scaling.mscale and scaling.mscale_all_dim else yarn_mscale(factor))
+    return inv_freq, attention
+
+
 class RotaryTable:
     """cos/sin of RoPE angles (half-split layout), computed once in fp32 and indexed by position.
 
@@ -35,16 +83,16 @@ class RotaryTable:
     (transformers keeps the angles in fp32 and casts cos/sin per call, as `lookup` does).
     """
 
-    def __init__(self, dim: int, theta: float):
-        self.dim, self.theta = dim, theta
-        self.cos = self.sin = torch.empty(0, dim)
+    def __init__(self, config: ModelConfig):
+        self.inv_freq, self.attention_factor = rope_frequencies(config)
+        self.cos = self.sin = torch.empty(0, config.rope_dim)
 
     def _build(self, n: int, device: torch.device) -> None:
-        inv_freq = 1.0 / (self.theta ** (torch.arange(0, self.dim, 2, dtype=torch.int64).float() / self.dim))
-        angles = torch.outer(torch.arange(n, dtype=torch.float32), inv_freq)  # [n, dim/2]
-        half = self.dim // 2
-        self.cos = torch.cat([angles, angles], dim=-1).cos().to(device)
-        sin = torch.cat([angles, angles], dim=-1).sin()
+        angles = torch.outer(torch.arange(n, dtype=torch.float32, device="cpu"), self.inv_freq)  # [n, dim/2]
+        half = angles.shape[1]
+        angles = torch.cat([angles, angles], dim=-1)
+        self.cos = (angles.cos() * self.attention_factor).to(device)
+        sin = angles.sin() * self.attention_factor
         # rotate_half(x) = cat(-x2, x1) = roll(x, half) * sign: fold the sign into sin once here.
         sin[:, :half] = -sin[:, :half]
         self.sin = sin.to(device)

@@ -23,7 +23,7 @@ from torch import nn
 
 from .cache import CacheStep, KVCache
 from .config import ModelConfig
-from .layers import RMSNorm, apply_rope
+from .layers import RMSNorm, apply_rope, yarn_mscale
 
 
 class LatentAttention(nn.Module):
@@ -48,9 +48,12 @@ class LatentAttention(nn.Module):
         self.kv_a_layernorm = RMSNorm(m.kv_lora_rank)
         self.kv_b_proj = nn.Linear(m.kv_lora_rank, self.n_heads * (m.qk_nope_head_dim + m.v_head_dim), bias=False)
         self.o_proj = nn.Linear(self.n_heads * m.v_head_dim, H, bias=config.attention_bias)
-        # The softmax scale is that of the full query/key width, not of the absorbed width.
-        # (YaRN would multiply it by mscale**2; ModelConfig rejects RoPE scaling it does not implement.)
+        # The softmax scale is that of the full query/key width, not of the absorbed width; with
+        # YaRN, DeepSeek also multiplies it by mscale(factor, mscale_all_dim)**2.
         self.scale = qk ** -0.5
+        scaling = config.rope_scaling
+        if scaling is not None and scaling.mscale_all_dim:
+            self.scale *= yarn_mscale(scaling.factor, scaling.mscale_all_dim) ** 2
 
     def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         if self.interleave:
