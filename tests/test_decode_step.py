@@ -1,8 +1,10 @@
 """DecodeStep (the engine's fused, packed decode step) computes what Decoder.forward computes,
-for every dense family, ragged rows included; the engine rebuilds it when the weights change."""
+for every dense family, ragged rows included, with its C kernels and with their torch-op
+fallback; the engine rebuilds it when the weights change."""
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import replace
 
 import pytest
@@ -10,6 +12,7 @@ import torch
 
 from ponder.engine import Engine, SamplingParams
 from ponder.models import Decoder, KVCache, MoEConfig
+from ponder.models.cpu_kernels import kernels
 from ponder.models.decode import DecodeStep
 
 from test_models import CONFIGS, ours, random_ids  # tests/ is on sys.path under pytest
@@ -28,12 +31,23 @@ def two_caches(cfg, model, lens):
     return caches
 
 
+def test_the_c_kernels_compile_where_there_is_a_compiler():
+    if not (shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")):
+        pytest.skip("no C compiler: DecodeStep runs its torch ops")
+    assert kernels() is not None
+
+
 @pytest.mark.parametrize("name", CONFIGS)
 @pytest.mark.parametrize("packed_rows", [3, 5])  # packed for this batch, and packed for another
-def test_decode_step_equals_the_model_on_ragged_rows(name, packed_rows):
+@pytest.mark.parametrize("with_kernels", [True, False], ids=["c-kernels", "torch-ops"])
+def test_decode_step_equals_the_model_on_ragged_rows(name, packed_rows, with_kernels):
     cfg = CONFIGS[name]
     model = ours(cfg, seed=11)  # norm weights and biases randomized: folding them is exercised
     step = DecodeStep(model)
+    if with_kernels and step.kernels is None:
+        pytest.skip("the C kernels did not compile here")
+    if not with_kernels:
+        step.kernels = None
     step.pack(packed_rows)
     want_cache, got_cache = two_caches(cfg, model, [4, 1, 6])
     for t in range(3):

@@ -127,6 +127,15 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int,
             is_causal=True, scale=scale, enable_gqa=Hq != Hkv)
         return out.transpose(1, 2).reshape(B, T, Hq * Dv)
     keys, values = cache.write(layer, k, v, step)
+    return attend_cached(q, keys, values, step, scale)
+
+
+def attend_cached(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, step: CacheStep,
+                  scale: float | None = None) -> torch.Tensor:
+    """Attention of q [B, T, Hq, Dk] over cached keys/values [B, Hkv, key_len, D] (the new
+    tokens' included). Returns [B, T, Hq * Dv]."""
+    B, T, Hq, _ = q.shape
+    Hkv, Dv = values.shape[1], values.shape[3]
     group = Hq // Hkv
     # [B, T, Hkv, group, D] -> [B, Hkv, T*group, D]: row t*group + g is query head kv*group + g.
     qg = q.view(B, T, Hkv, group, -1).transpose(1, 2).reshape(B, Hkv, T * group, -1)
