@@ -92,3 +92,21 @@ def test_engine_samples_from_the_current_weights_after_an_update():
     fresh = Engine(model).generate(prompts, params=params)
     assert [c[0].token_ids for c in after] == [c[0].token_ids for c in fresh]
     assert [c[0].token_ids for c in after] != [c[0].token_ids for c in before]
+
+
+def test_a_failing_compiler_means_a_warning_and_the_torch_ops(monkeypatch, tmp_path):
+    """No working C compiler must not break decoding: kernels() warns and returns None."""
+    from ponder.models import cpu_kernels
+
+    broken = tmp_path / "cc"
+    broken.write_text("#!/bin/sh\necho 'cc: simulated failure' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    monkeypatch.setenv("CC", str(broken))
+    cpu_kernels.kernels.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="simulated failure"):
+            assert cpu_kernels.kernels() is None
+        model = ours(CONFIGS["qwen3-mha-hd32"], seed=2)
+        assert DecodeStep(model).kernels is None
+    finally:
+        cpu_kernels.kernels.cache_clear()

@@ -46,11 +46,15 @@ def kernels() -> ctypes.CDLL | None:
     with tempfile.TemporaryDirectory(prefix="ponder-kernels-", ignore_cleanup_errors=True) as folder:
         library = Path(folder) / "decode_kernels.so"
         error = _compile(compiler, library)
+        if error is None:
+            try:
+                lib = ctypes.CDLL(str(library))  # stays mapped after the folder is removed
+            except OSError as e:  # e.g. a temporary folder mounted noexec
+                error = f"loading it: {e}"
         if error is not None:
-            warnings.warn(f"ponder: compiling {SOURCE.name} with {compiler} failed ({error}); decoding "
+            warnings.warn(f"ponder: building {SOURCE.name} with {compiler} failed ({error}); decoding "
                           "runs its elementwise steps as torch ops (slower, same results)", stacklevel=2)
             return None
-        lib = ctypes.CDLL(str(library))  # stays mapped after the folder is removed
     lib.add_rms.argtypes = [_P, _P, _P, _I, _I, _F]
     lib.add_rms.restype = None
     lib.qk_norm_rope_write.argtypes = [_P, _I, _I, _I, _I, _P, _F, _P, _P, _P, _P, _P, _I]
