@@ -94,14 +94,17 @@ def test_resume_equals_uninterrupted(base, tmp_path, monkeypatch):
     assert losses("cut") == losses("full") and len(losses("full")) == 7
 
 
-def test_bad_records_name_file_and_line(base, tmp_path):
+def test_bad_records_are_reported_by_file_and_line_and_the_rest_are_used(base, tmp_path, caplog):
     tok = build_char_tokenizer(multiply.ALPHABET)
     path = tmp_path / "bad.jsonl"
-    path.write_text('{"text": "12*3"}\n{"prompt": "1*2="}\n')
-    with pytest.raises(ValueError, match=r"bad.jsonl:2: expected a string field 'text', or 'prompt' and 'completion'"):
-        read_examples(path, tok, 64)
-    path.write_text('{"text": "12*3"}\nnot json\n')
-    with pytest.raises(ValueError, match=r"bad.jsonl:2: not valid JSON"):
+    path.write_text('{"text": "12*3"}\n{"prompt": "1*2="}\nnot json\n{"prompt": "2*2=", "completion": "4"}\n')
+    with caplog.at_level("WARNING", logger="ponder.sft"):
+        examples = read_examples(path, tok, 64)
+    assert [tok.decode(e.prompt + e.target[:-1]) for e in examples] == ["12*3", "2*2=4"]
+    assert "bad.jsonl:2: expected a string field 'text', or 'prompt' and 'completion'" in caplog.text
+    assert "bad.jsonl:3: not valid JSON" in caplog.text
+    path.write_text('{"prompt": "1*2="}\nnot json\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl: no usable example \(2 malformed, first: .*bad.jsonl:2"):
         read_examples(path, tok, 64)
     examples = read_examples(base / "pc.jsonl", tok, 64)
     assert examples[0].target[-1] == tok.eos_token_id

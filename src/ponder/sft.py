@@ -9,7 +9,6 @@ machinery (ponder.rl.checkpoint / metrics); the result is an HF-layout model + t
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -19,6 +18,8 @@ from typing import Any, Literal
 
 import torch
 
+from ponder.tasks.loaders import read_records
+
 log = logging.getLogger("ponder.sft")
 
 
@@ -27,8 +28,8 @@ class SFTConfig:
     model: str = ""  # HF-layout folder to start from (config.json + weights)
     init_from_config: bool = False  # build a freshly initialised model from `model`/config.json (seeded) instead of loading weights
     tokenizer: str | None = None  # folder holding tokenizer.json; None: the model folder
-    data: str = ""  # JSONL of {"text"} or {"prompt", "completion"} records
-    eval_data: str | None = None  # JSONL of the same kind for a held-out loss; None: none
+    data: str = ""  # JSON / JSONL (.gz) / parquet of {"text"} or {"prompt", "completion"} records
+    eval_data: str | None = None  # records of the same kind for a held-out loss; None: none
     max_length: int = 512  # examples longer than this (in tokens) are cut to it
     output_dir: str = "out/sft"  # checkpoints, metrics.jsonl, TensorBoard, loss plot, final model
     epochs: float = 1.0  # passes over the data (used when steps is 0)
@@ -69,38 +70,38 @@ class Example:
 
 
 def read_examples(path: str | Path, tokenizer, max_length: int) -> list[Example]:
-    """Tokenized examples of a JSONL file; a malformed line is an error naming file and line."""
-    eos = tokenizer.eos_token_id
+    """Tokenized examples of a JSON / JSONL (.gz) / parquet file. A malformed record is logged
+    with its file and line and skipped; the rest are used. An error when none is usable."""
+    records, problems = read_records(path)
     out = []
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{where}: not valid JSON ({exc})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{where}: expected an object")
-            if isinstance(record.get("text"), str):
-                ids = tokenizer.encode(record["text"])
-                prompt, target = ids[:1], ids[1:]
-            elif isinstance(record.get("prompt"), str) and isinstance(record.get("completion"), str):
-                prompt, target = tokenizer.encode(record["prompt"]), tokenizer.encode(record["completion"])
-            else:
-                raise ValueError(f"{where}: expected a string field 'text', or 'prompt' and 'completion'")
-            if eos is not None:
-                target = target + [eos]
-            if not prompt:
-                raise ValueError(f"{where}: empty prompt (the first token needs something to follow)")
-            target = target[: max(0, max_length - len(prompt))]
-            if not target:
-                raise ValueError(f"{where}: nothing to learn after cutting to max_length={max_length}")
-            out.append(Example(prompt, target))
+    for where, record in records:
+        try:
+            out.append(_example(record, tokenizer, max_length))
+        except ValueError as e:
+            problems.append(f"{where}: {e}; skipped")
+    for problem in problems:
+        log.warning("%s", problem)
     if not out:
-        raise ValueError(f"{path}: no examples")
+        raise ValueError(f"{path}: no usable example ({len(problems)} malformed, first: {problems[0]})")
     return out
+
+
+def _example(record: dict, tokenizer, max_length: int) -> Example:
+    if isinstance(record.get("text"), str):
+        ids = tokenizer.encode(record["text"])
+        prompt, target = ids[:1], ids[1:]
+    elif isinstance(record.get("prompt"), str) and isinstance(record.get("completion"), str):
+        prompt, target = tokenizer.encode(record["prompt"]), tokenizer.encode(record["completion"])
+    else:
+        raise ValueError("expected a string field 'text', or 'prompt' and 'completion'")
+    if tokenizer.eos_token_id is not None:
+        target = target + [tokenizer.eos_token_id]
+    if not prompt:
+        raise ValueError("empty prompt (the first token needs something to follow)")
+    target = target[: max(0, max_length - len(prompt))]
+    if not target:
+        raise ValueError(f"nothing to learn after cutting to max_length={max_length}")
+    return Example(prompt, target)
 
 
 def batch_loss(model, examples: list[Example], device, dtype: str, total_tokens: int) -> torch.Tensor:
