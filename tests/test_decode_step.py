@@ -110,3 +110,17 @@ def test_a_failing_compiler_means_a_warning_and_the_torch_ops(monkeypatch, tmp_p
         assert DecodeStep(model).kernels is None
     finally:
         cpu_kernels.kernels.cache_clear()
+
+
+def test_engine_samples_from_a_model_built_under_inference_mode():
+    """Such weights keep no version counter; the engine then rebuilds DecodeStep every call."""
+    cfg = CONFIGS["qwen3-mha-hd32"]
+    with torch.inference_mode():
+        model = ours(cfg, seed=12)
+    params = SamplingParams(max_new_tokens=8, temperature=0, stop_token_ids=())
+    got = Engine(model).generate([[1, 2, 3]], params=params)[0][0].token_ids
+    with torch.no_grad():
+        ids = torch.tensor([[1, 2, 3]])
+        for _ in range(8):
+            ids = torch.cat([ids, model(ids)[:, -1:].argmax(-1)], dim=1)
+    assert got == ids[0, 3:].tolist()

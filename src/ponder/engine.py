@@ -129,8 +129,11 @@ class Engine:
         the weights have changed since (an optimizer step bumps each parameter's version)."""
         if not DecodeStep.supports(self.model):
             return lambda tokens, cache: self.model(tokens[:, None], cache=cache)[:, -1]
-        weights = [(id(p), p._version) for p in self.model.parameters()]
-        if weights != self._decode_weights:
+        try:
+            weights = [(id(p), p._version) for p in self.model.parameters()]
+        except RuntimeError:  # a model built under inference_mode keeps no version counters
+            weights = None
+        if weights is None or weights != self._decode_weights:
             self._decode_step, self._decode_weights = DecodeStep(self.model), weights
         return self._decode_step
 
