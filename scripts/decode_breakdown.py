@@ -53,7 +53,7 @@ def matmuls_and_attention(fast: DecodeStep):
             qkv = qkv_proj(x).view(B, Hq + 2 * Hkv, D)
             out = attend(qkv[:, None, :Hq], qkv[:, None, Hq:Hq + Hkv], qkv[:, None, Hq + Hkv:], i, cache, plan)
             x = o_proj(out.view(B, -1))
-            x = down_proj(gate_up_proj(x)[:, :down_proj.weight.shape[1]])
+            x = down_proj(gate_up_proj(x).chunk(2, dim=-1)[0])
         cache.advance(1)
         return fast.lm_head(x)
 
@@ -62,12 +62,13 @@ def matmuls_and_attention(fast: DecodeStep):
 
 def matmuls_only(fast: DecodeStep, hidden: int):
     linears = [linear for layer in fast.layers for linear in layer if isinstance(linear, PackedLinear)]
-    inputs = {linear.weight.shape[1]: torch.randn(ROWS, linear.weight.shape[1]) for linear in linears}
-    x = torch.randn(ROWS, hidden)
+    widths = [linear.make_weight().shape[1] for linear in linears]
+    inputs = {width: torch.randn(ROWS, width) for width in widths}
+    x = inputs.get(hidden, torch.randn(ROWS, hidden))
 
     def step(tokens, cache):
-        for linear in linears:
-            linear(inputs[linear.weight.shape[1]])
+        for linear, width in zip(linears, widths):
+            linear(inputs[width])
         return fast.lm_head(x)
 
     return step
@@ -88,7 +89,6 @@ def main() -> None:
     torch.manual_seed(0)
     model = Decoder(config).eval()
     fast = DecodeStep(model)
-    fast.pack(ROWS)
 
     def model_step(tokens, cache):
         return model(tokens[:, None], cache)[:, -1]

@@ -23,7 +23,7 @@ def two_caches(cfg, model, lens):
     prompt = random_ids(cfg, (len(lens), max(lens)), seed=4)
     caches = []
     for _ in range(2):
-        cache = KVCache(cfg, batch=len(lens), max_len=max(lens) + 4)
+        cache = KVCache(cfg, batch=len(lens), max_len=max(lens) + 5)
         with torch.no_grad():
             model(prompt, cache)
         cache.lengths = torch.tensor(lens)
@@ -38,9 +38,10 @@ def test_the_c_kernels_compile_where_there_is_a_compiler():
 
 
 @pytest.mark.parametrize("name", CONFIGS)
-@pytest.mark.parametrize("packed_rows", [3, 5])  # packed for this batch, and packed for another
 @pytest.mark.parametrize("with_kernels", [True, False], ids=["c-kernels", "torch-ops"])
-def test_decode_step_equals_the_model_on_ragged_rows(name, packed_rows, with_kernels):
+def test_decode_step_equals_the_model_on_ragged_rows(name, with_kernels):
+    """Three ragged rows for three steps, then two of them (reordered, as after the engine drops a
+    finished row: the weights are re-packed for the new row count) for two more."""
     cfg = CONFIGS[name]
     model = ours(cfg, seed=11)  # norm weights and biases randomized: folding them is exercised
     step = DecodeStep(model)
@@ -48,15 +49,17 @@ def test_decode_step_equals_the_model_on_ragged_rows(name, packed_rows, with_ker
         pytest.skip("the C kernels did not compile here")
     if not with_kernels:
         step.kernels = None
-    step.pack(packed_rows)
     want_cache, got_cache = two_caches(cfg, model, [4, 1, 6])
-    for t in range(3):
-        tokens = random_ids(cfg, (3,), seed=20 + t)
+    for t in range(5):
+        if t == 3:
+            want_cache.select([2, 0])
+            got_cache.select([2, 0])
+        tokens = random_ids(cfg, (got_cache.batch,), seed=20 + t)
         with torch.no_grad():
             want = model(tokens[:, None], want_cache)[:, -1]
         got = step(tokens, got_cache)
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
-    assert got_cache.lengths.tolist() == want_cache.lengths.tolist() == [7, 4, 9]
+    assert got_cache.lengths.tolist() == want_cache.lengths.tolist() == [11, 9]
     for layer in range(cfg.num_hidden_layers):  # the cache holds the same keys and values
         torch.testing.assert_close(got_cache.k[layer], want_cache.k[layer], atol=1e-5, rtol=0)
         torch.testing.assert_close(got_cache.v[layer], want_cache.v[layer], atol=1e-5, rtol=0)

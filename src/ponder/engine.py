@@ -185,8 +185,6 @@ class Engine:
         cache.select(prompt_of_row)
         logits = last[prompt_of_row]
         decode = self._decoder()
-        if isinstance(decode, DecodeStep):
-            decode.pack(rows)
 
         # per-sample outputs, written column by column (all live rows are at the same step)
         out_tokens = torch.zeros(rows, max_new, dtype=torch.long, device=device)
@@ -245,8 +243,6 @@ class Engine:
                 keep = alive.nonzero().squeeze(1)
                 cache.select(keep)
                 live, token, alive = live[keep], token[keep], alive[keep]
-                if isinstance(decode, DecodeStep):
-                    decode.pack(len(keep))
             logits = decode(token, cache)
 
         return self._collect(out_tokens, out_logprobs, out_forced, out_len, finish, n, params)
