@@ -24,6 +24,7 @@ class CacheStep:
     key_len: int  # attend over cache slots [0, key_len): max(lengths) + T, not the whole cache
     mask: torch.Tensor | None  # [B, 1, T, key_len] bool, True = may attend; None = all visible
     rows: torch.Tensor  # [B, 1] row indices, for the scatter write of ragged rows
+    causal: bool = False  # every row starts empty: `mask` is plain causal over the T new tokens
     _grouped: dict[int, torch.Tensor | None] = field(default_factory=dict)
 
     def grouped_mask(self, group: int) -> torch.Tensor | None:
@@ -86,7 +87,7 @@ class KVCache:
             keys = torch.arange(key_len, device=self.lengths.device)
             mask = (keys <= positions[:, :, None])[:, None]  # [B, 1, T, key_len]
         rows = torch.arange(self.batch, device=self.lengths.device)[:, None]
-        return CacheStep(positions, lo if lo == hi else None, key_len, mask, rows)
+        return CacheStep(positions, lo if lo == hi else None, key_len, mask, rows, causal=hi == 0 and T > 1)
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, step: CacheStep):
         """Store k/v [B, T, Hkv, D] at each row's positions; return keys/values [B, Hkv, key_len, D]."""

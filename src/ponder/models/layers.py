@@ -136,6 +136,10 @@ def attend_cached(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, ste
     tokens' included). Returns [B, T, Hq * Dv]."""
     B, T, Hq, _ = q.shape
     Hkv, Dv = values.shape[1], values.shape[3]
+    if step.causal:  # a prefill from empty: SDPA's causal kernel skips the masked blocks
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, is_causal=True, scale=scale,
+                                             enable_gqa=Hq != Hkv)
+        return out.transpose(1, 2).reshape(B, T, Hq * Dv)
     group = Hq // Hkv
     # [B, T, Hkv, group, D] -> [B, Hkv, T*group, D]: row t*group + g is query head kv*group + g.
     qg = q.view(B, T, Hkv, group, -1).transpose(1, 2).reshape(B, Hkv, T * group, -1)
