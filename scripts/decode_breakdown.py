@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ponder.models import Decoder, KVCache, ModelConfig
-from ponder.models.decode import DecodeStep, PackedLinear
+from ponder.models.decode import DecodeStep
 from ponder.models.layers import attend
 
 ROWS, PROMPT, STEPS = 64, 16, 63
@@ -49,11 +49,11 @@ def matmuls_and_attention(fast: DecodeStep):
         B, Hq, Hkv, D = tokens.shape[0], fast.heads, fast.kv_heads, fast.head_dim
         plan = cache.step(1)
         x = F.embedding(tokens, fast.model.model.embed_tokens.weight)
-        for i, (qkv_proj, _, o_proj, gate_up_proj, down_proj) in enumerate(fast.layers):
+        for i, (qkv_proj, _, o_proj, mlp) in enumerate(fast.layers):
             qkv = qkv_proj(x).view(B, Hq + 2 * Hkv, D)
             out = attend(qkv[:, None, :Hq], qkv[:, None, Hq:Hq + Hkv], qkv[:, None, Hq + Hkv:], i, cache, plan)
             x = o_proj(out.view(B, -1))
-            x = down_proj(gate_up_proj(x).chunk(2, dim=-1)[0])
+            x = mlp.down(mlp.gate_up(x).chunk(2, dim=-1)[0])
         cache.advance(1)
         return fast.lm_head(x)
 
@@ -61,7 +61,7 @@ def matmuls_and_attention(fast: DecodeStep):
 
 
 def matmuls_only(fast: DecodeStep, hidden: int):
-    linears = [linear for layer in fast.layers for linear in layer if isinstance(linear, PackedLinear)]
+    linears = [linear for qkv, _, o, mlp in fast.layers for linear in (qkv, o, mlp.gate_up, mlp.down)]
     widths = [linear.make_weight().shape[1] for linear in linears]
     inputs = {width: torch.randn(ROWS, width) for width in widths}
     x = inputs.get(hidden, torch.randn(ROWS, hidden))

@@ -5,17 +5,23 @@ fallback; the engine rebuilds it when the weights change."""
 from __future__ import annotations
 
 import shutil
-from dataclasses import replace
 
 import pytest
 import torch
 
 from ponder.engine import Engine, SamplingParams
-from ponder.models import Decoder, KVCache, MoEConfig
+from ponder.models import Decoder, KVCache, MLAConfig, ModelConfig, MoEConfig
 from ponder.models.cpu_kernels import kernels
 from ponder.models.decode import DecodeStep
 
 from test_models import CONFIGS, ours, random_ids  # tests/ is on sys.path under pytest
+
+# Qwen3-MoE with every other layer sparse: its experts run as their own module inside the step
+QWEN3_MOE = ModelConfig(vocab_size=67, hidden_size=32, intermediate_size=40, num_hidden_layers=3,
+                        num_attention_heads=4, num_key_value_heads=2, head_dim=8, model_type="qwen3_moe",
+                        attention_bias=True, moe=MoEConfig(num_experts=8, num_experts_per_tok=3,
+                                                           moe_intermediate_size=12, decoder_sparse_step=2))
+STEP_CONFIGS = {**CONFIGS, "qwen3-moe-step2": QWEN3_MOE}
 
 
 def two_caches(cfg, model, lens):
@@ -37,12 +43,12 @@ def test_the_c_kernels_compile_where_there_is_a_compiler():
     assert kernels() is not None
 
 
-@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("name", STEP_CONFIGS)
 @pytest.mark.parametrize("with_kernels", [True, False], ids=["c-kernels", "torch-ops"])
 def test_decode_step_equals_the_model_on_ragged_rows(name, with_kernels):
     """Three ragged rows for three steps, then two of them (reordered, as after the engine drops a
     finished row: the weights are re-packed for the new row count) for two more."""
-    cfg = CONFIGS[name]
+    cfg = STEP_CONFIGS[name]
     model = ours(cfg, seed=11)  # norm weights and biases randomized: folding them is exercised
     step = DecodeStep(model)
     if with_kernels and step.kernels is None:
@@ -68,16 +74,21 @@ def test_decode_step_equals_the_model_on_ragged_rows(name, with_kernels):
 def test_decode_step_is_only_used_where_it_mirrors_the_model():
     dense = CONFIGS["qwen3-gqa2-hd24-tied"]
     assert DecodeStep.supports(ours(dense))
+    assert DecodeStep.supports(ours(QWEN3_MOE))
     assert not DecodeStep.supports(ours(dense).to(torch.bfloat16))
 
     class Edited(Decoder):  # a subclass may change the forward DecodeStep mirrors
         pass
 
     assert not DecodeStep.supports(Edited(dense))
-    moe = replace(dense, model_type="qwen3_moe", moe=MoEConfig(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32))
-    assert not DecodeStep.supports(Decoder(moe))
-    with pytest.raises(ValueError, match="dense fp32"):
-        DecodeStep(Decoder(moe))
+    latent = Decoder(ModelConfig(  # DeepSeek-V3: multi-head latent attention
+        vocab_size=71, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        head_dim=4, model_type="deepseek_v3",
+        moe=MoEConfig(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=8, n_shared_experts=1),
+        mla=MLAConfig(kv_lora_rank=8, qk_nope_head_dim=4, qk_rope_head_dim=4, v_head_dim=8)))
+    assert not DecodeStep.supports(latent)
+    with pytest.raises(ValueError, match="not MLA"):
+        DecodeStep(latent)
 
 
 def test_engine_samples_from_the_current_weights_after_an_update():

@@ -1,10 +1,12 @@
-"""DecodeStep: one decode step (one new token per row) of a dense fp32 decoder, with fewer and
-faster ops than `Decoder.forward`. The engine uses it for every step after the prefill.
+"""DecodeStep: one decode step (one new token per row) of an fp32 decoder with grouped-query
+attention (dense or mixture-of-experts MLPs), with fewer and faster ops than `Decoder.forward`.
+The engine uses it for every step after the prefill.
 
 Same math as `model(tokens[:, None], cache)[:, -1]` (tests hold the two together), rearranged:
-  - q/k/v are one matmul and gate/up another (weights concatenated once);
+  - q/k/v are one matmul and a dense MLP's gate/up another (weights concatenated);
   - each RMSNorm's weight is folded into the matmul that follows it (norm(x) @ W.T ==
-    (x * rms) @ (W * w).T), so a norm costs one reduction and one multiply;
+    (x * rms) @ (W * w).T), so a norm costs one reduction and one multiply (a mixture-of-experts
+    block, which runs as its own module, multiplies by the weight first);
   - QK-norm and RoPE run once over the query and key heads together;
   - on the CPU, the residual add + norm, and the QK-norm + RoPE + cache write, are each one call
     of a small C kernel (decode_kernels.c, compiled at first use; torch ops where no compiler works);
@@ -25,6 +27,7 @@ from .cache import CacheStep, KVCache
 from .cpu_kernels import kernels
 from .decoder import Decoder
 from .layers import apply_rope, attend, attend_cached
+from .moe import SparseMoE
 
 # MKL's packed GEMM (what torch.compile's CPU backend uses for frozen fp32 linears).
 _HAS_MKL_PACK = torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
@@ -68,6 +71,22 @@ def _fused(weights: list[torch.Tensor], norm_weight: torch.Tensor | None = None)
     return make_weight
 
 
+class DenseMLP:
+    """down(silu(gate) * up), gate and up from one fused matmul."""
+
+    def __init__(self, gate_up: PackedLinear, down: PackedLinear):
+        self.gate_up, self.down = gate_up, down
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(h).chunk(2, dim=-1)
+        return self.down(F.silu(gate).mul_(up))
+
+
+def _sparse_mlp(block: SparseMoE, norm_weight: torch.Tensor):
+    """A mixture-of-experts block as it is (routing, experts, load counts), after the norm's weight."""
+    return lambda h: block(h * norm_weight)
+
+
 def _cat_bias(*modules) -> torch.Tensor | None:
     biases = [m.bias for m in modules]
     return None if biases[0] is None else torch.cat(biases)
@@ -78,16 +97,16 @@ class DecodeStep:
 
     @staticmethod
     def supports(model) -> bool:
-        """A plain `Decoder` (a subclass may change the forward this step mirrors) with dense
-        attention and MLP (no MoE, no MLA) in fp32; the others keep `Decoder.forward`."""
+        """A plain `Decoder` (a subclass may change the forward this step mirrors) with grouped-query
+        attention (not MLA) in fp32; the others keep `Decoder.forward`. Mixture-of-experts MLPs
+        run as their own modules inside the step."""
         config = model.config
-        return (type(model) is Decoder and config.moe is None and config.mla is None
-                and model.dtype == torch.float32)
+        return type(model) is Decoder and config.mla is None and model.dtype == torch.float32
 
     @torch.no_grad()
     def __init__(self, model):
         if not self.supports(model):
-            raise ValueError("DecodeStep needs a dense fp32 decoder (no MoE, no MLA)")
+            raise ValueError("DecodeStep needs an fp32 decoder with grouped-query attention (not MLA)")
         config = model.config
         self.model, self.eps = model, config.rms_norm_eps
         self.heads, self.kv_heads, self.head_dim = (config.num_attention_heads, config.num_key_value_heads,
@@ -101,13 +120,18 @@ class DecodeStep:
                 qk_norm = torch.cat([attn.q_norm.weight.expand(self.heads, -1),
                                      attn.k_norm.weight.expand(self.kv_heads, -1)])
             qkv = [attn.q_proj, attn.k_proj, attn.v_proj]
+            if isinstance(mlp, SparseMoE):
+                feed_forward = _sparse_mlp(mlp, layer.post_attention_layernorm.weight)
+            else:
+                feed_forward = DenseMLP(
+                    PackedLinear(_fused([mlp.gate_proj.weight, mlp.up_proj.weight], layer.post_attention_layernorm.weight),
+                                 _cat_bias(mlp.gate_proj, mlp.up_proj), pack),
+                    PackedLinear(_fused([mlp.down_proj.weight]), mlp.down_proj.bias, pack))
             self.layers.append((
                 PackedLinear(_fused([m.weight for m in qkv], layer.input_layernorm.weight), _cat_bias(*qkv), pack),
                 qk_norm,
                 PackedLinear(_fused([attn.o_proj.weight]), attn.o_proj.bias, pack),
-                PackedLinear(_fused([mlp.gate_proj.weight, mlp.up_proj.weight], layer.post_attention_layernorm.weight),
-                             _cat_bias(mlp.gate_proj, mlp.up_proj), pack),
-                PackedLinear(_fused([mlp.down_proj.weight]), mlp.down_proj.bias, pack),
+                feed_forward,
             ))
         head = model.model.embed_tokens.weight if model.lm_head is None else model.lm_head.weight
         self.lm_head = PackedLinear(_fused([head], model.model.norm.weight), None, pack)
@@ -162,10 +186,9 @@ class DecodeStep:
         cos, sin = self.model.rope.lookup(step.positions, x.dtype, step.key_len - 1)
         cos, sin = cos.view(B, D), sin.view(B, D)
         x, h = self._add_norm(x, None)
-        for i, (qkv_proj, qk_norm, o_proj, gate_up_proj, down_proj) in enumerate(self.layers):
+        for i, (qkv_proj, qk_norm, o_proj, feed_forward) in enumerate(self.layers):
             out = self._attend(i, qkv_proj(h), qk_norm, cos, sin, cache, step)
             x, h = self._add_norm(x, o_proj(out.view(B, -1)))
-            gate, up = gate_up_proj(h).chunk(2, dim=-1)
-            x, h = self._add_norm(x, down_proj(F.silu(gate).mul_(up)))
+            x, h = self._add_norm(x, feed_forward(h))
         cache.advance(1)
         return self.lm_head(h)
