@@ -87,7 +87,7 @@ def main(args) -> int:
         out = engine.generate(prompts, n=1, params=params)
         assert all(c[0].num_tokens == args.new_tokens for c in out)
 
-    run_peer = None
+    runs = [run_ponder]
     try:
         from transformers import AutoModelForCausalLM
     except ImportError:
@@ -105,8 +105,10 @@ def main(args) -> int:
                                     min_new_tokens=args.new_tokens, eos_token_id=None, pad_token_id=0)
             assert out.shape[1] == args.prompt_len + args.new_tokens
 
-    times = best_times([run_ponder] + ([run_peer] if run_peer else []), args.repeats)
-    ponder_s, peer_s = times[0], (times[1] if run_peer else None)
+        runs.append(run_peer)
+
+    times = best_times(runs, args.repeats)
+    ponder_s, peer_s = times[0], (times[1] if len(times) > 1 else None)
 
     tokens = args.batch * args.new_tokens
     context = args.prompt_len + args.new_tokens / 2
