@@ -136,7 +136,7 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32,
     # the last one; generation and RL do not use them, so they are skipped (as transformers does).
     mtp_layers = config.raw.get("num_nextn_predict_layers") or 0
     mtp_prefixes = tuple(f"model.layers.{config.num_hidden_layers + i}." for i in range(mtp_layers))
-    for name in [n for n in stored if mtp_prefixes and n.startswith(mtp_prefixes)]:
+    for name in [n for n in stored if n.startswith(mtp_prefixes)]:  # () matches nothing
         del stored[name]
     parts = _per_expert_parts(stored, expected)  # fused name -> its per-expert tensors, when stored so
 

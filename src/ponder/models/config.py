@@ -305,11 +305,11 @@ class ModelConfig:
             d["mlp_bias"] = self.mlp_bias
         # Both RoPE spellings, so transformers 4.x (rope_theta, rope_scaling) and 5.x
         # (rope_parameters) agree.
-        scaling = self.rope_scaling.to_hf() if self.rope_scaling else {"rope_type": "default"}
-        d["rope_parameters"] = {**scaling, "rope_theta": self.rope_theta}
+        scaling = self.rope_scaling.to_hf() if self.rope_scaling else None
+        d["rope_parameters"] = {**(scaling or {"rope_type": "default"}), "rope_theta": self.rope_theta}
         d["rope_theta"] = self.rope_theta
-        if self.rope_scaling or "rope_scaling" in d:
-            d["rope_scaling"] = self.rope_scaling.to_hf() if self.rope_scaling else None
+        if scaling or "rope_scaling" in d:
+            d["rope_scaling"] = scaling
         if self.moe is not None:
             d.update(_moe_to_hf(self.moe, self.model_type, d))
         if self.mla is not None:
