@@ -1,6 +1,7 @@
 """Where a decode step's time goes: the engine's DecodeStep whole, without attention, with only
-its matmuls and attention (every norm, RoPE, SiLU and residual add removed), and its matmuls
-alone. Prints ms per step (batch 64, 63 steps after a 16-token prompt).
+its matmuls and attention (every norm, RoPE, SiLU and residual add removed), its matmuls alone
+(packed, and unpacked with F.linear). Prints ms per step (batch 64, 63 steps after a 16-token
+prompt), and the resident memory DecodeStep's packed weights add.
 
     .venv/bin/python scripts/decode_breakdown.py [--hidden 512 --layers 8 --heads 8 --kv-heads 4]
 
@@ -11,6 +12,7 @@ is unchanged; the figures explain `ponder bench generate`, they are not a benchm
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
@@ -60,18 +62,28 @@ def matmuls_and_attention(fast: DecodeStep):
     return step
 
 
-def matmuls_only(fast: DecodeStep, hidden: int):
+def matmuls_only(fast: DecodeStep, packed: bool = True):
+    """The step's weight matmuls alone: DecodeStep's packed ones, or F.linear on the same weights."""
     linears = [linear for qkv, _, o, mlp in fast.layers for linear in (qkv, o, mlp.gate_up, mlp.down)]
-    widths = [linear.make_weight().shape[1] for linear in linears]
-    inputs = {width: torch.randn(ROWS, width) for width in widths}
-    x = inputs.get(hidden, torch.randn(ROWS, hidden))
+    linears.append(fast.lm_head)
+    weights = [linear.make_weight().contiguous() for linear in linears]
+    inputs = {w.shape[1]: torch.randn(ROWS, w.shape[1]) for w in weights}
 
     def step(tokens, cache):
-        for linear, width in zip(linears, widths):
-            linear(inputs[width])
-        return fast.lm_head(x)
+        for linear, weight in zip(linears, weights):
+            x = inputs[weight.shape[1]]
+            if packed:
+                linear(x)
+            else:
+                F.linear(x, weight)
 
     return step
+
+
+def resident_mb() -> float:
+    """This process's resident memory (Linux /proc), in MB."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def main() -> None:
@@ -88,7 +100,16 @@ def main() -> None:
         "intermediate_size": 3 * args.hidden, "tie_word_embeddings": True, "rope_theta": 1e6})
     torch.manual_seed(0)
     model = Decoder(config).eval()
+    model_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+    cache = KVCache(config, ROWS, PROMPT + 1)
+    with torch.inference_mode():  # touch the cache and warm the allocator, so neither is counted below
+        model(torch.zeros(ROWS, 1, dtype=torch.long), cache)
+    before = resident_mb() if os.path.exists("/proc/self/statm") else None
     fast = DecodeStep(model)
+    fast(torch.zeros(ROWS, dtype=torch.long), cache)  # the first call packs the weights
+    if before is not None:
+        print(f"DecodeStep's packed weights: +{resident_mb() - before:.0f} MB resident "
+              f"(the model's weights: {model_mb:.0f} MB)")
 
     def model_step(tokens, cache):
         return model(tokens[:, None], cache)[:, -1]
@@ -103,7 +124,9 @@ def main() -> None:
     finally:
         F.scaled_dot_product_attention = sdpa
     print(f"  matmuls + attention only {best_ms_per_step(matmuls_and_attention(fast), config):6.2f} ms/step")
-    print(f"  matmuls alone            {best_ms_per_step(matmuls_only(fast, args.hidden), config):6.2f} ms/step")
+    print(f"  matmuls alone            {best_ms_per_step(matmuls_only(fast), config):6.2f} ms/step")
+    print(f"  matmuls alone, F.linear  {best_ms_per_step(matmuls_only(fast, packed=False), config):6.2f}"
+          " ms/step (the same weights unpacked)")
 
 
 if __name__ == "__main__":

@@ -130,6 +130,7 @@ def main(args) -> int:
         "ponder_gflops": round(flops / ponder_s / 1e9, 1),
         "matmul_gflops": round(peak, 1),
         "fraction_of_matmul": round(flops / ponder_s / 1e9 / peak, 3),
+        "transformers_fraction_of_matmul": round(flops / peer_s / 1e9 / peak, 3) if peer_s else None,
     }
     if args.json:
         print(json.dumps(result))
@@ -142,6 +143,7 @@ def main(args) -> int:
         print(f"ponder        {result['ponder_tok_s']:>10,.0f} tok/s  ({result['ponder_gflops']} GFLOP/s, "
               f"{100 * result['fraction_of_matmul']:.0f}% of {result['matmul_gflops']} GFLOP/s matmul)")
         if peer_s:
-            print(f"transformers  {result['transformers_tok_s']:>10,.0f} tok/s")
+            print(f"transformers  {result['transformers_tok_s']:>10,.0f} tok/s  "
+                  f"({100 * result['transformers_fraction_of_matmul']:.0f}% of the same matmul rate)")
             print(f"ratio         {result['ratio']:.2f}x")
     return 0

@@ -10,8 +10,9 @@ Same math as `model(tokens[:, None], cache)[:, -1]` (tests hold the two together
   - QK-norm and RoPE run once over the query and key heads together;
   - on the CPU, the residual add + norm, and the QK-norm + RoPE + cache write, are each one call
     of a small C kernel (decode_kernels.c, compiled at first use; torch ops where no compiler works);
-  - on CPUs with MKL, weights are held packed for the row count (PackedLinear): a small-batch
-    matmul with packed weights runs 1.3-2x faster than `F.linear` here, with the same result.
+  - on CPUs with MKL, weights are held packed for the row count (PackedLinear): a decode
+    step's matmuls take 1.2x less time than with `F.linear` here (scripts/decode_breakdown.py),
+    with the same result.
 
 Why a second forward: at decode time a row is one token, so the matmuls are tiny and the cost
 is the number of ops; training and the prefill keep the readable `Decoder.forward`. The packed
@@ -38,7 +39,8 @@ class PackedLinear:
 
     With MKL on the CPU, W is kept only in MKL's packed form for the current number of rows, and
     re-packed (from the model's parameters) when that number changes: packed small-batch matmuls
-    run 1.3-2x faster than `F.linear` here, with the same result, and no second copy of W is held.
+    are faster than `F.linear` (see the module's notes), with the same result, and no second copy
+    of W is held.
     Elsewhere W is built once and used with `F.linear`.
     """
 
