@@ -2,9 +2,9 @@
 compiler and loaded with ctypes; `kernels()` is None where that fails, and DecodeStep then runs
 the same steps as torch ops.
 
-Compiled per process into a temporary folder (a fraction of a second: plain C, no torch headers),
-for this CPU (-march=native): no
-build step at install time, and no cached binary that another machine could not run.
+Compiled per process into a temporary folder (a fraction of a second: plain C, no torch
+headers), for this CPU (-march=native): no build step at install time, and no cached binary that
+another machine could not run.
 """
 
 from __future__ import annotations
