@@ -11,12 +11,19 @@ Mixture-of-experts weights: the model holds each layer's experts fused (`experts
 Files may hold them fused or as one module per expert (`experts.N.{gate,up,down}_proj.weight`,
 transformers 4.x, and what transformers 5 itself writes to disk); both load. Saving writes the
 per-expert layout, like transformers' own save_pretrained, so 4.x-era readers load it too.
+
+Fine-grained FP8 checkpoints (DeepSeek-V3's released weights, Qwen3-*-FP8: config.json
+`quantization_config` with quant_method "fp8" and `weight_block_size` [b0, b1]) store a linear's
+weight in float8 with `weight_scale_inv` [ceil(rows / b0), ceil(cols / b1)], one scale per block.
+They are dequantized on load (weight * its block's scale, in fp32, as DeepSeek's and transformers'
+dequantizers compute it) to the requested dtype; the model holds, and saves, plain weights.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -30,6 +37,7 @@ INDEX = "model.safetensors.index.json"
 # Kept in fp32 whatever dtype the model loads in (transformers does the same): routing-bias
 # updates of ~1e-3 would round away in bf16.
 FP32_TENSORS = ("e_score_correction_bias",)
+SCALE = "_scale_inv"  # FP8: the scales of tensor `x.weight` are `x.weight_scale_inv`
 PER_EXPERT = re.compile(r"(.+\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight")
 
 
@@ -138,6 +146,8 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32,
     mtp_prefixes = tuple(f"model.layers.{config.num_hidden_layers + i}." for i in range(mtp_layers))
     for name in [n for n in stored if n.startswith(mtp_prefixes)]:  # () matches nothing
         del stored[name]
+    block = _fp8_block(config, folder)
+    scales = _take_scales(stored, block)  # FP8 weight name -> (its scale's name, file)
     parts = _per_expert_parts(stored, expected)  # fused name -> its per-expert tensors, when stored so
 
     # Check every name and shape first, in the model's own order, so that nothing is loaded
@@ -152,21 +162,22 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32,
     unexpected = sorted(stored.keys() - expected.keys())
     if unexpected:
         name = unexpected[0]
-        raise CheckpointError(f"{stored[name][0]}: unexpected tensor {name!r} (not part of the model "
-                              f"{CONFIG} describes)")
+        why = (f"an FP8 scale, but {CONFIG} declares no 'quantization_config'" if name.endswith(SCALE)
+               else f"not part of the model {CONFIG} describes")
+        raise CheckpointError(f"{stored[name][0]}: unexpected tensor {name!r} ({why})")
 
+    scale_values = {name: t for name, t, _ in _read(scales.values())}
     state: dict[str, torch.Tensor] = {}
-    by_file: dict[Path, list[str]] = {}
-    for name, (file, _) in stored.items():
-        for part, part_file in parts.get(name, [(name, file)]):
-            by_file.setdefault(part_file, []).append(part)
-    for file, names in by_file.items():
-        with _open(file) as f:
-            for name in names:
-                t = f.get_tensor(name)
-                if not t.is_floating_point():
-                    raise CheckpointError(f"{file}: tensor {name!r} has dtype {t.dtype}, expected floating point")
-                state[name] = t.to(device=device, dtype=torch.float32 if name.endswith(FP32_TENSORS) else dtype)
+    to_read = [part for name, (file, _) in stored.items() for part in parts.get(name, [(name, file)])]
+    for name, t, file in _read(to_read):
+        if not t.is_floating_point():
+            raise CheckpointError(f"{file}: tensor {name!r} has dtype {t.dtype}, expected floating point")
+        if name in scales:
+            t = _dequantize(t, scale_values[scales[name][0]], block)
+        elif t.element_size() == 1:  # a float8 weight read without its scales would be silently wrong
+            raise CheckpointError(f"{file}: tensor {name!r} is {t.dtype} without a {name + SCALE!r} (and "
+                                  f"{CONFIG} field 'quantization_config' must declare fine-grained 'fp8')")
+        state[name] = t.to(device=device, dtype=torch.float32 if name.endswith(FP32_TENSORS) else dtype)
     for name, names in parts.items():
         tensors = [state.pop(part) for part, _ in names]
         if name.endswith("gate_up_proj"):  # [gate_0 .. gate_E-1, up_0 .. up_E-1] -> [E, 2I, H]
@@ -175,13 +186,71 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32,
         else:
             state[name] = torch.stack(tensors)
     if tied_head is not None:
-        with _open(tied_head[0]) as f:
-            head = f.get_tensor("lm_head.weight").to(device=device, dtype=dtype)
+        _, head, _ = next(_read([("lm_head.weight", tied_head[0])]))
+        head = head.to(device=device, dtype=dtype)
         if not torch.equal(head, state["model.embed_tokens.weight"]):
             raise CheckpointError(f"{tied_head[0]}: tensor 'lm_head.weight' differs from "
                                   f"'model.embed_tokens.weight' but {CONFIG} sets tie_word_embeddings")
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval()
+
+
+def _read(named: Iterable[tuple[str, Path]]):
+    """(name, tensor, file) for each (tensor name, file), each file opened once."""
+    by_file: dict[Path, list[str]] = {}
+    for name, file in named:
+        by_file.setdefault(file, []).append(name)
+    for file, names in by_file.items():
+        with _open(file) as f:
+            for name in names:
+                yield name, f.get_tensor(name), file
+
+
+def _fp8_block(config: ModelConfig, folder: Path) -> tuple[int, int] | None:
+    """The [rows, cols] block of a fine-grained FP8 checkpoint; None when it is not quantized."""
+    quant = config.raw.get("quantization_config")
+    if quant is None:
+        return None
+    method = quant.get("quant_method") if isinstance(quant, dict) else None
+    block = quant.get("weight_block_size") if isinstance(quant, dict) else None
+    if method != "fp8" or not (isinstance(block, list) and len(block) == 2
+                               and all(isinstance(b, int) and b > 0 for b in block)):
+        raise CheckpointError(
+            f"{folder / CONFIG}: field 'quantization_config': quant_method {method!r} with weight_block_size "
+            f"{block!r} is not supported; ponder loads plain weights and fine-grained FP8 (quant_method 'fp8' "
+            "with a two-number weight_block_size): convert other formats to bf16 first")
+    return block[0], block[1]
+
+
+def _take_scales(stored: dict[str, tuple[Path, tuple[int, ...]]],
+                 block: tuple[int, int] | None) -> dict[str, tuple[str, Path]]:
+    """Take the FP8 scale tensors out of `stored`, checking each against its weight's shape.
+
+    Returns weight name -> (scale name, file). Without a declared FP8 block the scales stay in
+    `stored`, and are reported as unexpected tensors."""
+    scales: dict[str, tuple[str, Path]] = {}
+    if block is None:
+        return scales
+    for name in [n for n in stored if n.endswith(SCALE)]:
+        file, shape = stored.pop(name)
+        weight = name.removesuffix(SCALE)
+        if weight not in stored:
+            raise CheckpointError(f"{file}: tensor {name!r} holds the scales of {weight!r}, which is not stored")
+        rows, cols = stored[weight][1][-2:] if len(stored[weight][1]) >= 2 else (0, 0)
+        want = (*stored[weight][1][:-2], -(-rows // block[0]), -(-cols // block[1]))
+        if not rows or shape != want:
+            raise CheckpointError(f"{file}: tensor {name!r} has shape {shape}, expected {want}: one scale per "
+                                  f"{block[0]}x{block[1]} block ({CONFIG} field 'quantization_config."
+                                  f"weight_block_size') of {weight!r} {stored[weight][1]}")
+        scales[weight] = (name, file)
+    return scales
+
+
+def _dequantize(weight: torch.Tensor, scale: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
+    """An FP8 weight times its blocks' scales, in fp32; edge blocks may be partial."""
+    rows, cols = weight.shape[-2:]
+    per_element = scale.float().repeat_interleave(block[0], dim=-2)[..., :rows, :]
+    return weight.float() * per_element.repeat_interleave(block[1], dim=-1)[..., :cols]
 
 
 def save_checkpoint(model: Decoder, path: str | Path) -> None:

@@ -289,6 +289,9 @@ class ModelConfig:
     def to_hf_dict(self) -> dict[str, Any]:
         """The config.json dict: `raw` with this config's fields written over it."""
         d = dict(self.raw)
+        # Models here hold plain weights (an FP8 checkpoint is dequantized on load), so what is
+        # saved is never quantized.
+        d.pop("quantization_config", None)
         d["architectures"] = [self.architecture]
         d["model_type"] = self.model_type
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
