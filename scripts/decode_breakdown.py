@@ -1,7 +1,9 @@
 """Where a decode step's time goes: the engine's DecodeStep whole, without attention, with only
 its matmuls and attention (every norm, RoPE, SiLU and residual add removed), its matmuls alone
 (packed, and unpacked with F.linear). Prints ms per step (batch 64, 63 steps after a 16-token
-prompt), and the resident memory DecodeStep's packed weights add.
+prompt), the resident memory DecodeStep's packed weights add, and a ceiling for `ponder bench
+generate`'s share of the matmul rate: the prefill plus 63 steps of matmuls and attention alone,
+as if every other op were free.
 
     .venv/bin/python scripts/decode_breakdown.py [--hidden 512 --layers 8 --heads 8 --kv-heads 4]
 
@@ -18,6 +20,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from ponder.bench.generate import flops_per_token, matmul_gflops
 from ponder.models import Decoder, KVCache, ModelConfig
 from ponder.models.decode import DecodeStep
 from ponder.models.layers import attend
@@ -80,6 +83,19 @@ def matmuls_only(fast: DecodeStep, packed: bool = True):
     return step
 
 
+def best_prefill_ms(model, config, repeats: int = 5) -> float:
+    """The engine's prefill: ROWS prompts of PROMPT tokens into an empty cache, the last logits."""
+    prompts = torch.randint(1, config.vocab_size, (ROWS, PROMPT))
+    best = float("inf")
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        with torch.inference_mode():
+            cache = KVCache(config, ROWS, PROMPT + STEPS + 1)
+            model.logits(model.hidden(prompts, cache=cache)[:, -1])
+        best = min(best, time.perf_counter() - start)
+    return 1e3 * best
+
+
 def resident_mb() -> float:
     """This process's resident memory (Linux /proc), in MB."""
     with open("/proc/self/statm") as f:
@@ -123,10 +139,20 @@ def main() -> None:
         print(f"  without attention        {best_ms_per_step(fast, config):6.2f} ms/step")
     finally:
         F.scaled_dot_product_attention = sdpa
-    print(f"  matmuls + attention only {best_ms_per_step(matmuls_and_attention(fast), config):6.2f} ms/step")
+    floor = best_ms_per_step(matmuls_and_attention(fast), config)
+    print(f"  matmuls + attention only {floor:6.2f} ms/step")
     print(f"  matmuls alone            {best_ms_per_step(matmuls_only(fast), config):6.2f} ms/step")
     print(f"  matmuls alone, F.linear  {best_ms_per_step(matmuls_only(fast, packed=False), config):6.2f}"
           " ms/step (the same weights unpacked)")
+    prefill = best_prefill_ms(model, config)
+    tokens = ROWS * (STEPS + 1)
+    flops = flops_per_token(config, model, PROMPT + (STEPS + 1) / 2) * tokens
+    ceiling_s = (prefill + STEPS * floor) / 1e3
+    peak = matmul_gflops()
+    print(f"prefill ({ROWS} x {PROMPT} tokens)     {prefill:6.2f} ms")
+    print(f"ceiling: prefill + {STEPS} x matmuls + attention = {1e3 * ceiling_s:.0f} ms for {tokens} tokens, "
+          f"{flops / ceiling_s / 1e9:.0f} GFLOP/s = {100 * flops / ceiling_s / 1e9 / peak:.0f}% of the "
+          f"{peak:.0f} GFLOP/s matmul rate (counted as `ponder bench generate` counts)")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ fallback; the engine rebuilds it when the weights change."""
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -138,3 +139,36 @@ def test_engine_samples_from_a_model_built_under_inference_mode():
         for _ in range(8):
             ids = torch.cat([ids, model(ids)[:, -1:].argmax(-1)], dim=1)
     assert got == ids[0, 3:].tolist()
+
+
+def test_without_memory_for_the_copy_the_engine_decodes_with_the_model(monkeypatch):
+    """DecodeStep holds a second copy of the weights; where it would not fit, the engine warns and
+    samples the same tokens through Decoder.forward."""
+    from ponder.models import decode
+
+    model = ours(CONFIGS["qwen3-gqa2-hd24-tied"], seed=3)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    params = SamplingParams(max_new_tokens=12, temperature=1.0, seed=4, stop_token_ids=())
+    prompts = [[1, 2, 3], [4, 5]]
+    monkeypatch.setattr(decode, "free_memory", lambda device: 2 * weights)  # just enough
+    engine = Engine(model)
+    fast = engine.generate(prompts, n=2, params=params)
+    assert engine._decode_step is not None
+    monkeypatch.setattr(decode, "free_memory", lambda device: 2 * weights - 1)
+    engine = Engine(model)
+    with pytest.warns(UserWarning, match="no memory for the fast decode step"):
+        slow = engine.generate(prompts, n=2, params=params)
+    assert engine._decode_step is None
+    assert [[c.token_ids for c in group] for group in slow] == [[c.token_ids for c in group] for group in fast]
+    for a, b in zip([c for g in slow for c in g], [c for g in fast for c in g]):
+        torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5, rtol=0)
+
+
+def test_free_memory_reads_the_machine():
+    from ponder.models.decode import free_memory
+
+    free = free_memory(torch.device("cpu"))
+    if os.path.exists("/proc/meminfo"):
+        assert free is not None and 0 < free < os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    else:
+        assert free is None

@@ -17,6 +17,7 @@ Same math as `model(tokens[:, None], cache)[:, -1]` (tests hold the two together
 Why a second forward: at decode time a row is one token, so the matmuls are tiny and the cost
 is the number of ops; training and the prefill keep the readable `Decoder.forward`. The packed
 copies are made from the weights of the time: build a new DecodeStep after the weights change.
+They are a second copy of the weights: `DecodeStep.fits` says whether the device has room for it.
 """
 
 from __future__ import annotations
@@ -94,8 +95,32 @@ def _cat_bias(*modules) -> torch.Tensor | None:
     return None if biases[0] is None else torch.cat(biases)
 
 
+def free_memory(device: torch.device) -> int | None:
+    """Bytes the device could still give this process (CUDA: its free memory; CPU: Linux's
+    MemAvailable); None where that is unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return None
+
+
 class DecodeStep:
     """`step(tokens [B], cache) -> logits [B, vocab]`: one token per row (see KVCache's contract)."""
+
+    @staticmethod
+    def fits(model) -> bool:
+        """Whether the device can hold the step's copy of the weights (fused or packed) and still
+        have as much free again, for the KV cache and what else runs; unknown counts as yes."""
+        free = free_memory(model.device)
+        weights = sum(p.numel() * p.element_size() for p in model.parameters())
+        return free is None or 2 * weights <= free
 
     @staticmethod
     def supports(model) -> bool:
