@@ -191,9 +191,11 @@ class Engine:
         last = self.model.logits(hidden[torch.arange(num_prompts, device=device), lengths - 1])
         cache.lengths = lengths.clone()
         # share the prefill: row r holds sample r % n of prompt r // n
-        prompt_of_row = torch.arange(num_prompts, device=device).repeat_interleave(n)
-        cache.select(prompt_of_row)
-        logits = last[prompt_of_row]
+        logits = last
+        if n > 1:  # (with one sample per prompt the rows are already in place: no cache copy)
+            prompt_of_row = torch.arange(num_prompts, device=device).repeat_interleave(n)
+            cache.select(prompt_of_row)
+            logits = last[prompt_of_row]
         decode = self._decoder()
 
         # per-sample outputs, written column by column (all live rows are at the same step)
