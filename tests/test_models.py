@@ -223,6 +223,26 @@ def test_uniform_prefill_then_one_token_steps_equal_full_forward():
     assert cache.lengths.tolist() == [10, 10]
 
 
+def test_prefill_into_an_empty_cache_builds_no_mask(monkeypatch):
+    """Grouped-query attention prefills with SDPA's causal kernel: the [B, 1, T, T] mask (134 MB
+    for 8 prompts of 4,096 tokens) is never built; uniform one-token steps need none either."""
+    from ponder.models.cache import CacheStep
+
+    def no_mask(step):
+        if not step.all_visible:
+            raise AssertionError("mask built")
+
+    cfg = CONFIGS["qwen3-gqa2-hd24-tied"]
+    model = ours(cfg, seed=2)
+    ids = random_ids(cfg, (3, 12), seed=4)
+    with torch.no_grad():
+        want = model(ids)
+        cache = KVCache(cfg, batch=3, max_len=12)
+        monkeypatch.setattr(CacheStep, "mask", property(no_mask))
+        got = torch.cat([model(ids[:, :9], cache)] + [model(ids[:, t:t + 1], cache) for t in range(9, 12)], dim=1)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
 def test_select_repeats_and_reorders_rows():
     """One prompt's cache copied into several sample rows, each continuing differently."""
     cfg = CONFIGS["qwen2-gqa2-tied"]

@@ -22,16 +22,27 @@ class CacheStep:
     positions: torch.Tensor  # [B, T] absolute positions of the new tokens
     start: int | None  # the common start when every row has the same length (a slice write)
     key_len: int  # attend over cache slots [0, key_len): max(lengths) + T, not the whole cache
-    mask: torch.Tensor | None  # [B, 1, T, key_len] bool, True = may attend; None = all visible
+    all_visible: bool  # one new token per row, every row full up to it: nothing to mask
     rows: torch.Tensor  # [B, 1] row indices, for the scatter write of ragged rows
-    causal: bool = False  # every row starts empty: `mask` is plain causal over the T new tokens
+    causal: bool = False  # every row starts empty: the mask is plain causal over the T new tokens
     _grouped: dict[int, torch.Tensor | None] = field(default_factory=dict)
+
+    @property
+    def mask(self) -> torch.Tensor | None:
+        """[B, 1, T, key_len] bool, True = may attend (key j <= the query's position); None when
+        every key is visible."""
+        if self.all_visible:
+            return None
+        keys = torch.arange(self.key_len, device=self.positions.device)
+        return (keys <= self.positions[:, :, None])[:, None]
 
     def grouped_mask(self, group: int) -> torch.Tensor | None:
         """The mask for queries laid out as rows (t, g) of [B, Hkv, T*group, D] (see layers.attend).
 
         The mask does not depend on the head, so repeating each query row's mask `group` times is
-        exact; it is built once per forward and shared by the layers.
+        exact. It is built at the first layer that asks (a causal prefill with grouped-query
+        attention never does: B x T x T bytes saved, 134 MB for 8 prompts of 4,096 tokens) and
+        shared by the others.
         """
         if group not in self._grouped:
             m = self.mask
@@ -81,13 +92,9 @@ class KVCache:
             raise ValueError(f"KVCache overflow: a row would hold {key_len} tokens, max_len is {self.max_len}")
         offsets = torch.arange(T, device=self.lengths.device)
         positions = self.lengths[:, None] + offsets  # [B, T]
-        if lo == hi and T == 1:
-            mask = None  # one new token per row, every row full up to it: nothing to hide
-        else:
-            keys = torch.arange(key_len, device=self.lengths.device)
-            mask = (keys <= positions[:, :, None])[:, None]  # [B, 1, T, key_len]
         rows = torch.arange(self.batch, device=self.lengths.device)[:, None]
-        return CacheStep(positions, lo if lo == hi else None, key_len, mask, rows, causal=hi == 0 and T > 1)
+        return CacheStep(positions, lo if lo == hi else None, key_len, lo == hi and T == 1, rows,
+                         causal=hi == 0 and T > 1)
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, step: CacheStep):
         """Store k/v [B, T, Hkv, D] at each row's positions; return keys/values [B, Hkv, key_len, D]."""
