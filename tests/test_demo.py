@@ -46,3 +46,7 @@ def test_ponder_generate_prints_completions_from_a_checkpoint(capsys):
     out = capsys.readouterr().out
     assert out.count("--- prompt: '12*34='") == 2 and out.count("--- prompt: '57*85='") == 2
     assert out.count("\\boxed{") == 4 and out.count("tokens, stop]") == 4  # the model ends with eos
+    # With the Python tool on, a model that writes no code block prints the same completions.
+    assert main(["generate", "--model", str(base_model_dir()), "--prompt", "12*34=", "--prompt", "57*85=",
+                 "--max-new-tokens", "48", "--n", "2", "--temperature", "1.0", "--seed", "3", "--python-tool"]) == 0
+    assert capsys.readouterr().out == out

@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--thinking-budget", type=int, default=None)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--python-tool", action="store_true",
+                   help="run the model's ```python blocks in the sandbox and write their output back (ponder.tools)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.set_defaults(func=lambda a: __import__("ponder.generate_cli", fromlist=["main"]).main(a))
@@ -95,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--strategy: budget forcing, replace an early </think> by 'Wait' up to W times")
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--python-tool", action="store_true",
+                   help="run the model's ```python blocks in the sandbox and write their output back (no --strategy)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None)
     p.set_defaults(func=lambda a: __import__("ponder.evaluate", fromlist=["main"]).main(a))

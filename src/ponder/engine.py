@@ -8,20 +8,26 @@ How a call runs:
   3. a row ends on a stop token, a stop string, or max_new_tokens; finished rows are dropped
      from the cache (compaction) once a quarter of the rows are dead, so they stop costing
      compute;
-  4. forced tokens (a `</think>` once the thinking budget is spent, or "Wait" in place of an
-     early `</think>`) come from a small per-row queue and are marked so RL can mask them.
+  4. forced tokens (a `</think>` once the thinking budget is spent, "Wait" in place of an
+     early `</think>`, a tool call's output: ponder.tools) come from a small per-row queue and
+     are marked so RL can mask them.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from ponder.models import KVCache
 from ponder.models.decode import DecodeStep
+
+if TYPE_CHECKING:
+    from ponder.tools import PythonTool
 
 
 @dataclass
@@ -37,6 +43,7 @@ class SamplingParams:
     thinking_budget: int | None = None  # after this many thinking tokens, force `</think>`
     extend_thinking: int = 0  # budget forcing: replace an early `</think>` by `extend_with`, up to this many times
     extend_with: str = "Wait"  # what replaces an early `</think>`
+    tool: PythonTool | None = None  # run the model's ```python blocks, force their output (ponder.tools)
     seed: int = 0  # same seed, same prompts, same model: same samples
 
 
@@ -85,6 +92,7 @@ class Engine:
         self.max_rows = max_rows
         self._decode_step: DecodeStep | None = None
         self._decode_weights: list | None = None
+        self._tokens_with: dict[str, torch.Tensor] = {}  # see _may_close
 
     # ---- public API -----------------------------------------------------------------------
     def generate(self, prompts, n: int = 1, params: SamplingParams | None = None) -> list[list[Completion]]:
@@ -216,6 +224,12 @@ class Engine:
                 closed = max((j for j, t in enumerate(ids) if t == think_close), default=-1)
                 thinking[i * n:(i + 1) * n] = opened > closed
         queued: dict[int, deque] = {}  # sample -> forced tokens still to emit
+        tool = params.tool
+        if tool is not None:
+            if self.tokenizer is None:
+                raise ValueError("SamplingParams.tool needs a tokenizer: Engine(model, tokenizer)")
+            may_close = self._may_close(tool.close[-1]).to(device)
+            tool_calls = [0] * rows
         stop_window = max((len(s) for s in params.stop_strings), default=0) + 8
 
         live = torch.arange(rows, device=device)  # the sample each cache row holds
@@ -223,10 +237,12 @@ class Engine:
         for step in range(max_new):
             token, logprob = self._sample(logits, params, generator)
             forced = None
-            if think_open is not None:
-                token, forced = self._thinking_controls(
-                    token, live, thinking, think_tokens, extensions_used, queued,
-                    params, think_close, extension)
+            if queued or think_open is not None:  # tokens the model does not choose
+                token, forced = self._apply_queue(token, torch.zeros_like(token, dtype=torch.bool), live, queued)
+                if think_open is not None:
+                    token, forced = self._thinking_controls(
+                        token, forced, live, thinking, think_tokens, extensions_used, queued,
+                        params, think_close, extension)
                 logprob = logprob.masked_fill(forced, 0.0)
                 out_forced[live, step] = forced
             # Finished rows not yet compacted away write here too: _collect cuts each at out_len.
@@ -234,11 +250,14 @@ class Engine:
             out_logprobs[live, step] = logprob
 
             done = alive & torch.isin(token, stop_ids)
-            if forced is not None:
-                done &= ~forced
             if params.stop_strings:
                 samples = live[alive]
                 done[alive] |= self._hit_stop_string(out_tokens, samples, step, params.stop_strings, stop_window)
+            if forced is not None:  # only what the model writes itself can end its completion
+                done &= ~forced
+            if tool is not None:
+                self._call_tool(tool, may_close, out_tokens, live, alive & ~done, forced, token, step,
+                                tool_calls, queued)
             finished = bool(done.any())
             if finished:
                 for sample in live[done].tolist():
@@ -289,11 +308,42 @@ class Engine:
                     del queued[sample]
         return token, forced
 
-    def _thinking_controls(self, token, live, thinking, think_tokens, extensions_used,
+    def _may_close(self, char: str) -> torch.Tensor:
+        """[vocab] bool: the tokens whose text holds `char`. Only a token holding the last
+        character of a tool's `close` can end a call, so only rows that just wrote one are
+        decoded and checked. Built once per engine (a pass over the vocabulary)."""
+        if char not in self._tokens_with:
+            vocab = self.model.config.vocab_size  # may exceed the tokenizer's (padded embeddings)
+            has = [char in self.tokenizer.decode([i]) for i in range(min(vocab, self.tokenizer.vocab_size))]
+            self._tokens_with[char] = torch.tensor(has + [False] * (vocab - len(has)))
+        return self._tokens_with[char]
+
+    def _call_tool(self, tool, may_close, out_tokens, live, open_rows, forced, token, step, calls, queued):
+        """Run the tool calls the rows' own tokens of this step have just closed (side by side)
+        and queue each output's tokens, to be forced from the next step on."""
+        candidates = open_rows & may_close[token]
+        if forced is not None:
+            candidates &= ~forced
+        jobs = []
+        for sample in live[candidates].tolist():
+            if calls[sample] >= tool.max_calls:
+                continue
+            code = tool.code_to_run(self.tokenizer.decode(out_tokens[sample, :step + 1].tolist()))
+            if code is not None:
+                calls[sample] += 1
+                jobs.append((sample, code))
+        if not jobs:
+            return
+        with ThreadPoolExecutor(max_workers=len(jobs)) as pool:  # each run waits on its own sandbox process
+            outputs = list(pool.map(tool.run, [code for _, code in jobs]))
+        for (sample, _), output in zip(jobs, outputs):
+            queued[sample] = deque(self.tokenizer.encode(tool.result(output)))
+
+    def _thinking_controls(self, token, forced, live, thinking, think_tokens, extensions_used,
                            queued, params, think_close, extension):
-        """Apply the thinking budget and budget forcing to this step's tokens, then update each
-        row's thinking state from the token it will actually emit. Returns the tokens and which were forced."""
-        token, forced = self._apply_queue(token, torch.zeros_like(token, dtype=torch.bool), live, queued)
+        """Apply the thinking budget and budget forcing to this step's tokens (`forced`: which
+        already come from the queue), then update each row's thinking state from the token it
+        will actually emit. Returns the tokens and which were forced."""
         in_think = thinking[live]
         if params.extend_thinking and extension:
             early_close = in_think & (token == think_close) & ~forced & (extensions_used[live] < params.extend_thinking)
@@ -316,9 +366,14 @@ class Engine:
         return token, forced
 
     def _hit_stop_string(self, out_tokens, live, step, stop_strings, window):
+        """Which rows' newest token completes a stop string. Only an occurrence that ends in the
+        newest token counts: an earlier one was forced text (a tool's output), which never ends
+        a completion."""
         start = max(0, step + 1 - window)
-        tails = out_tokens[live, start:step + 1].tolist()
-        hit = [any(s in self.tokenizer.decode(t) for s in stop_strings) for t in tails]
+        hit = []
+        for tail in out_tokens[live, start:step + 1].tolist():
+            text, before = self.tokenizer.decode(tail), len(self.tokenizer.decode(tail[:-1]))
+            hit.append(any(text.find(s, max(0, before - len(s) + 1)) >= 0 for s in stop_strings))
         return torch.tensor(hit, dtype=torch.bool, device=out_tokens.device)
 
     def _collect(self, out_tokens, out_logprobs, out_forced, out_len, finish, n, params):
@@ -332,8 +387,12 @@ class Engine:
             if self.tokenizer is not None:
                 body = ids[:-1] if finish[sample] == "stop" and ids and ids[-1] in stop_ids else ids
                 text = self.tokenizer.decode(body)
-                for s in params.stop_strings:  # the stop string itself is not part of the answer
-                    cut = text.find(s)
+                # The stop string itself is not part of the answer; one inside forced text (a
+                # tool's output) did not end the completion and stays.
+                last_forced = max((i for i, f in enumerate(forced[sample][:length]) if f), default=-1)
+                model_text_from = len(self.tokenizer.decode(ids[:last_forced + 1])) if last_forced >= 0 else 0
+                for s in params.stop_strings:
+                    cut = text.find(s, model_text_from)
                     if cut >= 0:
                         text = text[:cut]
             completions.append(Completion(ids, logprobs[sample][:length], finish[sample], text,

@@ -39,6 +39,9 @@ def write_result(result: EvalResult, out: str | Path, header: dict) -> tuple[Pat
 
 
 def main(args) -> int:
+    if getattr(args, "strategy", None) is not None and getattr(args, "python_tool", False):
+        print("ponder eval: error: --python-tool works without --strategy", file=sys.stderr)
+        return 2
     if getattr(args, "strategy", None) is not None:  # inference-time strategies live in ponder.scaling
         from ponder.scaling.command import main as strategy_main
 
@@ -52,6 +55,7 @@ def main(args) -> int:
     from ponder.models import from_pretrained
     from ponder.tasks import load_task
     from ponder.tokenizer import Tokenizer
+    from ponder.tools import PythonTool
 
     started = time.time()
     try:
@@ -61,8 +65,8 @@ def main(args) -> int:
         temperature = DEFAULT_TEMPERATURE if args.temperature is None else args.temperature
         # --n 0: greedy accuracy only (no sampling, so no pass@k / maj@k)
         result = evaluate(model, tokenizer, problems, n=args.n, k_values=args.k if args.n else (),
-                          temperature=temperature,
-                          max_new_tokens=args.max_new_tokens, seed=args.seed)
+                          temperature=temperature, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                          tool=PythonTool() if getattr(args, "python_tool", False) else None)
     except (ValueError, FileNotFoundError) as err:  # bad task, data, checkpoint or k/n: say which
         print(f"ponder eval: error: {err}", file=sys.stderr)
         return 2

@@ -155,7 +155,7 @@ def _breakdown(records: list[dict], key: str) -> dict:
 def evaluate(model, tokenizer, problems: Sequence[Problem], n: int = 1, k_values: Sequence[int] = (1,),
              temperature: float = 1.0, max_new_tokens: int | None = None, seed: int = 0, greedy: bool = True,
              top_p: float = 1.0, top_k: int = 0, batch_size: int = 32, progress: bool = True,
-             engine=None) -> EvalResult:
+             engine=None, tool=None) -> EvalResult:
     """Evaluate `model` on `problems`.
 
     greedy: one temperature-0 completion per problem -> greedy accuracy.
@@ -163,6 +163,7 @@ def evaluate(model, tokenizer, problems: Sequence[Problem], n: int = 1, k_values
        in k_values (pass@1 always), each needing k <= n.
     max_new_tokens: completion budget; None takes DEFAULT_MAX_NEW_TOKENS for the problems' kind.
     engine: anything with Engine's generate(prompts, n, params); default Engine(model, tokenizer).
+    tool: a ponder.tools.PythonTool to run the model's code blocks during generation (None: off).
     """
     if not problems:
         raise ValueError("no problems to evaluate")
@@ -179,7 +180,7 @@ def evaluate(model, tokenizer, problems: Sequence[Problem], n: int = 1, k_values
     if engine is None:
         model.eval()
         engine = Engine(model, tokenizer)
-    common = dict(max_new_tokens=max_new_tokens, top_p=top_p, top_k=top_k)
+    common = dict(max_new_tokens=max_new_tokens, top_p=top_p, top_k=top_k, tool=tool)
 
     records: list[dict] = []
     bar = tqdm(total=len(problems), desc="eval", unit="problem", disable=not progress)
@@ -198,6 +199,7 @@ def evaluate(model, tokenizer, problems: Sequence[Problem], n: int = 1, k_values
 
     settings = {"n": n, "k": ks, "greedy": greedy, "temperature": temperature if n else None,
                 "top_p": top_p, "top_k": top_k, "max_new_tokens": max_new_tokens, "seed": seed,
+                "python_tool": tool is not None,
                 "prompt": {"math": MATH_INSTRUCTION, "chat_template": bool(getattr(tokenizer, "chat_template", None))}}
     return EvalResult(settings=settings, grader=grader_info(problems),
                       metrics=_metrics(records, ks, greedy, n, temperature), records=records)

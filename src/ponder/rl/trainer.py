@@ -32,6 +32,7 @@ from ponder.rl.advantages import combine, zero_variance_groups
 from ponder.rl.config import RLConfig
 from ponder.rl.metrics import MetricsLog, plot
 from ponder.rl.scoring import correct, overlong_penalty, resolve_reward, reward_name, score
+from ponder.tools import PythonTool
 
 log = logging.getLogger("ponder.rl")
 
@@ -179,7 +180,7 @@ def collect(cfg: RLConfig, engine, tokenizer, problems: Sequence, stream: Proble
         texts = [prompt_text(p, tokenizer, cfg.chat, cfg.enable_thinking) for p in batch]
         ids = [tokenizer.encode(t) for t in texts]
         params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
-                                top_p=cfg.top_p, stop_strings=tuple(cfg.stop_strings),
+                                top_p=cfg.top_p, stop_strings=tuple(cfg.stop_strings), tool=sampling_tool(cfg),
                                 seed=sampling_seed(cfg.seed, step, attempt, rollbacks))
         t0 = time.perf_counter()
         outs = engine.generate(ids, n=g, params=params)
@@ -344,15 +345,20 @@ def routing_metrics(model, gamma: float) -> dict[str, float]:
     return {f"router/{k}": stats[k] for k in ("cv_mean", "cv_max", "max_share")} if stats else {}
 
 
+def sampling_tool(cfg: RLConfig) -> PythonTool | None:
+    """The tool the policy samples with (the same for rollouts and held-out evaluation), or None."""
+    return PythonTool() if cfg.python_tool else None
+
+
 def evaluate_greedy(engine, tokenizer, problems: Sequence, *, max_new_tokens: int, chat: bool = False,
-                    enable_thinking: bool = True, stop_strings: Sequence[str] = ()) -> dict[str, float]:
+                    enable_thinking: bool = True, stop_strings: Sequence[str] = (), tool=None) -> dict[str, float]:
     """Greedy accuracy on held-out problems by the task verifier, with mean length and truncation."""
     from ponder.engine import SamplingParams
 
     texts = [prompt_text(p, tokenizer, chat, enable_thinking) for p in problems]
     outs = engine.generate([tokenizer.encode(t) for t in texts], n=1,
                            params=SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0,
-                                                 stop_strings=tuple(stop_strings)))
+                                                 stop_strings=tuple(stop_strings), tool=tool))
     flat = [o[0] for o in outs]
     right = [correct(t, c.text, p) or 0.0 for t, c, p in zip(texts, flat, problems)]
     return {"eval/accuracy": sum(right) / len(right),
@@ -436,7 +442,8 @@ def train_rl(cfg: RLConfig, *, model=None, tokenizer=None, problems: Sequence | 
         t0 = time.perf_counter()
         model.eval()
         result = evaluate_greedy(engine, tokenizer, eval_problems, max_new_tokens=cfg.max_new_tokens,
-                                 chat=cfg.chat, enable_thinking=cfg.enable_thinking, stop_strings=cfg.stop_strings)
+                                 chat=cfg.chat, enable_thinking=cfg.enable_thinking, stop_strings=cfg.stop_strings,
+                                 tool=sampling_tool(cfg))
         model.train()
         result["time/eval"] = time.perf_counter() - t0
         return result
