@@ -15,6 +15,7 @@ How a call runs:
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -334,7 +335,9 @@ class Engine:
                 jobs.append((sample, code))
         if not jobs:
             return
-        with ThreadPoolExecutor(max_workers=len(jobs)) as pool:  # each run waits on its own sandbox process
+        # Each run waits on its own sandbox process; a bounded pool keeps a step in which many
+        # rows close a block at once from starting hundreds of processes together.
+        with ThreadPoolExecutor(max_workers=min(len(jobs), 4 * (os.cpu_count() or 1))) as pool:
             outputs = list(pool.map(tool.run, [code for _, code in jobs]))
         for (sample, _), output in zip(jobs, outputs):
             queued[sample] = deque(self.tokenizer.encode(tool.result(output)))
