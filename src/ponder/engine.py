@@ -375,8 +375,12 @@ class Engine:
         start = max(0, step + 1 - window)
         hit = []
         for tail in out_tokens[live, start:step + 1].tolist():
-            text, before = self.tokenizer.decode(tail), len(self.tokenizer.decode(tail[:-1]))
-            hit.append(any(text.find(s, max(0, before - len(s) + 1)) >= 0 for s in stop_strings))
+            text = self.tokenizer.decode(tail)
+            found = any(s in text for s in stop_strings)
+            if found:  # rare: only then is the text before the newest token decoded as well
+                before = len(self.tokenizer.decode(tail[:-1]))
+                found = any(text.find(s, max(0, before - len(s) + 1)) >= 0 for s in stop_strings)
+            hit.append(found)
         return torch.tensor(hit, dtype=torch.bool, device=out_tokens.device)
 
     def _collect(self, out_tokens, out_logprobs, out_forced, out_len, finish, n, params):
@@ -392,8 +396,10 @@ class Engine:
                 text = self.tokenizer.decode(body)
                 # The stop string itself is not part of the answer; one inside forced text (a
                 # tool's output) did not end the completion and stays.
-                last_forced = max((i for i, f in enumerate(forced[sample][:length]) if f), default=-1)
-                model_text_from = len(self.tokenizer.decode(ids[:last_forced + 1])) if last_forced >= 0 else 0
+                model_text_from = 0
+                if params.stop_strings and any(forced[sample][:length]):
+                    last_forced = max(i for i, f in enumerate(forced[sample][:length]) if f)
+                    model_text_from = len(self.tokenizer.decode(ids[:last_forced + 1]))
                 for s in params.stop_strings:
                     cut = text.find(s, model_text_from)
                     if cut >= 0:
