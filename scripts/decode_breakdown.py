@@ -20,8 +20,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ponder.bench.generate import flops_per_token, matmul_gflops
-from ponder.models import Decoder, KVCache, ModelConfig
+from ponder.bench.generate import build_config, flops_per_token, matmul_gflops
+from ponder.models import Decoder, KVCache
 from ponder.models.decode import DecodeStep
 from ponder.models.layers import attend
 
@@ -109,11 +109,8 @@ def main() -> None:
     ap.add_argument("--heads", type=int, default=8)
     ap.add_argument("--kv-heads", type=int, default=4)
     args = ap.parse_args()
-    config = ModelConfig.from_hf_dict({
-        "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "vocab_size": 1024,
-        "hidden_size": args.hidden, "num_hidden_layers": args.layers, "num_attention_heads": args.heads,
-        "num_key_value_heads": args.kv_heads, "head_dim": args.hidden // args.heads,
-        "intermediate_size": 3 * args.hidden, "tie_word_embeddings": True, "rope_theta": 1e6})
+    # the shape `ponder bench generate` builds for the same flags
+    config = build_config(argparse.Namespace(arch="qwen3", vocab=1024, intermediate=None, **vars(args)))
     torch.manual_seed(0)
     model = Decoder(config).eval()
     model_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20

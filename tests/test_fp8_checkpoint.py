@@ -11,9 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from ponder.models import CheckpointError, Decoder, MLAConfig, ModelConfig, MoEConfig, from_pretrained
+from ponder.models import Decoder, MLAConfig, ModelConfig, MoEConfig, from_pretrained
 
 from hf_peer import hf_model, import_transformers, randomize  # tests/ is on sys.path under pytest
+from test_models import copy_checkpoint, edit_config, load_error, rewrite_weights
 
 FP8_MAX = 448.0  # the largest float8_e4m3fn value
 
@@ -42,18 +43,18 @@ def dequantized(q: torch.Tensor, scale: torch.Tensor, block: tuple[int, int]) ->
 def quantize_folder(folder, block, skip=("norm", "embed", "lm_head", "mlp.gate.weight")):
     """Rewrite a plain checkpoint folder as FP8: every 2-D linear weight of the layers quantized,
     its scales beside it; returns name -> the weight the loader must produce."""
-    tensors = load_file(str(folder / "model.safetensors"))
     want = {}
-    for name in list(tensors):
-        if name.endswith(".weight") and tensors[name].dim() == 2 and not any(s in name for s in skip):
-            q, scale = quantize(tensors[name].float(), block)
-            tensors[name], tensors[name + "_scale_inv"] = q, scale
-            want[name] = dequantized(q, scale, block)
-    save_file(tensors, str(folder / "model.safetensors"))
-    config = json.loads((folder / "config.json").read_text())
-    config["quantization_config"] = {"quant_method": "fp8", "weight_block_size": list(block),
-                                     "activation_scheme": "dynamic", "fmt": "e4m3"}
-    (folder / "config.json").write_text(json.dumps(config))
+
+    def quantize_all(tensors):
+        for name in list(tensors):
+            if name.endswith(".weight") and tensors[name].dim() == 2 and not any(s in name for s in skip):
+                q, scale = quantize(tensors[name].float(), block)
+                tensors[name], tensors[name + "_scale_inv"] = q, scale
+                want[name] = dequantized(q, scale, block)
+
+    rewrite_weights(folder, quantize_all)
+    edit_config(folder, quantization_config={"quant_method": "fp8", "weight_block_size": list(block),
+                                             "activation_scheme": "dynamic", "fmt": "e4m3"})
     return want
 
 
@@ -143,57 +144,37 @@ def test_saved_model_is_plain_and_reloads(deepseek_fp8, tmp_path):
 
 @pytest.fixture
 def fp8_copy(deepseek_fp8, tmp_path):
-    folder, _ = deepseek_fp8
-    for f in folder.iterdir():
-        (tmp_path / f.name).write_bytes(f.read_bytes())
-    return tmp_path
-
-
-def edit(folder, tensors=None, config=None):
-    if tensors:
-        stored = load_file(str(folder / "model.safetensors"))
-        tensors(stored)
-        save_file(stored, str(folder / "model.safetensors"))
-    if config:
-        d = json.loads((folder / "config.json").read_text())
-        config(d)
-        (folder / "config.json").write_text(json.dumps(d))
-
-
-def error(folder) -> str:
-    with pytest.raises(CheckpointError) as e:
-        from_pretrained(folder)
-    return str(e.value)
+    return copy_checkpoint(deepseek_fp8[0], tmp_path / "c")
 
 
 def test_other_quantization_methods_name_the_field(fp8_copy):
-    edit(fp8_copy, config=lambda d: d["quantization_config"].update(quant_method="gptq"))
-    msg = error(fp8_copy)
+    edit_config(fp8_copy, quantization_config={"quant_method": "gptq", "weight_block_size": [16, 8]})
+    msg = load_error(fp8_copy)
     assert "config.json" in msg and "quantization_config" in msg and "'gptq'" in msg
 
 
 def test_misshapen_scale_names_tensor_and_block(fp8_copy):
     name = "model.layers.0.self_attn.q_a_proj.weight_scale_inv"
-    edit(fp8_copy, tensors=lambda t: t.update({name: t[name][:1]}))
-    msg = error(fp8_copy)
+    rewrite_weights(fp8_copy, lambda t: t.update({name: t[name][:1]}))
+    msg = load_error(fp8_copy)
     assert name in msg and "weight_block_size" in msg and "(1, 5)" in msg and "(2, 5)" in msg
 
 
 def test_fp8_weight_without_its_scale_is_refused(fp8_copy):
     name = "model.layers.1.mlp.experts.2.up_proj.weight"
-    edit(fp8_copy, tensors=lambda t: t.pop(name + "_scale_inv"))
-    msg = error(fp8_copy)
+    rewrite_weights(fp8_copy, lambda t: t.pop(name + "_scale_inv"))
+    msg = load_error(fp8_copy)
     assert name in msg and "float8" in msg
 
 
 def test_scales_without_a_declared_format_are_unexpected(fp8_copy):
-    edit(fp8_copy, config=lambda d: d.pop("quantization_config"))
-    msg = error(fp8_copy)
+    edit_config(fp8_copy, quantization_config=None)
+    msg = load_error(fp8_copy)
     assert "_scale_inv" in msg and "FP8 scale" in msg and "quantization_config" in msg
 
 
 def test_scale_of_a_tensor_not_stored_is_named(fp8_copy):
     name = "model.layers.0.mlp.shared.weight_scale_inv"
-    edit(fp8_copy, tensors=lambda t: t.update({name: torch.ones(1, 1)}))
-    msg = error(fp8_copy)
+    rewrite_weights(fp8_copy, lambda t: t.update({name: torch.ones(1, 1)}))
+    msg = load_error(fp8_copy)
     assert name in msg and "not stored" in msg

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ponder.engine import Engine, SamplingParams
-from ponder.models import KVCache, ModelConfig
+from ponder.models import ModelConfig
 from ponder.tokenizer import build_char_tokenizer
 from ponder.tools import PythonTool
 
