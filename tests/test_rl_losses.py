@@ -12,7 +12,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from ponder.rl.losses import completion_logprobs, policy_loss
+from ponder.models import token_logprobs
+from ponder.rl.losses import policy_loss
 
 trl_grpo = pytest.importorskip("trl.trainer.grpo_trainer", reason="trl is a test extra")
 from trl.trainer.utils import selective_log_softmax  # noqa: E402
@@ -37,8 +38,9 @@ class TinyCausalLM(torch.nn.Module):
     def logits(self, h):
         return self.head(h)
 
-    def forward(self, ids):
-        return self.logits(self.hidden(ids))
+    def forward(self, ids, head=None):
+        hidden = self.hidden(ids)
+        return self.logits(hidden) if head is None else head(hidden, self.logits)
 
 
 def make_batch(seed, batch=4):
@@ -113,7 +115,7 @@ def test_loss_and_gradient_match_trl(loss_type, level, beta, off_policy):
     ponder_losses, trl_losses = [], []
     for (prompt, completion, mask, adv), old, ref in zip(micro, olds, refs):
         ids = torch.cat([prompt, completion], 1)
-        logp, _ = completion_logprobs(model, ids, torch.full((ids.size(0),), P), L, TEMP)
+        logp, _ = token_logprobs(model, ids, torch.full((ids.size(0),), P), L, TEMP)
         old_logp = None if old is None else logp.detach() + old
         ref_logp = logp.detach() + ref
         loss, _ = policy_loss(
@@ -155,13 +157,13 @@ def test_on_policy_loss_is_zero_but_gradient_is_policy_gradient():
     prompt, completion, mask, adv = make_batch(5)
     adv = adv - adv.mean()
     ids = torch.cat([prompt, completion], 1)
-    logp, _ = completion_logprobs(model, ids, torch.full((4,), P), L, TEMP)
+    logp, _ = token_logprobs(model, ids, torch.full((4,), P), L, TEMP)
     tokens = int(mask.sum())
     loss, stats = policy_loss(logp, None, adv, mask, loss_type="dapo", batch_sequences=4,
                               batch_tokens=tokens, max_completion_length=L)
     loss.backward()
     ours = grads(model)
-    logp, _ = completion_logprobs(model, ids, torch.full((4,), P), L, TEMP)
+    logp, _ = token_logprobs(model, ids, torch.full((4,), P), L, TEMP)
     reinforce = -(adv.unsqueeze(1) * logp * mask).sum() / tokens
     reinforce.backward()
     for a, b in zip(ours, grads(model)):
@@ -178,7 +180,7 @@ def test_logprobs_use_temperature_scaled_fp32_logits_at_completion_positions():
     rows = [torch.cat([prompt[b, : starts[b]], completion[b]]) for b in range(4)]
     width = max(len(r) for r in rows)
     ids = torch.stack([torch.nn.functional.pad(r, (0, width - len(r))) for r in rows])
-    logp, ent = completion_logprobs(model, ids, starts, L, TEMP, with_entropy=True)
+    logp, ent = token_logprobs(model, ids, starts, L, TEMP, with_entropy=True)
     for b in range(4):
         full = torch.log_softmax(model(rows[b].unsqueeze(0))[0] / TEMP, -1)
         for j in range(int(mask[b].sum())):

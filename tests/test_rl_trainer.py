@@ -17,7 +17,9 @@ from safetensors.torch import load_file
 from ponder.models import Decoder, ModelConfig
 from ponder.rl import RLConfig, train_rl
 from ponder.rl import losses as rl_losses
-from ponder.rl.trainer import TIMING_KEYS, ProblemStream, lr_at
+from ponder.rl import trainer as rl_trainer
+from ponder.rl.trainer import TIMING_KEYS
+from ponder.runtime.training import ProblemStream, lr_at
 from ponder.tasks import multiply
 from ponder.tokenizer import build_char_tokenizer
 
@@ -145,7 +147,7 @@ def test_nan_loss_rolls_back_with_lower_lr(base, tmp_path, monkeypatch, caplog):
 
 
 def test_entropy_blowup_rolls_back(base, tmp_path, monkeypatch):
-    real = rl_losses.completion_logprobs
+    real = rl_trainer.token_logprobs
     calls = {"n": 0}
 
     def hot(*args, **kwargs):
@@ -156,7 +158,7 @@ def test_entropy_blowup_rolls_back(base, tmp_path, monkeypatch):
                 ent = ent * 10
         return logp, ent
 
-    monkeypatch.setattr(rl_losses, "completion_logprobs", hot)
+    monkeypatch.setattr(rl_trainer, "token_logprobs", hot)
     summary = train_rl(config(base, tmp_path / "run", steps=5, save_every=4), progress=False)
     events = [r for r in records(tmp_path / "run") if r.get("event") == "rollback"]
     assert [(e["step"], e["to_step"]) for e in events] == [(5, 4)] and "entropy" in events[0]["reason"]

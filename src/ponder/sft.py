@@ -4,7 +4,7 @@ Data is JSONL: {"text": ...} records (loss on every token) or {"prompt": ..., "c
 records (loss on completion tokens only; prompt and completion are tokenized apart, as the RL
 engine sees them). An end-of-sequence token closes every example. The loss is the token mean
 over the whole batch across micro-batches. Checkpoints, exact resume and metrics reuse the RL
-machinery (ponder.rl.checkpoint / metrics); the result is an HF-layout model + tokenizer.
+runtime (ponder.runtime); the result is an HF-layout model + tokenizer.
 """
 
 from __future__ import annotations
@@ -18,6 +18,10 @@ from typing import Any, Literal
 
 import torch
 
+from ponder.models import token_logprobs
+from ponder.runtime import checkpoint
+from ponder.runtime.metrics import MetricsLog, plot
+from ponder.runtime.training import ProblemStream, autocast, load_policy, lr_at, pick_device, restore_train_state
 from ponder.tasks.loaders import read_records
 
 log = logging.getLogger("ponder.sft")
@@ -106,8 +110,6 @@ def _example(record: dict, tokenizer, max_length: int) -> Example:
 
 def batch_loss(model, examples: list[Example], device, dtype: str, total_tokens: int) -> torch.Tensor:
     """Summed target-token negative log-likelihood of `examples`, divided by `total_tokens`."""
-    from ponder.rl.losses import completion_logprobs
-    from ponder.rl.trainer import autocast
 
     rows = [e.prompt + e.target for e in examples]
     width = max(map(len, rows))
@@ -116,7 +118,7 @@ def batch_loss(model, examples: list[Example], device, dtype: str, total_tokens:
     length = max(len(e.target) for e in examples)
     mask = torch.tensor([[1.0] * len(e.target) + [0.0] * (length - len(e.target)) for e in examples], device=device)
     with autocast(device, dtype):
-        logp, _ = completion_logprobs(model, ids, starts, length)
+        logp, _ = token_logprobs(model, ids, starts, length)
     return -(logp * mask).sum() / total_tokens
 
 
@@ -136,9 +138,6 @@ def train_sft(cfg: SFTConfig, *, model=None, tokenizer=None, progress: bool = Tr
     from tqdm.auto import tqdm
 
     from ponder import config as config_io
-    from ponder.rl import checkpoint
-    from ponder.rl.metrics import MetricsLog, plot
-    from ponder.rl.trainer import ProblemStream, load_policy, lr_at, pick_device, restore_train_state
 
     start = time.perf_counter()
     out = Path(cfg.output_dir)

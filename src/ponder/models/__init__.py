@@ -8,6 +8,9 @@ checkpoints in HF layout.
     model.save_pretrained("out/")                   # transformers loads it
     KVCache.bytes_per_token(model.config)           # MLA caches its latent, not per-head K/V
 
+Log-probs of chosen tokens for losses and scorers, in chunks of positions (never [B, T, vocab]):
+token_logprobs(model, ids, starts, length, temperature, with_entropy).
+
 Mixture-of-experts training hooks: router_stats(model) (expert load per layer, its coefficient of
 variation; resets per call) and update_routing_bias(model, gamma) (DeepSeek-V3's bias balancing).
 """
@@ -22,6 +25,7 @@ from .cache import CacheStep, KVCache
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import ConfigError, MLAConfig, ModelConfig, MoEConfig, RopeScaling
 from .decoder import Decoder
+from .logprobs import token_logprobs
 from .moe import router_stats, update_routing_bias
 
 
@@ -32,4 +36,5 @@ def from_pretrained(path: str | Path, dtype: torch.dtype = torch.float32,
 
 
 __all__ = ["CacheStep", "CheckpointError", "ConfigError", "Decoder", "KVCache", "MLAConfig", "ModelConfig",
-           "MoEConfig", "RopeScaling", "from_pretrained", "router_stats", "update_routing_bias"]
+           "MoEConfig", "RopeScaling", "from_pretrained", "router_stats", "token_logprobs",
+           "update_routing_bias"]

@@ -124,8 +124,12 @@ class Decoder(nn.Module):
             return F.linear(hidden, self.model.embed_tokens.weight)
         return self.lm_head(hidden)
 
-    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        return self.logits(self.hidden(input_ids, cache))
+    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None, head=None):
+        """Logits [B, T, vocab]; with `head`, whatever `head(hidden, self.logits)` returns instead
+        (the chunked loss head, ponder.models.logprobs), inside the one forward call that DDP and
+        FSDP2 wrap."""
+        hidden = self.hidden(input_ids, cache)
+        return self.logits(hidden) if head is None else head(hidden, self.logits)
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write config.json + model.safetensors in HF layout (transformers loads it)."""

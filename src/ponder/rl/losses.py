@@ -1,7 +1,6 @@
-"""The GRPO-family policy loss and the log-probs it needs.
+"""The GRPO-family policy loss (log-probs come from ponder.models.token_logprobs).
 
-`completion_logprobs` scores completion tokens under temperature-scaled logits in fp32, running
-the lm_head on completion positions only. `policy_loss` is the clipped-ratio objective with
+`policy_loss` is the clipped-ratio objective with
 clip-higher, token- or sequence-level (GSPO) ratios, an optional k3 KL term, and three
 aggregations. Each aggregation divides by a count of the WHOLE batch (passed in), so the losses of
 the micro-batches sum to the batch loss and gradient accumulation needs no further scaling.
@@ -11,45 +10,8 @@ Formulas match TRL 1.16's GRPOTrainer._compute_loss; tests/test_rl_losses.py che
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
-
-
-def completion_logprobs(
-    model: torch.nn.Module,
-    input_ids: torch.Tensor,
-    starts: torch.Tensor,
-    length: int,
-    temperature: float = 1.0,
-    with_entropy: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-prob [B, length] of each completion token, and optionally the policy entropy there.
-
-    `input_ids` holds prompt then completion in each row, right-padded (causal attention means the
-    padding after a row's end changes nothing before it). Completion token j of row b sits at
-    `starts[b] + j` and is predicted from position `starts[b] + j - 1`. Positions past a row's end
-    are clamped and give junk that the caller masks out.
-    """
-    hidden = model.hidden(input_ids)
-    bsz, seq = input_ids.shape
-    offsets = torch.arange(length, device=input_ids.device)
-    pred_pos = (starts.to(input_ids.device).unsqueeze(1) - 1 + offsets).clamp(0, seq - 1)
-    tok_pos = (pred_pos + 1).clamp(max=seq - 1)
-    h = hidden.gather(1, pred_pos.unsqueeze(-1).expand(-1, -1, hidden.size(-1)))
-    # Log-probs in fp32 even under bf16 autocast: ratios exp(logp - old) amplify rounding error.
-    with torch.autocast(device_type=h.device.type, enabled=False):
-        logits = model.logits(h.float()).float()
-        if temperature != 1.0:
-            logits = logits / temperature
-        logprobs = F.log_softmax(logits, dim=-1)
-    tokens = input_ids.gather(1, tok_pos)
-    token_logp = logprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    entropy = None
-    if with_entropy:
-        with torch.no_grad():
-            entropy = -(logprobs.exp() * logprobs).sum(-1)
-    return token_logp, entropy
 
 
 def policy_loss(

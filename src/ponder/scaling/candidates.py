@@ -20,11 +20,11 @@ import torch
 
 from ponder.engine import SamplingParams
 from ponder.evaluate.harness import grade
+from ponder.models import token_logprobs
 from ponder.tasks import Problem
 
 # Positions whose logits are materialised at once when recomputing log-probs: keeps a 150k
 # vocabulary's logits to a few hundred MB.
-_LOGIT_CHUNK = 256
 _SCORE_BATCH = 16  # sequences per forward pass when recomputing log-probs
 
 
@@ -86,18 +86,13 @@ def fill_logliks(model, tokenizer, prompts: Sequence[str], candidates: Sequence[
         ids = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long, device=device)
         for r, row in enumerate(rows):
             ids[r, :len(row)] = torch.tensor(row)
-        hidden = model.hidden(ids)
-        for r, (problem_index, prompt_ids, cand) in enumerate(batch):
+        starts = torch.tensor([len(p) for _, p, _ in batch], device=device)
+        length = max(len(c.token_ids) for _, _, c in batch)
+        logp, _ = token_logprobs(model, ids, starts, max(length, 1))
+        for r, (problem_index, _, cand) in enumerate(batch):
             if not cand.token_ids:
                 cand.loglik = -math.inf
                 continue
-            # the logits at position t predict token t + 1
-            first, last = len(prompt_ids) - 1, len(rows[r]) - 1
-            logprobs: list[float] = []
-            for s in range(first, last, _LOGIT_CHUNK):
-                e = min(s + _LOGIT_CHUNK, last)
-                lp = torch.log_softmax(model.logits(hidden[r, s:e]).float(), dim=-1)
-                logprobs += lp.gather(1, ids[r, s + 1:e + 1, None]).squeeze(1).tolist()
-            cand.loglik = _mean_sampled(logprobs, cand.forced)
+            cand.loglik = _mean_sampled(logp[r, :len(cand.token_ids)].tolist(), cand.forced)
             scored[problem_index] += len(cand.token_ids)
     return scored
