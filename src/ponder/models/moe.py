@@ -19,6 +19,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .config import ModelConfig
 from .layers import SwiGLU
@@ -138,13 +139,20 @@ class SparseMoE(nn.Module):
                                if config.model_type == "deepseek_v3" else None)
         self.load: torch.Tensor | None = None  # tokens routed to each expert since the last reset
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, recompute_experts: bool = False) -> torch.Tensor:
+        """`recompute_experts`: keep only the experts' input for the backward pass and recompute
+        their matmuls there (activation checkpointing), with this forward's routing."""
         flat = x.reshape(-1, x.shape[-1])
         experts, weights = self.gate(flat)
         counts = torch.bincount(experts.reshape(-1), minlength=self.experts.gate_up_proj.shape[0])
         # Out of place: the first count may be made under inference_mode (the engine), and an
         # inference tensor cannot be updated in place by a later training forward.
         self.load = counts if self.load is None else self.load.to(counts.device) + counts
+        if recompute_experts:
+            y = checkpoint(self.experts, flat, experts, weights, use_reentrant=False).view_as(x)
+            if self.shared_experts is not None:
+                y = y + checkpoint(self.shared_experts, x, use_reentrant=False)
+            return y
         y = self.experts(flat, experts, weights).view_as(x)
         if self.shared_experts is not None:
             y = y + self.shared_experts(x)
