@@ -19,7 +19,7 @@ from ponder.rl import RLConfig, train_rl
 from ponder.rl import losses as rl_losses
 from ponder.rl import trainer as rl_trainer
 from ponder.rl.trainer import TIMING_KEYS
-from ponder.runtime.training import ProblemStream, lr_at
+from ponder.runtime.training import ProblemStream, TrainingRun, lr_at
 from ponder.tasks import multiply
 from ponder.tokenizer import build_char_tokenizer
 
@@ -147,7 +147,7 @@ def test_nan_loss_rolls_back_with_lower_lr(base, tmp_path, monkeypatch, caplog):
 
 
 def test_entropy_blowup_rolls_back(base, tmp_path, monkeypatch):
-    real = rl_trainer.token_logprobs
+    real = TrainingRun.logprobs
     calls = {"n": 0}
 
     def hot(*args, **kwargs):
@@ -158,7 +158,7 @@ def test_entropy_blowup_rolls_back(base, tmp_path, monkeypatch):
                 ent = ent * 10
         return logp, ent
 
-    monkeypatch.setattr(rl_trainer, "token_logprobs", hot)
+    monkeypatch.setattr(TrainingRun, "logprobs", hot)
     summary = train_rl(config(base, tmp_path / "run", steps=5, save_every=4), progress=False)
     events = [r for r in records(tmp_path / "run") if r.get("event") == "rollback"]
     assert [(e["step"], e["to_step"]) for e in events] == [(5, 4)] and "entropy" in events[0]["reason"]
@@ -213,8 +213,8 @@ def test_every_option_family_runs(base, tmp_path):
 
 def test_lr_schedule_and_data_stream():
     cfg = RLConfig(lr=1.0, steps=10, warmup_steps=2, schedule="cosine", min_lr_ratio=0.1)
-    assert [round(lr_at(cfg, s), 4) for s in (1, 2, 6, 10)] == [0.5, 1.0, 0.55, 0.1]
-    assert lr_at(cfg, 10, scale=0.5) == pytest.approx(0.05)
+    assert [round(lr_at(cfg, s, cfg.steps), 4) for s in (1, 2, 6, 10)] == [0.5, 1.0, 0.55, 0.1]
+    assert lr_at(cfg, 10, cfg.steps, scale=0.5) == pytest.approx(0.05)
     stream = ProblemStream(5, seed=3)
     first = stream.take(7)
     assert sorted(first[:5]) == list(range(5))  # each epoch visits every problem once

@@ -8,6 +8,7 @@ from safetensors.torch import load_file
 
 from ponder import sft
 from ponder.models import Decoder, ModelConfig, from_pretrained
+from ponder.runtime.training import TrainingRun
 from ponder.sft import Example, SFTConfig, batch_loss, read_examples, train_sft
 from ponder.tasks import multiply
 from ponder.tokenizer import Tokenizer, build_char_tokenizer
@@ -41,12 +42,14 @@ def config(base, out, **kw):
     return SFTConfig(**settings)
 
 
-def test_loss_is_on_completion_tokens_only():
+def test_loss_is_on_completion_tokens_only(tmp_path):
     torch.manual_seed(0)
     model = Decoder(ModelConfig(vocab_size=12, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
                                 num_attention_heads=2, head_dim=4))
     examples = [Example([1, 2, 3], [4, 5]), Example([6], [7, 8, 9])]
-    loss = batch_loss(model, examples, torch.device("cpu"), "float32", total_tokens=5)
+    run = TrainingRun(SFTConfig(output_dir=str(tmp_path), device="cpu"), data_size=2, what="examples", model=model,
+                      tokenizer=build_char_tokenizer("0123456789"))
+    loss = batch_loss(run, examples, total_tokens=5)
     nll = 0.0
     for e in examples:
         ids = torch.tensor([e.prompt + e.target])

@@ -6,6 +6,7 @@ Imports are lazy so that `ponder grade` does not pay for torch and `ponder --hel
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -149,14 +150,20 @@ def run_training(args) -> int:
         from ponder.rl import RLConfig as config_class, train_rl as run
     else:
         from ponder.sft import SFTConfig as config_class, train_sft as run
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from ponder.runtime import distributed
+
+    rank = f"[rank {os.environ['RANK']}] " if distributed.launched() else ""
+    logging.basicConfig(level=logging.INFO, format=f"{rank}%(levelname)s %(name)s: %(message)s")
     try:
         summary = run(load_config(config_class, args.config, args.overrides))
     except (ConfigError, ValueError, OSError) as exc:  # bad config or data: the message names the place
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{rank}error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        distributed.shutdown()
     summary.pop("final", None)  # the last metrics record: in metrics.jsonl already
-    print(json.dumps(summary, indent=1))
+    if not rank or os.environ["RANK"] == "0":
+        print(json.dumps(summary, indent=1))
     return 0
 
 

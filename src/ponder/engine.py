@@ -46,6 +46,7 @@ class SamplingParams:
     extend_with: str = "Wait"  # what replaces an early `</think>`
     tool: PythonTool | None = None  # run the model's ```python blocks, force their output (ponder.tools)
     seed: int = 0  # same seed, same prompts, same model: same samples
+    group_seeds: tuple[int, ...] | None = None  # one seed per prompt (overrides `seed`): a prompt's samples then depend on its seed alone, not on the prompts batched with it (data-parallel RL draws the same groups on any number of ranks)
 
 
 @dataclass
@@ -63,6 +64,33 @@ class Completion:
     @property
     def num_tokens(self) -> int:
         return len(self.token_ids)
+
+
+_M64 = 2**64
+
+
+def _i64(c: int) -> int:
+    return c - _M64 if c >= 2**63 else c
+
+
+def _shr(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's >> is arithmetic)."""
+    return (x >> k) & ((1 << (64 - k)) - 1)
+
+
+def splitmix64(x: torch.Tensor) -> torch.Tensor:
+    """SplitMix64's output function on int64 tensors (wrapping arithmetic): a well-mixed hash."""
+    x = x + _i64(0x9E3779B97F4A7C15)
+    x = (x ^ _shr(x, 30)) * _i64(0xBF58476D1CE4E5B9)
+    x = (x ^ _shr(x, 27)) * _i64(0x94D049BB133111EB)
+    return x ^ _shr(x, 31)
+
+
+def counter_uniform(keys: torch.Tensor, step: int) -> torch.Tensor:
+    """One uniform in [0, 1) per key for decode step `step`: a counter-based draw, so a row's
+    randomness does not depend on which other rows share the batch or its chunk."""
+    bits = splitmix64(keys ^ splitmix64(torch.tensor(step, dtype=torch.long)).to(keys.device))
+    return (_shr(bits, 11).double() / float(1 << 53)).float()
 
 
 def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
@@ -108,11 +136,17 @@ class Engine:
         for i, ids in enumerate(prompt_ids):
             if not ids:
                 raise ValueError(f"prompt {i} is empty")
+        if params.group_seeds is not None and len(params.group_seeds) != len(prompt_ids):
+            raise ValueError(f"{len(params.group_seeds)} group_seeds for {len(prompt_ids)} prompts")
         generator = torch.Generator(device=self._device).manual_seed(params.seed)
         per_chunk = max(1, self._row_budget(max(map(len, prompt_ids)) + params.max_new_tokens) // n)
         results: list[list[Completion]] = []
         for start in range(0, len(prompt_ids), per_chunk):
-            results += self._generate_chunk(prompt_ids[start:start + per_chunk], n, params, generator)
+            keys = None
+            if params.group_seeds is not None:  # sample i of prompt p draws from stream (seed_p, i)
+                seeds = torch.tensor(params.group_seeds[start:start + per_chunk], dtype=torch.long)
+                keys = (splitmix64(seeds).repeat_interleave(n) + torch.arange(n).repeat(len(seeds))).to(self._device)
+            results += self._generate_chunk(prompt_ids[start:start + per_chunk], n, params, generator, keys)
         return results
 
     # ---- internals ------------------------------------------------------------------------
@@ -182,7 +216,7 @@ class Engine:
 
     @torch.inference_mode()
     def _generate_chunk(self, prompt_ids: list[list[int]], n: int, params: SamplingParams,
-                        generator: torch.Generator) -> list[list[Completion]]:
+                        generator: torch.Generator, keys: torch.Tensor | None) -> list[list[Completion]]:
         device = self._device
         num_prompts = len(prompt_ids)
         rows = num_prompts * n
@@ -236,7 +270,7 @@ class Engine:
         live = torch.arange(rows, device=device)  # the sample each cache row holds
         alive = torch.ones(rows, dtype=torch.bool, device=device)  # per cache row
         for step in range(max_new):
-            token, logprob = self._sample(logits, params, generator)
+            token, logprob = self._sample(logits, params, generator, None if keys is None else (keys[live], step))
             forced = None
             if queued or think_open is not None:  # tokens the model does not choose
                 token, forced = self._apply_queue(token, torch.zeros_like(token, dtype=torch.bool), live, queued)
@@ -279,8 +313,9 @@ class Engine:
 
         return self._collect(out_tokens, out_logprobs, out_forced, out_len, finish, n, params)
 
-    def _sample(self, logits: torch.Tensor, params: SamplingParams, generator):
-        """The next token of each row and its log-prob under the distribution it was drawn from."""
+    def _sample(self, logits: torch.Tensor, params: SamplingParams, generator, keyed=None):
+        """The next token of each row and its log-prob under the distribution it was drawn from.
+        `keyed` = (row keys, step): each row's uniform is a function of its key and the step."""
         if params.temperature == 0:
             logprobs = torch.log_softmax(logits.float(), dim=-1)
             token = logprobs.argmax(-1)
@@ -291,7 +326,11 @@ class Engine:
         # right=True and u < total never land on a zero-probability (filtered) token.
         cdf = probs.cumsum(-1)
         total = cdf[:, -1:]
-        u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device) * total
+        if keyed is None:
+            u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device)
+        else:
+            u = counter_uniform(*keyed)[:, None].to(cdf.device)
+        u = u * total
         u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))
         token = torch.searchsorted(cdf, u, right=True).squeeze(1)
         # The log of the chosen probability equals log_softmax's entry to fp32 rounding, and

@@ -253,7 +253,8 @@ def _dequantize(weight: torch.Tensor, scale: torch.Tensor, block: tuple[int, int
     return weight.float() * per_element.repeat_interleave(block[1], dim=-1)[..., :cols]
 
 
-def save_checkpoint(model: Decoder, path: str | Path) -> None:
+def save_checkpoint(model: Decoder, path: str | Path, state: dict[str, torch.Tensor] | None = None) -> None:
+    """Write `model` (or `state`, a full state dict of it, e.g. gathered from shards) in HF layout."""
     from safetensors.torch import save_file
 
     folder = Path(path)
@@ -264,7 +265,7 @@ def save_checkpoint(model: Decoder, path: str | Path) -> None:
     if "torch_dtype" in config:
         config["torch_dtype"] = dtype
     # A tied model has no lm_head module, so the state dict holds the shared tensor once.
-    state = {n: t.detach().contiguous().cpu() for n, t in model.state_dict().items()}
+    state = {n: t.detach().contiguous().cpu() for n, t in (state or model.state_dict()).items()}
     state = _split_experts(state)
     save_file(state, str(folder / WEIGHTS), metadata={"format": "pt"})
     (folder / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -8,12 +8,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ponder.runtime.training import TrainConfig
+
 
 @dataclass
-class RLConfig:
-    # --- model and data ---
-    model: str = ""  # HF-layout folder of the policy to train (config.json + model.safetensors)
-    tokenizer: str | None = None  # folder holding tokenizer.json; None: the model folder
+class RLConfig(TrainConfig):
+    """RL options; the model, optimisation, memory, device and checkpoint options every trainer
+    shares come from ponder.runtime.training.TrainConfig."""
+
+    # --- data ---
     task: str = "multiply:train"  # ponder.tasks name of the training problems (e.g. math500, multiply:train)
     task_path: str | None = None  # data file for a file-backed task
     task_limit: int | None = None  # use only the first N training problems
@@ -56,22 +59,9 @@ class RLConfig:
 
     # --- optimisation ---
     steps: int = 50  # optimizer steps (one generated batch each, times mu)
-    lr: float = 1e-5  # AdamW peak learning rate
-    weight_decay: float = 0.0  # AdamW weight decay
-    adam_beta1: float = 0.9  # AdamW beta1
-    adam_beta2: float = 0.999  # AdamW beta2 (TRL's default)
-    max_grad_norm: float = 1.0  # clip the global gradient norm; 0: off
-    warmup_steps: int = 0  # linear warm-up steps from 0 to lr
-    schedule: Literal["constant", "cosine"] = "constant"  # after warm-up: constant, or cosine decay to min_lr_ratio x lr
-    min_lr_ratio: float = 0.0  # cosine floor as a share of lr
-    micro_batch_size: int = 16  # completions per forward/backward; gradients accumulate over the batch
-    dtype: Literal["float32", "bfloat16"] = "float32"  # bfloat16: autocast forward (weights and log-probs stay fp32)
-    device: str = "auto"  # "auto": cuda when available, else cpu
-    seed: int = 0  # seeds the data order and each step's sampling seed (a function of seed and step)
 
-    # --- evaluation, checkpoints, rollback ---
+    # --- evaluation, rollback ---
     eval_every: int = 10  # held-out greedy evaluation every N steps (and at the end); 0: only at the end
-    save_every: int = 10  # write the train-state checkpoint every N steps (and at the end)
     rollback: bool = True  # on collapse return to the last good checkpoint with a lower lr
     rollback_lr_factor: float = 0.5  # lr multiplier applied at each rollback
     rollback_eval_drop: float = 0.25  # collapse when held-out accuracy falls this far (absolute) below its best
@@ -82,16 +72,19 @@ class RLConfig:
     routing_bias_gamma: float = 0.0  # DeepSeek-V3 auxiliary-loss-free balancing: bias += gamma * sign(mean load - load) after each step; 0: off
 
     def __post_init__(self) -> None:
-        positive = ("prompts_per_step", "group_size", "max_new_tokens", "mu", "steps", "micro_batch_size",
-                    "max_sampling_tries")
+        super().__post_init__()
+        positive = ("prompts_per_step", "max_new_tokens", "mu", "steps", "max_sampling_tries")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("eval_every", "save_every", "warmup_steps", "max_rollbacks", "overlong_buffer"):
+        for name in ("eval_every", "max_rollbacks", "overlong_buffer"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.lr <= 0 or self.temperature <= 0:
-            raise ValueError("lr and temperature must be > 0 (greedy sampling gives GRPO no variance)")
+        if self.temperature <= 0:
+            raise ValueError("temperature must be > 0 (greedy sampling gives GRPO no variance)")
+        if self.group_size < 2:
+            raise ValueError(f"group_size must be >= 2, got {self.group_size}: GRPO compares each completion "
+                             "with the others of its group, so one alone has no advantage")
         if not 0 <= self.epsilon_low < 1 or self.epsilon_high < 0:
             raise ValueError(f"need 0 <= epsilon_low < 1 and epsilon_high >= 0, got {self.epsilon_low}, {self.epsilon_high}")
         if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):

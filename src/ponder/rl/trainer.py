@@ -5,11 +5,16 @@
 
 One step: `collect` (generation with ponder.engine, rewards, dynamic sampling) then `update`
 (micro-batched clipped-ratio loss with gradient accumulation, mu times). Around it: held-out greedy
-evaluation, atomic checkpoints (checkpoint.py) from which a re-run resumes exactly, and rollback to
-the last good checkpoint with a lower learning rate when training collapses.
+evaluation, atomic checkpoints from which a re-run resumes exactly, and rollback to the last good
+checkpoint with a lower learning rate when training collapses. Device, precision, memory options,
+checkpoints and the distributed launch come from the training runtime (ponder.runtime).
 
-Exact resume rests on every random choice being a function of saved state: the data order of
-(seed, epoch), the sampling seed of (seed, step, try, rollbacks), the weights and optimizer.
+Under torchrun each rank takes its share of a step's prompts (whole groups: a group never crosses
+ranks), generates and scores them and computes their advantages locally; the loss of every rank
+is scaled by the step's GLOBAL counts, so N ranks make the gradient one process would make on
+the same batch. Each group's sampling seed is a function of (seed, step, try, rollbacks, its
+place in the global batch), so the same step draws the same completions on any number of ranks.
+Exact resume rests on every random choice being a function of saved state.
 """
 
 from __future__ import annotations
@@ -23,31 +28,33 @@ from typing import Any, Sequence
 
 import torch
 
-from ponder import config as config_io
-from ponder.models import token_logprobs
 from ponder.rl import losses
 from ponder.rl.advantages import advantages as compute_advantages
 from ponder.rl.advantages import combine, zero_variance_groups
 from ponder.rl.config import RLConfig
 from ponder.rl.scoring import correct, overlong_penalty, resolve_reward, reward_name, score
-from ponder.runtime import checkpoint
-from ponder.runtime.metrics import MetricsLog, plot
-from ponder.runtime.training import ProblemStream, autocast, load_policy, lr_at, pick_device, restore_train_state
+from ponder.runtime import checkpoint, distributed
+from ponder.runtime.metrics import plot
+from ponder.runtime.training import TrainingRun, lr_at
 from ponder.tools import PythonTool
 
 log = logging.getLogger("ponder.rl")
 
 # Keys whose values depend on wall-clock time, not on the computation (left out of comparisons).
+# Keys whose values depend on wall-clock time, not on the computation (left out of comparisons).
 TIMING_KEYS = ("tokens_per_s", "time/generate", "time/score", "time/train", "time/eval", "time/step")
+FLAT_STEPS_WARNING = 3  # warn when every group of this many steps in a row had equal rewards
 
 
 class Collapse(Exception):
     """Training went wrong in a way a rollback can fix (NaN loss, entropy blow-up, eval drop)."""
 
 
-def sampling_seed(seed: int, step: int, attempt: int, rollbacks: int) -> int:
-    """Seed of one generation round: a pure function of the run's seed and its position."""
-    return (((seed * 1_000_003 + step) * 1009 + attempt) * 101 + rollbacks) % (2**63)
+def sampling_seed(seed: int, step: int, attempt: int, rollbacks: int, group: int = 0) -> int:
+    """Seed of one prompt group's generation: a pure function of the run's seed, its position,
+    and the group's place in the global batch (not of the rank that generates it)."""
+    base = ((seed * 1_000_003 + step) * 1009 + attempt) * 101 + rollbacks
+    return (base * 1_000_033 + group) % (2**63)
 
 
 def prompt_text(problem, tokenizer, chat: bool, enable_thinking: bool) -> str:
@@ -57,18 +64,37 @@ def prompt_text(problem, tokenizer, chat: bool, enable_thinking: bool) -> str:
                                          add_generation_prompt=True, enable_thinking=enable_thinking)
 
 
+def my_share(items: Sequence) -> list:
+    """This rank's share of a global list: items r, r + world, ... (nanochat's split)."""
+    return list(items[distributed.rank()::distributed.world()])
+
+
 @dataclass
 class Rollout:
-    """The completions one step trains on, flattened group by group (G per prompt)."""
+    """The completions one step trains on (this rank's), flattened group by group (G per prompt)."""
 
     prompt_ids: list[list[int]]
     completions: list  # ponder.engine.Completion
     advantages: torch.Tensor  # [N]
+    sequences: int = 0  # completions trained on this step, over every rank
+    tokens: int = 0  # loss tokens this step, over every rank
 
 
-def collect(cfg: RLConfig, engine, tokenizer, problems: Sequence, stream: ProblemStream, fns, step: int,
+def loss_masks(cfg: RLConfig, completions) -> list[list[float]]:
+    """Per completion token: 1 where the loss applies; forced tokens (tool output) and, with
+    overlong='mask', truncated completions get 0."""
+    masks = []
+    for c in completions:
+        keep = 0.0 if cfg.overlong == "mask" and c.finish_reason == "length" else 1.0
+        forced = c.forced or [False] * len(c.token_ids)
+        masks.append([keep * (0.0 if f else 1.0) for f in forced])
+    return masks
+
+
+def collect(cfg: RLConfig, engine, tokenizer, problems: Sequence, stream, fns, step: int,
             rollbacks: int) -> tuple[Rollout, dict[str, Any]]:
-    """Generate and score one step's batch; with dynamic sampling keep only groups with signal."""
+    """Generate and score one step's batch (this rank's share of it); with dynamic sampling keep
+    only groups with signal, refilling until the whole batch (over every rank) has enough."""
     from ponder.engine import SamplingParams
 
     g = cfg.group_size
@@ -76,27 +102,30 @@ def collect(cfg: RLConfig, engine, tokenizer, problems: Sequence, stream: Proble
     weights = list(cfg.reward_weights or [1.0] * len(fns)) + ([1.0] if cfg.overlong == "soft" else [])
     weights = torch.tensor(weights, dtype=torch.float64)
     kept: list[tuple[list[int], list, torch.Tensor]] = []  # per group: prompt ids, completions, rewards
+    kept_total = 0  # over every rank
     seen_rewards, seen_samples, lengths, truncated = [], [], [], []
     groups_tried = groups_flat = 0
     t_gen = t_score = 0.0
     tries = cfg.max_sampling_tries if cfg.dynamic_sampling else 1
     attempt = 0
     for attempt in range(tries):
-        need = cfg.prompts_per_step - len(kept)
-        batch = [problems[i] for i in stream.take(need)]
+        need = cfg.prompts_per_step - kept_total
+        places = my_share(list(enumerate(stream.take(need))))  # (place in the global batch, problem)
+        batch = [problems[i] for _, i in places]
         texts = [prompt_text(p, tokenizer, cfg.chat, cfg.enable_thinking) for p in batch]
         ids = [tokenizer.encode(t) for t in texts]
         params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
                                 top_p=cfg.top_p, stop_strings=tuple(cfg.stop_strings), tool=sampling_tool(cfg),
-                                seed=sampling_seed(cfg.seed, step, attempt, rollbacks))
+                                group_seeds=tuple(sampling_seed(cfg.seed, step, attempt, rollbacks, j)
+                                                  for j, _ in places))
         t0 = time.perf_counter()
-        outs = engine.generate(ids, n=g, params=params)
+        outs = engine.generate(ids, n=g, params=params) if ids else []
         t_gen += time.perf_counter() - t0
         t0 = time.perf_counter()
         flat = [c for group in outs for c in group]
         rewards = score(fns, [t for t in texts for _ in range(g)], [c.text for c in flat],
                         [p for p in batch for _ in range(g)])
-        lens = torch.tensor([len(c.token_ids) for c in flat])
+        lens = torch.tensor([len(c.token_ids) for c in flat], dtype=torch.long)
         if cfg.overlong == "soft":
             penalty = overlong_penalty(lens, cfg.max_new_tokens, cfg.overlong_buffer, cfg.overlong_penalty)
             rewards = torch.cat([rewards, penalty.unsqueeze(1)], dim=1)
@@ -109,23 +138,44 @@ def collect(cfg: RLConfig, engine, tokenizer, problems: Sequence, stream: Proble
         truncated += [c.finish_reason == "length" for c in flat]
         groups_tried += len(batch)
         groups_flat += int(flat_groups.sum())
+        before = len(kept)
         for j in range(len(batch)):
             if cfg.dynamic_sampling and flat_groups[j]:
                 continue
             kept.append((ids[j], outs[j], rewards[j * g:(j + 1) * g]))
-        if len(kept) >= cfg.prompts_per_step:
+        kept_total += int(distributed.all_sum([len(kept) - before]).item())
+        if kept_total >= cfg.prompts_per_step:
             break
 
-    if not kept:  # dynamic sampling found no group with signal: train on nothing this step
-        per_reward = torch.zeros(0, len(names), dtype=torch.float64)
-        adv = torch.zeros(0)
-    else:
-        per_reward = torch.cat([r for _, _, r in kept])
-        adv = compute_advantages(per_reward, g, cfg.advantage, weights, cfg.reward_aggregation).float()
-    rollout = Rollout([p for p, _, _ in kept for _ in range(g)], [c for _, cs, _ in kept for c in cs], adv)
+    # Advantages over the whole batch (batch-std and GDPO normalise across groups): every rank's
+    # kept rewards, in rank order; this rank keeps its own slice.
+    mine = torch.cat([r for _, _, r in kept]) if kept else torch.zeros(0, len(names), dtype=torch.float64)
+    parts = distributed.gather(mine)
+    every = torch.cat(parts)
+    offset = sum(len(p) for p in parts[:distributed.rank()])
+    adv = torch.zeros(0)
+    if len(every):
+        adv = compute_advantages(every, g, cfg.advantage, weights, cfg.reward_aggregation).float()
+        adv = adv[offset:offset + len(mine)]
+    completions = [c for _, cs, _ in kept for c in cs]
+    sequences, tokens = distributed.all_sum([len(completions), sum(map(sum, loss_masks(cfg, completions)))])
+    rollout = Rollout([p for p, _, _ in kept for _ in range(g)], completions, adv, int(sequences), int(tokens))
+    return rollout, step_metrics(cfg, names, weights, seen_rewards, seen_samples, lengths, truncated,
+                                 groups_tried, groups_flat, kept_total, attempt, t_gen, t_score)
 
-    every = torch.cat(seen_rewards)
-    lens = torch.cat(lengths).double()
+
+def step_metrics(cfg, names, weights, seen_rewards, seen_samples, lengths, truncated, groups_tried, groups_flat,
+                 kept_total, attempt, t_gen, t_score) -> dict[str, Any]:
+    """The step's reward and sampling figures over every rank's samples."""
+    g = cfg.group_size
+    rewards = torch.cat(seen_rewards) if seen_rewards else torch.zeros(0, len(names), dtype=torch.float64)
+    right = [correct(*x) or 0.0 for x in seen_samples]
+    parts = distributed.gather((rewards, torch.cat(lengths) if lengths else torch.zeros(0, dtype=torch.long),
+                                truncated, right, groups_tried, groups_flat, t_gen, t_score))
+    every = torch.cat([p[0] for p in parts])
+    lens = torch.cat([p[1] for p in parts]).double()
+    truncated = [t for p in parts for t in p[2]]
+    right = [r for p in parts for r in p[3]]
     metrics: dict[str, Any] = {}
     for k, name in enumerate(names):
         col = every[:, k][~torch.isnan(every[:, k])]
@@ -136,18 +186,18 @@ def collect(cfg: RLConfig, engine, tokenizer, problems: Sequence, stream: Proble
     if "correct" in names:
         metrics["accuracy"] = torch.nanmean(every[:, names.index("correct")]).item()
     else:  # accuracy by the task's verifier is worth seeing whatever the rewards are
-        metrics["accuracy"] = sum(correct(*x) or 0.0 for x in seen_samples) / len(seen_samples)
+        metrics["accuracy"] = sum(right) / max(len(right), 1)
     metrics.update({
-        "zero_variance_frac": groups_flat / groups_tried,
-        "groups": len(kept),
+        "zero_variance_frac": sum(p[5] for p in parts) / max(sum(p[4] for p in parts), 1),
+        "groups": kept_total,
         "sampling_tries": attempt + 1,
-        "truncated_frac": sum(truncated) / len(truncated),
+        "truncated_frac": sum(truncated) / max(len(truncated), 1),
         "completion_len": lens.mean().item(),
-        "time/generate": t_gen,
-        "time/score": t_score,
+        "time/generate": max(p[6] for p in parts),
+        "time/score": max(p[7] for p in parts),
         "generated_tokens": int(lens.sum().item()),
     })
-    return rollout, metrics
+    return metrics
 
 
 def _pad(rows: list[list[int]], value: int = 0) -> torch.Tensor:
@@ -155,101 +205,129 @@ def _pad(rows: list[list[int]], value: int = 0) -> torch.Tensor:
     return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=torch.long)
 
 
-def update(cfg: RLConfig, model, ref_model, optimizer, rollout: Rollout, device: torch.device,
+def update(cfg: RLConfig, run: TrainingRun, ref_model, rollout: Rollout,
            entropy_limit: float | None) -> dict[str, Any]:
-    """mu optimizer steps on one rollout; raises Collapse on a non-finite loss or gradient, or when
-    the policy entropy exceeds `entropy_limit`."""
+    """mu optimizer steps on one rollout; raises Collapse (on every rank alike) on a non-finite
+    loss or gradient, or when the policy entropy exceeds `entropy_limit`."""
+    device = run.device
     comps = rollout.completions
     n = len(comps)
-    if n == 0:
+    if rollout.sequences == 0:
         return {"loss": 0.0, "entropy": float("nan"), "kl": 0.0, "clip_low": 0.0, "clip_high": 0.0,
                 "grad_norm": 0.0, "loss_tokens": 0}
-    masks = []
-    for c in comps:
-        keep = 0.0 if cfg.overlong == "mask" and c.finish_reason == "length" else 1.0
-        forced = c.forced or [False] * len(c.token_ids)
-        masks.append([keep * (0.0 if f else 1.0) for f in forced])
-    batch_tokens = int(sum(sum(m) for m in masks))
-    # Micro-batches of similar total length waste less compute on padding.
+    masks = loss_masks(cfg, comps)
+    # Micro-batches of similar total length waste less compute on padding. Every rank runs as
+    # many as the busiest one; the extra ones carry zero weight.
     order = sorted(range(n), key=lambda i: len(rollout.prompt_ids[i]) + len(comps[i].token_ids))
     micro = [order[i:i + cfg.micro_batch_size] for i in range(0, n, cfg.micro_batch_size)]
+    count = run.micro_batches(len(micro))
 
-    def tensors(idx):
+    def tensors(b):
+        if b >= len(micro):  # a zero-weight stand-in: one token after one token, masked out
+            one = torch.zeros(1, 2, dtype=torch.long, device=device)
+            return one, torch.ones(1, dtype=torch.long, device=device), 1, torch.zeros(1, 1, device=device), \
+                torch.zeros(1, 1, device=device), torch.zeros(1, device=device)
+        idx = micro[b]
         ids = _pad([rollout.prompt_ids[i] + comps[i].token_ids for i in idx]).to(device)
         starts = torch.tensor([len(rollout.prompt_ids[i]) for i in idx], device=device)
         length = max(len(comps[i].token_ids) for i in idx)
         mask = torch.tensor([m + [0.0] * (length - len(m)) for m in (masks[i] for i in idx)], device=device)
         old = torch.tensor([c.logprobs + [0.0] * (length - len(c.logprobs)) for c in (comps[i] for i in idx)],
                            device=device)
-        return ids, starts, length, mask, old
-
-    def logprobs(net, ids, starts, length, entropy=False):
-        with autocast(device, cfg.dtype):
-            return token_logprobs(net, ids, starts, length, cfg.temperature, with_entropy=entropy)
+        return ids, starts, length, mask, old, rollout.advantages[idx].to(device)
 
     # mu > 1 reuses the samples: ratios are taken against the policy that sampled them. The engine's
     # log-probs are exactly that when no top-k/top-p truncation changed the distribution.
     old_logps: dict[int, torch.Tensor] = {}
     if cfg.mu > 1:
-        for b, idx in enumerate(micro):
-            ids, starts, length, mask, old = tensors(idx)
+        for b in range(count):
+            ids, starts, length, mask, old, _ = tensors(b)
             if cfg.top_k == 0 and cfg.top_p >= 1.0:
                 old_logps[b] = old
             else:
                 with torch.no_grad():
-                    old_logps[b] = logprobs(model, ids, starts, length)[0]
+                    old_logps[b] = run.logprobs(ids, starts, length, cfg.temperature)[0]
 
+    # Each rank's loss is its share of the global loss (global counts), times the world size
+    # because DDP / FSDP average gradients over ranks where the global loss needs their sum.
+    scale = distributed.world()
     totals = {"loss": 0.0, "entropy": 0.0, "kl": 0.0, "clip_low": 0.0, "clip_high": 0.0, "tokens": 0.0}
-    params = [p for p in model.parameters() if p.requires_grad]
     grad_norm = 0.0
     for inner in range(cfg.mu):
-        optimizer.zero_grad(set_to_none=True)
-        for b, idx in enumerate(micro):
-            ids, starts, length, mask, _ = tensors(idx)
-            logp, ent = logprobs(model, ids, starts, length, entropy=inner == 0)
-            ref = None
-            if cfg.beta:
-                with torch.no_grad():
-                    ref = logprobs(ref_model, ids, starts, length)[0]
-            loss, stats = losses.policy_loss(
-                logp, old_logps.get(b), rollout.advantages[idx].to(device), mask, loss_type=cfg.loss_type,
-                level=cfg.importance_sampling, epsilon_low=cfg.epsilon_low, epsilon_high=cfg.epsilon_high,
-                beta=cfg.beta, ref_logp=ref, batch_sequences=n, batch_tokens=batch_tokens,
-                max_completion_length=cfg.max_new_tokens)
-            if not torch.isfinite(loss):
-                raise Collapse(f"non-finite loss ({loss.item()})")
-            loss.backward()
-            if inner == 0:
+        run.optimizer.zero_grad(set_to_none=True)
+        finite = True
+        for b in range(count):
+            ids, starts, length, mask, _, adv = tensors(b)
+            with run.accumulate(b, count):
+                logp, ent = run.logprobs(ids, starts, length, cfg.temperature, with_entropy=inner == 0)
+                ref = None
+                if cfg.beta:
+                    with torch.no_grad():
+                        if ref_model is None:  # LoRA: the reference is the model with its adapter off
+                            with run.reference():
+                                ref = run.logprobs(ids, starts, length, cfg.temperature)[0]
+                        else:
+                            ref = reference_logprobs(cfg, run, ref_model, ids, starts, length)
+                loss, stats = losses.policy_loss(
+                    logp, old_logps.get(b), adv, mask, loss_type=cfg.loss_type,
+                    level=cfg.importance_sampling, epsilon_low=cfg.epsilon_low, epsilon_high=cfg.epsilon_high,
+                    beta=cfg.beta, ref_logp=ref, batch_sequences=rollout.sequences,
+                    batch_tokens=rollout.tokens, max_completion_length=cfg.max_new_tokens)
+                finite &= bool(torch.isfinite(loss))
+                (loss * scale).backward()
+            if inner == 0 and b < len(micro) and finite:
                 totals["loss"] += loss.item()
                 totals["entropy"] += float((ent * mask).sum())
                 for key in ("kl", "clip_low", "clip_high", "tokens"):
                     totals[key] += stats[key]
-        if inner == 0 and entropy_limit is not None and totals["tokens"]:
-            entropy = totals["entropy"] / totals["tokens"]
-            if entropy > entropy_limit:
-                raise Collapse(f"entropy {entropy:.3f} exceeds {entropy_limit:.3f}")
-        max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        if not torch.isfinite(norm):
-            raise Collapse(f"non-finite gradient norm ({norm.item()})")
+        if distributed.all_sum([not finite]).item():
+            raise Collapse("non-finite loss")
         if inner == 0:
-            grad_norm = norm.item()
-        optimizer.step()
+            summed = distributed.all_sum([totals[k] for k in totals])
+            totals = dict(zip(totals, summed.tolist()))
+            if entropy_limit is not None and totals["tokens"]:
+                entropy = totals["entropy"] / totals["tokens"]
+                if entropy > entropy_limit:
+                    raise Collapse(f"entropy {entropy:.3f} exceeds {entropy_limit:.3f}")
+        norm = run.step()
+        if not math.isfinite(norm):
+            raise Collapse(f"non-finite gradient norm ({norm})")
+        if inner == 0:
+            grad_norm = norm
     tokens = max(totals["tokens"], 1.0)
     return {"loss": totals["loss"], "entropy": totals["entropy"] / tokens if totals["tokens"] else float("nan"),
             "kl": totals["kl"] / tokens, "clip_low": totals["clip_low"] / tokens,
-            "clip_high": totals["clip_high"] / tokens, "grad_norm": grad_norm, "loss_tokens": batch_tokens}
+            "clip_high": totals["clip_high"] / tokens, "grad_norm": grad_norm, "loss_tokens": rollout.tokens}
+
+
+def reference_logprobs(cfg: RLConfig, run: TrainingRun, ref_model, ids, starts, length):
+    """Log-probs under the frozen initial policy (a plain module on every rank: no collectives)."""
+    from ponder.models import token_logprobs
+    from ponder.runtime.training import autocast
+
+    with autocast(run.device, cfg.dtype):
+        return token_logprobs(ref_model, ids, starts, length, cfg.temperature, chunk_tokens=cfg.loss_chunk_tokens)[0]
 
 
 def routing_metrics(model, gamma: float) -> dict[str, float]:
-    """MoE policies: this step's expert-load balance (generation forwards included), after the
-    optional auxiliary-loss-free bias update (DeepSeek-V3). Empty for dense models."""
+    """MoE policies: this step's expert-load balance (generation forwards included, every rank's
+    load summed), after the optional auxiliary-loss-free bias update (DeepSeek-V3). Empty for
+    dense models."""
     from ponder.models import router_stats, update_routing_bias
+    from ponder.models.moe import sparse_layers
 
+    blocks = sparse_layers(model)
+    if not blocks:
+        return {}
+    if distributed.world() > 1:  # every rank must move its routing bias by the same global load
+        for block in blocks.values():
+            experts = block.experts.gate_up_proj.shape[0]
+            load = block.load if block.load is not None else torch.zeros(experts, dtype=torch.long)
+            block.load = distributed.all_sum(load.cpu().tolist()).long()
     if gamma:
         update_routing_bias(model, gamma)
     stats = router_stats(model)
-    return {f"router/{k}": stats[k] for k in ("cv_mean", "cv_max", "max_share")} if stats else {}
+    return {f"router/{k}": stats[k] for k in ("cv_mean", "cv_max", "max_share")}
 
 
 def sampling_tool(cfg: RLConfig) -> PythonTool | None:
@@ -259,18 +337,21 @@ def sampling_tool(cfg: RLConfig) -> PythonTool | None:
 
 def evaluate_greedy(engine, tokenizer, problems: Sequence, *, max_new_tokens: int, chat: bool = False,
                     enable_thinking: bool = True, stop_strings: Sequence[str] = (), tool=None) -> dict[str, float]:
-    """Greedy accuracy on held-out problems by the task verifier, with mean length and truncation."""
+    """Greedy accuracy on held-out problems by the task verifier, with mean length and truncation.
+    Under torchrun each rank evaluates its share and the figures cover all of them."""
     from ponder.engine import SamplingParams
 
-    texts = [prompt_text(p, tokenizer, chat, enable_thinking) for p in problems]
+    mine = my_share(problems)
+    texts = [prompt_text(p, tokenizer, chat, enable_thinking) for p in mine]
     outs = engine.generate([tokenizer.encode(t) for t in texts], n=1,
                            params=SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0,
-                                                 stop_strings=tuple(stop_strings), tool=tool))
+                                                 stop_strings=tuple(stop_strings), tool=tool)) if mine else []
     flat = [o[0] for o in outs]
-    right = [correct(t, c.text, p) or 0.0 for t, c, p in zip(texts, flat, problems)]
-    return {"eval/accuracy": sum(right) / len(right),
-            "eval/completion_len": sum(len(c.token_ids) for c in flat) / len(flat),
-            "eval/truncated_frac": sum(c.finish_reason == "length" for c in flat) / len(flat)}
+    right = sum(correct(t, c.text, p) or 0.0 for t, c, p in zip(texts, flat, mine))
+    count, right, tokens, cut = distributed.all_sum(
+        [len(flat), right, sum(len(c.token_ids) for c in flat), sum(c.finish_reason == "length" for c in flat)])
+    return {"eval/accuracy": (right / count).item(), "eval/completion_len": (tokens / count).item(),
+            "eval/truncated_frac": (cut / count).item()}
 
 
 def train_rl(cfg: RLConfig, *, model=None, tokenizer=None, problems: Sequence | None = None,
@@ -282,16 +363,9 @@ def train_rl(cfg: RLConfig, *, model=None, tokenizer=None, problems: Sequence | 
     config would load. Returns a summary: steps, seconds, the last record, held-out accuracies,
     rollbacks, and paths of the final model and the plots.
     """
-    from tqdm.auto import tqdm
-
     from ponder.engine import Engine
 
     start = time.perf_counter()
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    device = pick_device(cfg.device)
-    model, tokenizer = load_policy(cfg, model, tokenizer)
-    model.to(device).train()
     if problems is None:
         from ponder.tasks import load_task
 
@@ -307,135 +381,151 @@ def train_rl(cfg: RLConfig, *, model=None, tokenizer=None, problems: Sequence | 
     fns = list(rewards) if rewards is not None else [resolve_reward(name) for name in cfg.rewards]
     if cfg.reward_weights is not None and len(cfg.reward_weights) != len(fns):
         raise ValueError(f"{len(cfg.reward_weights)} reward_weights for {len(fns)} reward functions")
-    config_io.save_config(cfg, out / "config.yaml")
+    run = TrainingRun(cfg, data_size=len(problems), what="problems", model=model, tokenizer=tokenizer)
+    model, tokenizer, out = run.model, run.tokenizer, run.out
 
     ref_model = None
-    if cfg.beta:
+    if cfg.beta and cfg.lora is None:
         ref_dir = out / "reference"
-        if not (ref_dir / "config.json").exists():  # the initial policy, kept for every resume
-            model.save_pretrained(ref_dir)
+        if distributed.broadcast(not (ref_dir / "config.json").exists()):  # the initial policy, kept for every resume
+            run.export(ref_dir)
         from ponder.models import from_pretrained
 
-        ref_model = from_pretrained(ref_dir).to(device).eval().requires_grad_(False)
+        ref_model = from_pretrained(ref_dir).to(run.device).eval().requires_grad_(False)
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                  weight_decay=cfg.weight_decay)
     engine = Engine(model, tokenizer)
-    ckpt_root = out / "checkpoints"
     st: dict[str, Any] = {"step": 0, "lr_scale": 1.0, "rollbacks": 0, "history": [], "best_eval": None,
-                          "entropy_mean": None, "healthy_steps": 0}
-    stream = ProblemStream(len(problems), cfg.seed)
+                          "entropy_mean": None, "healthy_steps": 0, "flat_steps": 0}
 
-    def snapshot() -> dict[str, Any]:
-        return {**st, "history": list(st["history"]), "stream": stream.state(),
-                "optimizer": optimizer.state_dict(), "rng": checkpoint.rng_state(),
-                "config": config_io.to_dict(cfg)}
-
-    def restore(path: Path) -> dict[str, Any]:
-        nonlocal stream
-        saved, stream = restore_train_state(path, model, optimizer, len(problems), "problems")
+    def restore(path: Path) -> None:
+        saved = run.restore(path)
         for key in st:
-            st[key] = saved[key]
-        return saved
+            st[key] = saved.get(key, st[key])
 
-    found = checkpoint.latest(ckpt_root)
-    if found is not None:
-        saved_config = restore(found)["config"]
-        changed = [k for k, v in config_io.to_dict(cfg).items() if saved_config.get(k) != v]
-        log.info("resuming from %s (step %d)%s", found, st["step"], f"; config changed: {changed}" if changed else "")
-    metrics = MetricsLog(out, st["history"])
+    saved = run.resume()
+    if saved is not None:
+        for key in st:
+            st[key] = saved.get(key, st[key])
+    metrics = run.metrics(st["history"])
 
-    def run_eval(step: int) -> dict[str, float]:
+    def run_eval() -> dict[str, float]:
         t0 = time.perf_counter()
-        model.eval()
-        result = evaluate_greedy(engine, tokenizer, eval_problems, max_new_tokens=cfg.max_new_tokens,
-                                 chat=cfg.chat, enable_thinking=cfg.enable_thinking, stop_strings=cfg.stop_strings,
-                                 tool=sampling_tool(cfg))
-        model.train()
+        with run.generation():
+            result = evaluate_greedy(engine, tokenizer, eval_problems, max_new_tokens=cfg.max_new_tokens,
+                                     chat=cfg.chat, enable_thinking=cfg.enable_thinking,
+                                     stop_strings=cfg.stop_strings, tool=sampling_tool(cfg))
         result["time/eval"] = time.perf_counter() - t0
         return result
 
-    if found is None:
+    if saved is None:
         if eval_problems:  # the baseline: plots start here, and eval-drop rollback measures from it
-            record = {"step": 0, **run_eval(0)}
+            record = {"step": 0, **run_eval()}
             st["best_eval"] = record["eval/accuracy"]
             metrics.log(record)
         # A step-0 checkpoint gives a rollback target before the first scheduled save.
-        checkpoint.save(ckpt_root, 0, model, tokenizer, snapshot())
+        run.save(0, dict(st))
 
-    bar = tqdm(total=cfg.steps, initial=st["step"], disable=not progress, desc="rl", dynamic_ncols=True)
+    bar = run.progress(cfg.steps, st["step"], "rl", progress)
     warned_truncation = 0
-    while st["step"] < cfg.steps:
-        step = st["step"] + 1
-        t_step = time.perf_counter()
-        lr = lr_at(cfg, step, st["lr_scale"])
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        try:
-            model.eval()
-            rollout, record = collect(cfg, engine, tokenizer, problems, stream, fns, step, st["rollbacks"])
-            model.train()
-            t0 = time.perf_counter()
-            entropy_limit = None
-            if st["entropy_mean"] is not None and st["healthy_steps"] >= 3:
-                entropy_limit = cfg.rollback_entropy_factor * st["entropy_mean"]
-            record.update(update(cfg, model, ref_model, optimizer, rollout, device, entropy_limit))
-            record.update(routing_metrics(model, cfg.routing_bias_gamma))
-            record["time/train"] = time.perf_counter() - t0
-            record["lr"] = lr
-            if eval_problems and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps):
-                record.update(run_eval(step))
-                best = st["best_eval"]
-                if best is not None and record["eval/accuracy"] < best - cfg.rollback_eval_drop:
-                    raise Collapse(f"held-out accuracy {record['eval/accuracy']:.3f} fell from its best {best:.3f}")
-        except Collapse as why:
-            if not cfg.rollback or st["rollbacks"] >= cfg.max_rollbacks:
-                raise RuntimeError(f"training collapsed at step {step}: {why} (rollbacks used: {st['rollbacks']})") from why
-            target = checkpoint.latest(ckpt_root)
-            lr_scale, rollbacks = st["lr_scale"] * cfg.rollback_lr_factor, st["rollbacks"] + 1
-            restore(target)
-            st["lr_scale"], st["rollbacks"] = lr_scale, rollbacks
-            event = {"step": step, "event": "rollback", "reason": str(why), "to_step": st["step"],
-                     "lr_scale": lr_scale}
-            log.warning("step %d: %s; rolled back to step %d, learning rate x%g", step, why, st["step"], lr_scale)
-            metrics.rewrite(st["history"])
-            metrics.log(event)
-            bar.n = st["step"]
-            bar.refresh()
-            continue
+    with run.interruptible():
+        while st["step"] < cfg.steps:
+            step = st["step"] + 1
+            t_step = time.perf_counter()
+            lr = lr_at(cfg, step, cfg.steps, st["lr_scale"])
+            run.set_lr(lr)
+            try:
+                with run.generation():
+                    rollout, record = collect(cfg, engine, tokenizer, problems, run.stream, fns, step,
+                                              st["rollbacks"])
+                t0 = time.perf_counter()
+                entropy_limit = None
+                if st["entropy_mean"] is not None and st["healthy_steps"] >= 3:
+                    entropy_limit = cfg.rollback_entropy_factor * st["entropy_mean"]
+                record.update(update(cfg, run, ref_model, rollout, entropy_limit))
+                record.update(routing_metrics(model, cfg.routing_bias_gamma))
+                record["time/train"] = time.perf_counter() - t0
+                record["lr"] = lr
+                if eval_problems and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps):
+                    record.update(run_eval())
+                    best = st["best_eval"]
+                    if best is not None and record["eval/accuracy"] < best - cfg.rollback_eval_drop:
+                        raise Collapse(f"held-out accuracy {record['eval/accuracy']:.3f} fell from its best "
+                                       f"{best:.3f}")
+            except Collapse as why:
+                if not cfg.rollback or st["rollbacks"] >= cfg.max_rollbacks:
+                    raise RuntimeError(f"training collapsed at step {step}: {why} "
+                                       f"(rollbacks used: {st['rollbacks']})") from why
+                target = checkpoint.latest(run.checkpoints)
+                lr_scale, rollbacks = st["lr_scale"] * cfg.rollback_lr_factor, st["rollbacks"] + 1
+                restore(target)
+                st["lr_scale"], st["rollbacks"] = lr_scale, rollbacks
+                event = {"step": step, "event": "rollback", "reason": str(why), "to_step": st["step"],
+                         "lr_scale": lr_scale}
+                log.warning("step %d: %s; rolled back to step %d, learning rate x%g", step, why, st["step"],
+                            lr_scale)
+                metrics.rewrite(st["history"])
+                metrics.log(event)
+                bar.n = st["step"]
+                bar.refresh()
+                continue
 
-        elapsed = time.perf_counter() - t_step
-        record["tokens_per_s"] = record.pop("generated_tokens") / max(elapsed, 1e-9)
-        record["time/step"] = elapsed
-        record = {"step": step, **record}
-        if record["truncated_frac"] > cfg.truncation_warning and (warned_truncation == 0
-                                                                  or step - warned_truncation >= 10):
-            warned_truncation = step
-            log.warning("step %d: %.0f%% of completions hit max_new_tokens=%d: their rewards are likely 0 and "
-                        "the model learns nothing; raise max_new_tokens or shorten the task",
-                        step, 100 * record["truncated_frac"], cfg.max_new_tokens)
-        if not math.isnan(record["entropy"]):
-            prev = st["entropy_mean"]
-            st["entropy_mean"] = record["entropy"] if prev is None else 0.9 * prev + 0.1 * record["entropy"]
-            st["healthy_steps"] += 1
-        if "eval/accuracy" in record:
-            st["best_eval"] = max(record["eval/accuracy"], st["best_eval"] or 0.0)
-        st["step"] = step
-        metrics.log(record)
-        bar.update(1)
-        bar.set_postfix({k: f"{record[k]:.3f}" for k in ("reward/total/mean", "accuracy", "eval/accuracy")
-                         if k in record})
-        if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps:
-            checkpoint.save(ckpt_root, step, model, tokenizer, snapshot())
+            elapsed = time.perf_counter() - t_step
+            record["tokens_per_s"] = record.pop("generated_tokens") / max(elapsed, 1e-9)
+            record["time/step"] = elapsed
+            record = {"step": step, **record}
+            warned_truncation = warn_degenerate(cfg, st, record, warned_truncation)
+            if not math.isnan(record["entropy"]):
+                prev = st["entropy_mean"]
+                st["entropy_mean"] = record["entropy"] if prev is None else 0.9 * prev + 0.1 * record["entropy"]
+                st["healthy_steps"] += 1
+            best = False
+            if "eval/accuracy" in record:
+                best = st["best_eval"] is None or record["eval/accuracy"] > st["best_eval"]
+                st["best_eval"] = max(record["eval/accuracy"], st["best_eval"] or 0.0)
+            st["step"] = step
+            metrics.log(record)
+            bar.update(1)
+            bar.set_postfix({k: f"{record[k]:.3f}" for k in ("reward/total/mean", "accuracy", "eval/accuracy")
+                             if k in record})
+            if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps or (best and cfg.keep_best):
+                run.save(step, dict(st), best=best)
     bar.close()
 
-    model_dir = out / "model"
-    model.save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
-    plots = plot(st["history"], out, {"reward": ["reward/total/mean", "accuracy"], "heldout_accuracy": ["eval/accuracy"]})
+    model_dir = run.export(out / "model")
+    if cfg.keep_best and (run.checkpoints / "BEST").exists():
+        best_path = run.checkpoints / (run.checkpoints / "BEST").read_text().strip()
+        run.restore(best_path)
+        run.export(out / "best-model")
+        run.restore(checkpoint.latest(run.checkpoints))
+    plots = []
+    if distributed.is_main():
+        names = [reward_name(f) for f in fns]
+        plots = plot(st["history"], out, {
+            "reward": ["reward/total/mean", "accuracy"] + [f"reward/{n}/mean" for n in names if n != "correct"],
+            "heldout_accuracy": ["eval/accuracy"]})
     metrics.close()
     evals = [(r["step"], r["eval/accuracy"]) for r in st["history"] if "eval/accuracy" in r]
     last = next((r for r in reversed(st["history"]) if "event" not in r), {})
     return {"steps": st["step"], "seconds": time.perf_counter() - start, "final": last, "eval": evals,
             "best_eval_accuracy": st["best_eval"], "rollbacks": st["rollbacks"], "output_dir": str(out),
             "model_dir": str(model_dir), "plots": [str(p) for p in plots]}
+
+
+def warn_degenerate(cfg: RLConfig, st: dict[str, Any], record: dict[str, Any], warned_truncation: int) -> int:
+    """Loud warnings for steps that cannot teach anything: most completions truncated, or every
+    group flat (equal rewards) for several steps in a row. Returns the step last warned about truncation."""
+    step = record["step"]
+    if record["truncated_frac"] > cfg.truncation_warning and (warned_truncation == 0
+                                                              or step - warned_truncation >= 10):
+        warned_truncation = step
+        log.warning("step %d: %.0f%% of completions hit max_new_tokens=%d: their rewards are likely 0 and "
+                    "the model learns nothing; raise max_new_tokens or shorten the task",
+                    step, 100 * record["truncated_frac"], cfg.max_new_tokens)
+    st["flat_steps"] = st.get("flat_steps", 0) + 1 if record["zero_variance_frac"] >= 1.0 else 0
+    if st["flat_steps"] == FLAT_STEPS_WARNING:
+        log.warning("steps %d-%d: every group's rewards were all equal, so every advantage is 0 and the model "
+                    "learns nothing. Likely causes: rewards always 0 (task too hard, answers truncated: "
+                    "truncated_frac=%.2f, or an answer format the verifier does not read) or always 1 (too "
+                    "easy), or a reward function that ignores the completion",
+                    step - FLAT_STEPS_WARNING + 1, step, record["truncated_frac"])
+    return warned_truncation

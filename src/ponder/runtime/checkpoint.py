@@ -1,25 +1,36 @@
-"""Train-state checkpoints that survive kill -9: written whole or not at all.
+"""Train-state checkpoints that survive kill -9, in one process or many: written whole or not at all.
 
 Layout under a run's `checkpoints/` folder:
-    step-000010/model/        HF layout (config.json, model.safetensors, tokenizer files)
-    step-000010/state.pt      optimizer, step, RNG states, data position, metrics so far, ...
+    step-000010/weights/      weights and optimizer state through torch.distributed.checkpoint
+                              (DCP: a file per rank, resharded on load, so a run saved by N ranks
+                              resumes on M)
+    step-000010/rng-R.pt      every RNG of rank R (a resume on other ranks reseeds the new ones)
+    step-000010/state.pt      step, data position, metrics so far, config, ... (rank 0)
     LATEST                    the name of the newest complete checkpoint
-A checkpoint is written into a temporary folder, every file fsync'ed, then renamed into place;
-only then does LATEST move (write + fsync + os.replace). A crash at any point leaves LATEST
+Every rank writes into one temporary folder; after a barrier rank 0 fsyncs it and renames it into
+place, and only then moves LATEST (write + fsync + os.replace). A crash at any point leaves LATEST
 naming a complete checkpoint; leftovers of an interrupted write are removed on the next save.
+A full disk is reported as such, with the path, and the partial folder is removed.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import shutil
-import tempfile
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
+                                                     set_model_state_dict, set_optimizer_state_dict)
+
+from ponder.runtime import distributed
 
 POINTER = "LATEST"
 
@@ -56,36 +67,92 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save(root: str | Path, step: int, model, tokenizer, state: dict[str, Any], keep: int = 1) -> Path:
-    """Write checkpoint `step` atomically and point LATEST at it; keep the newest `keep`."""
+@contextmanager
+def _one_process_is_fine():
+    """DCP warns that it assumes one process when no process group is up: here that is intended."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
+def _train_state(model, optimizer) -> dict[str, Any]:
+    """Weights and optimizer state keyed by parameter name, sharded as the model is (DDP, FSDP2 or none)."""
+    # The optimizer's first: on an FSDP2 model whose optimizer has no state yet, torch 2.13
+    # crashes (SIGSEGV in AdamW's zero-gradient initialising step) when the model's state dict
+    # was taken before.
+    optimizer_state = get_optimizer_state_dict(model, optimizer)
+    return {"model": get_model_state_dict(model), "optimizer": optimizer_state}
+
+
+def save(root: str | Path, step: int, model, optimizer, state: dict[str, Any], keep: int = 1,
+         protect: str | None = None) -> Path:
+    """Write checkpoint `step` atomically (a collective: every rank calls it) and point LATEST at it.
+
+    `state` is rank 0's picklable record; every rank's RNGs are saved beside it. Older checkpoints
+    beyond the newest `keep` are removed (0: keep all), except the one named `protect`.
+    """
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(".tmp-*"):  # an earlier write that was killed half-way
-        shutil.rmtree(stale, ignore_errors=True)
     name = f"step-{step:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
-    model.save_pretrained(tmp / "model")
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp / "model")
-    torch.save(state, tmp / "state.pt")
-    _fsync_tree(tmp)
+    tmp = root / f".tmp-{name}"
+    if distributed.is_main():
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(".tmp-*"):  # an earlier write that was killed half-way
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp.mkdir()
+    distributed.barrier()
+    failure = None
+    try:
+        with _one_process_is_fine():
+            dcp.save(_train_state(model, optimizer), checkpoint_id=str(tmp / "weights"),
+                     no_dist=not torch.distributed.is_initialized())
+        torch.save(rng_state(), tmp / f"rng-{distributed.rank()}.pt")
+        if distributed.is_main():
+            torch.save(state, tmp / "state.pt")
+    except (OSError, RuntimeError) as exc:
+        failure = exc
+    failed = distributed.all_sum([failure is not None]).item() > 0
+    if failed:
+        if distributed.is_main():
+            shutil.rmtree(tmp, ignore_errors=True)
+        distributed.barrier()
+        raise _explain(failure, tmp) if failure is not None else RuntimeError(
+            f"{tmp}: another rank failed to write its part of the checkpoint; it was removed")
+    distributed.barrier()
     final = root / name
-    if final.exists():  # the same step saved again (after a rollback): replace it
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _fsync_dir(root)
-    pointer_tmp = root / f".tmp-{POINTER}"
-    with open(pointer_tmp, "w") as f:
+    if distributed.is_main():
+        _fsync_tree(tmp)
+        if final.exists():  # the same step saved again (after a rollback): replace it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+        write_pointer(root, POINTER, name)
+        done = sorted(p for p in root.glob("step-*") if p.is_dir())
+        for old in done[:-keep] if keep > 0 else []:
+            if old.name not in (name, protect):
+                shutil.rmtree(old, ignore_errors=True)
+    distributed.barrier()
+    return final
+
+
+def write_pointer(root: Path, pointer: str, name: str) -> None:
+    """Point `root/pointer` (LATEST, BEST) at checkpoint `name`: write, fsync, rename."""
+    tmp = root / f".tmp-{pointer}"
+    with open(tmp, "w") as f:
         f.write(name)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(pointer_tmp, root / POINTER)
+    os.replace(tmp, root / pointer)
     _fsync_dir(root)
-    done = sorted(p for p in root.glob("step-*") if p.is_dir())
-    for old in done[:-keep] if keep > 0 else []:
-        if old.name != name:
-            shutil.rmtree(old, ignore_errors=True)
-    return final
+
+
+def _explain(exc: BaseException, tmp: Path) -> Exception:
+    """A full disk as "no space left on device" with the path (torch's own message for it is an
+    `enforce fail` of its zip writer); anything else as it was, naming the folder."""
+    text = str(exc)
+    if getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in text or "unexpected pos" in text:
+        return OSError(errno.ENOSPC, f"no space left on device while writing checkpoint {tmp} (removed; the "
+                                     f"previous checkpoint is intact): {text.splitlines()[0] if text else ''}")
+    return RuntimeError(f"writing checkpoint {tmp} failed (removed; the previous checkpoint is intact): {exc}")
 
 
 def latest(root: str | Path) -> Path | None:
@@ -100,13 +167,18 @@ def latest(root: str | Path) -> Path | None:
 
 
 def load_state(path: str | Path) -> dict[str, Any]:
-    """The state dict of a checkpoint folder (weights are in path/model, HF layout)."""
+    """The rank-0 record of a checkpoint folder (step, data position, history, config, ...)."""
     return torch.load(Path(path) / "state.pt", map_location="cpu", weights_only=False)
 
 
-def load_weights(model, path: str | Path) -> None:
-    """Copy a checkpoint's weights into `model` in place (the optimizer keeps its parameter refs)."""
-    from ponder.models import from_pretrained
-
-    loaded = from_pretrained(Path(path) / "model", dtype=next(model.parameters()).dtype)
-    model.load_state_dict(loaded.state_dict())
+def load_train_state(path: str | Path, model, optimizer) -> None:
+    """Load weights and optimizer state into `model` / `optimizer` in place (resharded to this
+    run's ranks), and this rank's RNGs (rank 0's on ranks the saving run did not have)."""
+    path = Path(path)
+    target = _train_state(model, optimizer)
+    with _one_process_is_fine():
+        dcp.load(target, checkpoint_id=str(path / "weights"), no_dist=not torch.distributed.is_initialized())
+    set_model_state_dict(model, target["model"])
+    set_optimizer_state_dict(model, optimizer, target["optimizer"])
+    own = path / f"rng-{distributed.rank()}.pt"
+    set_rng_state(torch.load(own if own.exists() else path / "rng-0.pt", weights_only=False))

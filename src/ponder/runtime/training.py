@@ -8,14 +8,26 @@ here knows which method runs.
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import random
-from contextlib import nullcontext
+import sys
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import torch
 
-from ponder.runtime import checkpoint
+from ponder import config as config_io
+from ponder.models import token_logprobs
+from ponder.models.checkpoint import save_checkpoint
+from ponder.runtime import checkpoint, distributed
+from ponder.runtime.lora import LoRAConfig
+from ponder.runtime.metrics import MetricsLog
+
+log = logging.getLogger("ponder.runtime")
 
 
 class ProblemStream:
@@ -48,51 +60,38 @@ class ProblemStream:
         return {"size": self.size, "seed": self.seed, "epoch": self.epoch, "index": self.index}
 
 
-def restore_train_state(path: Path, model, optimizer, size: int, what: str) -> tuple[dict, ProblemStream]:
-    """Load a train-state checkpoint into `model` and `optimizer`, set every RNG, and return the
-    saved state with the data stream where it stopped; `size` must match the saved data size."""
-    saved = checkpoint.load_state(path)
-    checkpoint.load_weights(model, path)
-    optimizer.load_state_dict(saved["optimizer"])
-    checkpoint.set_rng_state(saved["rng"])
-    s = saved["stream"]
-    if s["size"] != size:
-        raise ValueError(f"{path}: checkpoint was trained on {s['size']} {what}, this run has {size}")
-    return saved, ProblemStream(s["size"], s["seed"], s["epoch"], s["index"])
+def load_tokenizer(cfg):
+    """The tokenizer a config names: `cfg.tokenizer`, else the model folder's."""
+    from ponder.tokenizer import Tokenizer
+
+    if not (cfg.tokenizer or cfg.model):
+        raise ValueError("config: set `model` (and `tokenizer` if it lives elsewhere)")
+    return Tokenizer.from_pretrained(cfg.tokenizer or cfg.model)
 
 
-def load_policy(cfg, model=None, tokenizer=None, init_seed: int | None = None):
-    """The model and tokenizer a config names (`cfg.model`, `cfg.tokenizer` or else the model
-    folder), unless given. With `init_seed`, a fresh model is built from the folder's config.json
-    (seeded) instead of loading its weights."""
-    if tokenizer is None:
-        from ponder.tokenizer import Tokenizer
+def load_model(cfg, init_seed: int | None = None):
+    """The model `cfg.model` names; with `init_seed`, a fresh one built from the folder's
+    config.json (seeded) instead of loading its weights."""
+    if not cfg.model:
+        raise ValueError("config: `model` (an HF-layout folder) is required")
+    if init_seed is not None:
+        from ponder.models import Decoder
+        from ponder.models.checkpoint import read_config
 
-        if not (cfg.tokenizer or cfg.model):
-            raise ValueError("config: set `model` (and `tokenizer` if it lives elsewhere)")
-        tokenizer = Tokenizer.from_pretrained(cfg.tokenizer or cfg.model)
-    if model is None:
-        if not cfg.model:
-            raise ValueError("config: `model` (an HF-layout folder) is required")
-        if init_seed is not None:
-            from ponder.models import Decoder
-            from ponder.models.checkpoint import read_config
+        torch.manual_seed(init_seed)
+        return Decoder(read_config(Path(cfg.model)))
+    from ponder.models import from_pretrained
 
-            torch.manual_seed(init_seed)
-            model = Decoder(read_config(Path(cfg.model)))
-        else:
-            from ponder.models import from_pretrained
-
-            model = from_pretrained(cfg.model)
-    return model, tokenizer
+    return from_pretrained(cfg.model)
 
 
-def lr_at(cfg, step: int, scale: float = 1.0) -> float:
-    """Learning rate of optimizer step `step` (1-based): linear warm-up, then constant or cosine."""
+def lr_at(cfg, step: int, total_steps: int, scale: float = 1.0) -> float:
+    """Learning rate of optimizer step `step` (1-based) of `total_steps`: linear warm-up, then
+    constant or cosine decay to min_lr_ratio x lr."""
     if cfg.warmup_steps and step <= cfg.warmup_steps:
         return cfg.lr * scale * step / cfg.warmup_steps
     if cfg.schedule == "cosine":
-        span = max(1, cfg.steps - cfg.warmup_steps)
+        span = max(1, total_steps - cfg.warmup_steps)
         progress = min(1.0, (step - cfg.warmup_steps) / span)
         factor = cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
         return cfg.lr * scale * factor
@@ -100,9 +99,17 @@ def lr_at(cfg, step: int, scale: float = 1.0) -> float:
 
 
 def pick_device(name: str) -> torch.device:
+    """"auto": CUDA when there is a GPU, else the CPU; a named device that is not there is an error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"device: {exc}") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r}, but this torch sees no CUDA GPU (built for CPU only, or no GPU "
+                         "visible); use device=cpu or device=auto")
+    return device
 
 
 def autocast(device: torch.device, dtype: str):
@@ -110,3 +117,260 @@ def autocast(device: torch.device, dtype: str):
     if dtype == "bfloat16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return nullcontext()
+
+
+@dataclass
+class TrainConfig:
+    """Options every trainer shares. RLConfig, SFTConfig and the other methods' configs extend it;
+    their YAML files stay flat (`lr: 1e-5`, `lora: {r: 16}`, `parallel: fsdp`)."""
+
+    # --- model ---
+    model: str = ""  # HF-layout folder of the policy to train (config.json + model.safetensors)
+    tokenizer: str | None = None  # folder holding tokenizer.json; None: the model folder
+    output_dir: str = "out/train"  # checkpoints, metrics.jsonl, TensorBoard events, plots, final model
+
+    # --- optimisation ---
+    lr: float = 1e-5  # AdamW peak learning rate
+    weight_decay: float = 0.0  # AdamW weight decay
+    adam_beta1: float = 0.9  # AdamW beta1
+    adam_beta2: float = 0.999  # AdamW beta2 (TRL's default)
+    max_grad_norm: float = 1.0  # clip the global gradient norm; 0: off
+    warmup_steps: int = 0  # linear warm-up steps from 0 to lr
+    schedule: Literal["constant", "cosine"] = "constant"  # after warm-up: constant, or cosine decay to min_lr_ratio x lr
+    min_lr_ratio: float = 0.0  # cosine floor as a share of lr
+    micro_batch_size: int = 16  # sequences per forward/backward; gradients accumulate over the batch
+    dtype: Literal["float32", "bfloat16"] = "float32"  # bfloat16: autocast forward (weights, optimizer and log-probs stay fp32)
+    device: str = "auto"  # "auto": cuda when available, else cpu; under torchrun each rank takes cuda:LOCAL_RANK
+    seed: int = 0  # seeds the data order and every sampling seed
+
+    # --- memory ---
+    gradient_checkpointing: bool = False  # recompute each decoder layer in the backward pass (less activation memory, ~20-30% more step time)
+    loss_chunk_tokens: int = 512  # positions per chunk of the loss head: extra memory is one chunk's logits, never [B, T, vocab]; 0: one chunk
+    lora: LoRAConfig | None = None  # train LoRA adapters (peft) instead of every weight: {r, alpha, dropout, target_modules}; None: full fine-tuning
+
+    # --- many devices ---
+    parallel: Literal["auto", "none", "ddp", "fsdp"] = "auto"  # under torchrun: ddp (auto) or fsdp (FSDP2, sharded weights, gradients and optimizer); ignored in one process
+
+    # --- checkpoints ---
+    save_every: int = 10  # write the train-state checkpoint every N steps (and at the end); 0: only at the end
+    save_total_limit: int = 1  # train-state checkpoints kept, newest first (the best one is kept besides, with keep_best); 0: all
+    keep_best: bool = False  # also keep the checkpoint with the best held-out score (BEST names it) and export it to best-model/
+    allow_config_change: bool = False  # resume an output_dir whose saved run had other settings (each change is recorded in config-changes.jsonl); off: such a re-run is an error
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.micro_batch_size < 1:
+            raise ValueError(f"micro_batch_size must be >= 1, got {self.micro_batch_size}")
+        for name in ("save_every", "save_total_limit", "warmup_steps", "loss_chunk_tokens"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+
+# Settings that may differ on a resume without changing what is trained.
+RESUMABLE_CHANGES = ("device", "parallel", "output_dir", "allow_config_change")
+
+
+class TrainingRun:
+    """The machinery a training run shares with every method, set up from its TrainConfig:
+
+    - `model` (the policy; under FSDP2 sharded in place) and `net`, the module training
+      forwards go through (`model`, or its DDP wrapper); `tokenizer`; `device`; `optimizer`
+      (AdamW over the trainable weights: all, or the LoRA adapters);
+    - `stream`, the seeded data order, and `resume` / `restore` / `save` of the whole train
+      state (weights, optimizer, every rank's RNGs, data position and the method's own record);
+    - `logprobs` (the chunked loss head under the configured precision), `step` (clip, step),
+      `generation()` (weights gathered for the engine), the micro-batch agreement between ranks,
+      `export` (the final model, HF layout), and rank-0-only metrics and progress bars.
+    A method's trainer makes one and runs its own loop with it.
+    """
+
+    def __init__(self, cfg: TrainConfig, *, data_size: int, what: str, model=None, tokenizer=None,
+                 init_seed: int | None = None):
+        self.cfg, self.what = cfg, what
+        self.device, self.parallel = distributed.setup(cfg.parallel, pick_device(cfg.device))
+        self.out = Path(cfg.output_dir)
+        if distributed.is_main():
+            self.out.mkdir(parents=True, exist_ok=True)
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg)
+        model = model if model is not None else load_model(cfg, init_seed)
+        model.to(self.device).train()
+        if cfg.lora is not None:
+            from ponder.runtime.lora import apply_lora
+
+            apply_lora(model, cfg.lora)
+        if cfg.gradient_checkpointing:
+            model.set_gradient_checkpointing(True)
+        self.model = model
+        self.net = distributed.wrap(model, self.parallel, self.device)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                           weight_decay=cfg.weight_decay)
+        self.stream = ProblemStream(data_size, cfg.seed)
+        self.checkpoints = self.out / "checkpoints"
+
+    # ---- train state ------------------------------------------------------------------------
+    def resume(self) -> dict[str, Any] | None:
+        """Restore the newest checkpoint of output_dir and return its record; None on a fresh
+        start (then config.yaml is written). A saved run with other settings is an error unless
+        allow_config_change, and config.yaml keeps saying what the run started with."""
+        found = checkpoint.latest(self.checkpoints)
+        if found is None:
+            if distributed.is_main():
+                config_io.save_config(self.cfg, self.out / "config.yaml")
+            return None
+        saved = checkpoint.load_state(found)
+        self._check_config(saved, found)
+        log.info("resuming from %s (step %d)", found, saved["step"])
+        return self.restore(found, saved)
+
+    def _check_config(self, saved: dict[str, Any], found: Path) -> None:
+        now = config_io.to_dict(self.cfg)
+        before = saved["config"]
+        changed = {k: (before.get(k), v) for k, v in now.items()
+                   if k not in RESUMABLE_CHANGES and before.get(k) != v}
+        if not changed:
+            return
+        listing = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+        if not self.cfg.allow_config_change:
+            raise config_io.ConfigError(
+                f"{self.out} holds a run (at {found.name}) trained with other settings: {listing}. "
+                "Start a new run with another output_dir, or continue this one with the new settings "
+                "by adding allow_config_change=true (the change is recorded in config-changes.jsonl)")
+        log.warning("continuing %s with changed settings: %s", self.out, listing)
+        if distributed.is_main():
+            with open(self.out / "config-changes.jsonl", "a") as f:
+                f.write(json.dumps({"step": saved["step"], "changed": {k: {"from": a, "to": b}
+                                                                        for k, (a, b) in changed.items()}}) + "\n")
+
+    def restore(self, path: Path, saved: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Load checkpoint `path` into the model, optimizer, RNGs and data stream; its record."""
+        saved = saved if saved is not None else checkpoint.load_state(path)
+        s = saved["stream"]
+        if s["size"] != self.stream.size:
+            raise ValueError(f"{path}: checkpoint was trained on {s['size']} {self.what}, this run has "
+                             f"{self.stream.size}")
+        checkpoint.load_train_state(path, self.model, self.optimizer)
+        self.stream = ProblemStream(s["size"], s["seed"], s["epoch"], s["index"])
+        return saved
+
+    def save(self, step: int, record: dict[str, Any], best: bool = False) -> Path:
+        """Write the train state of `step` with the method's `record` (a collective). `best`:
+        this step has the best held-out score so far (kept besides the newest with keep_best)."""
+        record = {**record, "step": step, "stream": self.stream.state(), "config": config_io.to_dict(self.cfg)}
+        best_name = self._pointer("BEST")
+        if best and self.cfg.keep_best:
+            best_name = f"step-{step:06d}"
+        path = checkpoint.save(self.checkpoints, step, self.model, self.optimizer, record,
+                               keep=self.cfg.save_total_limit, protect=best_name if self.cfg.keep_best else None)
+        if best and self.cfg.keep_best and distributed.is_main():
+            checkpoint.write_pointer(self.checkpoints, "BEST", best_name)
+        return path
+
+    def _pointer(self, name: str) -> str | None:
+        path = self.checkpoints / name
+        return path.read_text().strip() if path.exists() else None
+
+    # ---- forward, backward, step ------------------------------------------------------------
+    def logprobs(self, ids, starts, length: int, temperature: float = 1.0, with_entropy: bool = False):
+        """Log-probs (and entropy) of completion tokens through `net`, under the configured precision."""
+        with autocast(self.device, self.cfg.dtype):
+            return token_logprobs(self.net, ids, starts, length, temperature, with_entropy=with_entropy,
+                                  chunk_tokens=self.cfg.loss_chunk_tokens)
+
+    def reference(self):
+        """Inside: forwards compute the reference policy. With LoRA it is the same model with the
+        adapter off (no second copy of the weights); without, the caller keeps its own copy."""
+        if self.cfg.lora is None:
+            raise ValueError("reference(): without LoRA the reference policy is a separate model")
+        from ponder.runtime.lora import adapter_disabled
+
+        return adapter_disabled(self.model)
+
+    def micro_batches(self, local: int) -> int:
+        """How many micro-batches every rank runs this step: the most any rank has. A rank with
+        fewer runs zero-weight ones, so collectives stay matched (no hang on uneven ranks)."""
+        return distributed.all_max(local)
+
+    def accumulate(self, index: int, count: int):
+        """Context for micro-batch `index` of `count`: gradients are synchronised on the last only."""
+        return distributed.no_sync(self.net, index == count - 1)
+
+    def step(self) -> float:
+        """Clip the global gradient norm (max_grad_norm; 0: off), step the optimizer; the norm
+        before clipping (the same on every rank)."""
+        max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor over the shards
+            norm = norm.full_tensor()
+        norm = float(norm)
+        if math.isfinite(norm):
+            self.optimizer.step()
+        return norm
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    @contextmanager
+    def generation(self):
+        """Inside: eval mode, and under FSDP2 every weight gathered once for the engine."""
+        self.model.eval()
+        try:
+            with distributed.gathered(self.model):
+                yield
+        finally:
+            self.model.train()
+
+    # ---- output -----------------------------------------------------------------------------
+    def export(self, folder: str | Path) -> Path:
+        """The model in HF layout (+ tokenizer) from gathered weights, written by rank 0. With
+        LoRA: the adapter merged in, and the adapter alone in PEFT's layout under adapter/."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        folder = Path(folder)
+        full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if distributed.is_main():
+            if self.cfg.lora is not None:
+                from ponder.runtime.lora import save_adapter, save_merged
+
+                save_merged(self.model, folder, state=full)
+                save_adapter(self.model, folder / "adapter", state=full)
+            else:
+                save_checkpoint(self.model, folder, state=full)
+            self.tokenizer.save_pretrained(folder)
+        distributed.barrier()
+        return folder
+
+    def metrics(self, history: list[dict[str, Any]]):
+        """metrics.jsonl + TensorBoard on rank 0; the other ranks log nothing."""
+        return MetricsLog(self.out, history) if distributed.is_main() else _NoMetrics()
+
+    def progress(self, total: int, initial: int, desc: str, enabled: bool):
+        """A progress bar on rank 0 when stderr is a terminal (pipes and log files get none)."""
+        from tqdm.auto import tqdm
+
+        show = enabled and distributed.is_main() and sys.stderr.isatty()
+        return tqdm(total=total, initial=initial, disable=not show, desc=desc, dynamic_ncols=True)
+
+    @contextmanager
+    def interruptible(self):
+        """Ctrl-C says where a re-run of the same command resumes from; log lines do not break bars."""
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        try:
+            with logging_redirect_tqdm():
+                yield
+        except KeyboardInterrupt:
+            found = checkpoint.latest(self.checkpoints)
+            where = f"checkpoint {found}" if found else "the start (no checkpoint was written yet)"
+            log.warning("interrupted; re-run the same command to resume from %s", where)
+            raise
+
+
+class _NoMetrics:
+    def log(self, record): ...
+
+    def rewrite(self, history): ...
+
+    def close(self): ...

@@ -1,0 +1,214 @@
+"""Data-parallel training through torchrun on CPU (gloo, 2 ranks): DDP and FSDP2 give the weights
+one process gives on the same global batch, uneven ranks do not hang, a killed job resumes
+exactly, and a run resumes on another number of ranks (2 -> 1, 1 -> 2).
+
+Each run is `torchrun --nproc_per_node 2 -m ponder train rl|sft CONFIG.yaml`, as a user types it,
+on a ~3k-parameter model. The one-process reference runs the same command without torchrun.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from ponder.models import Decoder, ModelConfig, MoEConfig
+from ponder.tasks import multiply
+from ponder.tokenizer import build_char_tokenizer
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")
+
+REWARDS = '''
+import torch.distributed as dist
+
+def sevens(prompt, completion, problem):
+    """Share of 7s in the completion: a tiny random model has variance here from step 1."""
+    return completion.count("7") / max(len(completion), 1)
+
+def flat_on_rank0(prompt, completion, problem):
+    """Equal rewards for every group rank 0 generates, so dynamic sampling leaves it nothing."""
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    return 0.0 if rank == 0 else float(len(completion))
+'''
+TIMEOUT = 240
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    """Tiny tied (Qwen3-0.6B-style) and MoE policies with the multiply tokenizer, an importable
+    reward module, and SFT data."""
+    root = tmp_path_factory.mktemp("dist")
+    tok = build_char_tokenizer(multiply.ALPHABET)
+    shapes = {"dense": ModelConfig(vocab_size=tok.vocab_size, hidden_size=16, intermediate_size=32,
+                                   num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                   head_dim=8, tie_word_embeddings=True),
+              "moe": ModelConfig(vocab_size=tok.vocab_size, hidden_size=16, intermediate_size=32,
+                                 num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+                                 model_type="qwen3_moe", moe=MoEConfig(num_experts=4, num_experts_per_tok=2,
+                                                                       moe_intermediate_size=8))}
+    for name, shape in shapes.items():
+        torch.manual_seed(0)
+        Decoder(shape).save_pretrained(root / name)
+        tok.save_pretrained(root / name)
+    (root / "dist_rewards.py").write_text(REWARDS)
+    rows = [{"prompt": f"{a}*{b}=", "completion": f"{a * b}"} for a in range(10, 30) for b in range(3, 6)]
+    (root / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def rl_settings(root, out, **kw):
+    return {"model": str(root / "dense"), "task": "multiply:train", "task_limit": 40,
+            "rewards": ["dist_rewards:sevens"], "prompts_per_step": 4, "group_size": 4, "max_new_tokens": 8,
+            "steps": 3, "lr": 3e-2, "eval_every": 0, "save_every": 1, "micro_batch_size": 3,
+            "output_dir": str(out), "seed": 1, **kw}
+
+
+def sft_settings(root, out, **kw):
+    return {"model": str(root / "moe"), "data": str(root / "sft.jsonl"), "steps": 3, "batch_size": 8,
+            "micro_batch_size": 3, "lr": 1e-2, "save_every": 1, "output_dir": str(out), "seed": 0, **kw}
+
+
+def command(kind: str, config: Path, ranks: int) -> list[str]:
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)]
+                if ranks > 1 else [sys.executable])
+    return launcher + ["-m", "ponder", "train", kind, str(config)]
+
+
+def env(root) -> dict[str, str]:
+    path = [str(root), os.environ.get("PYTHONPATH", "")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in path if p), "OMP_NUM_THREADS": "1"}
+
+
+def train(root, kind: str, settings: dict, ranks: int) -> Path:
+    """Run `[torchrun --nproc_per_node N] -m ponder train KIND CONFIG.yaml` to the end."""
+    out = Path(settings["output_dir"])
+    config = out.parent / f"{out.name}.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    job = subprocess.Popen(command(kind, config, ranks), env=env(root), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, stderr = job.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(job.pid, signal.SIGKILL)  # torchrun and every rank it started
+        job.communicate()
+        raise
+    assert job.returncode == 0, stderr[-3000:]
+    return out
+
+
+def weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(out / "model" / "model.safetensors"))
+
+
+def assert_same_weights(a: dict, b: dict, initial: dict) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-5, rtol=0), name
+    # ... and training moved them, so the equality says something
+    assert max((a[n] - initial[n]).abs().max().item() for n in a) > 1e-3
+
+
+def initial(root, name: str) -> dict[str, torch.Tensor]:
+    return load_file(str(root / name / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def rl_reference(root):
+    """The one-process run every RL comparison is against (every checkpoint kept)."""
+    return train(root, "rl", rl_settings(root, root / "rl-one", save_total_limit=0), ranks=1)
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_rl_on_two_ranks_equals_one_process(root, rl_reference, parallel):
+    out = train(root, "rl", rl_settings(root, root / f"rl-{parallel}", parallel=parallel), ranks=2)
+    assert_same_weights(weights(out), weights(rl_reference), initial(root, "dense"))
+    assert_same_records(out, rl_reference, ("reward/total/mean", "completion_len", "loss_tokens", "loss", "grad_norm"))
+
+
+def assert_same_records(out: Path, reference: Path, keys) -> None:
+    """The same metrics step by step. Rewards and lengths show the same completions were drawn;
+    the gradient norm shows the ranks' gradients were averaged, not summed: Adam's step barely
+    changes when every gradient doubles, so equal weights alone would not show it."""
+    ours = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    theirs = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in ours] == [r["step"] for r in theirs]
+    for a, b in zip(ours, theirs):
+        for key in keys:
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (key, a["step"])
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_sft_of_a_moe_model_on_two_ranks_equals_one_process(root, parallel):
+    one = train(root, "sft", sft_settings(root, root / f"sft-one-{parallel}"), ranks=1)
+    two = train(root, "sft", sft_settings(root, root / f"sft-{parallel}", parallel=parallel), ranks=2)
+    assert_same_weights(weights(two), weights(one), initial(root, "moe"))
+    assert_same_records(two, one, ("loss", "grad_norm"))
+
+
+def test_a_rank_whose_groups_are_all_filtered_does_not_hang(root):
+    settings = rl_settings(root, root / "rl-uneven", rewards=["dist_rewards:flat_on_rank0"], dynamic_sampling=True,
+                           max_sampling_tries=1, steps=2, parallel="ddp")
+    out = train(root, "rl", settings, ranks=2)  # a hang would hit the timeout
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in steps] == [1, 2]
+    # rank 0 kept none of its two groups each step; rank 1 kept its groups with signal, so the
+    # ranks ran different numbers of micro-batches
+    assert all(r["zero_variance_frac"] >= 0.5 and r["groups"] <= 2 for r in steps)
+    assert sum(r["groups"] for r in steps) >= 1
+    assert max((weights(out)[n] - initial(root, "dense")[n]).abs().max().item() for n in weights(out)) > 0
+
+
+def kill_after_checkpoint(root, settings: dict, ranks: int, step: int) -> Path:
+    """Start the job and kill -9 every process of it once checkpoint `step` is complete."""
+    out = Path(settings["output_dir"])
+    config = out.parent / f"{out.name}.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    job = subprocess.Popen(command("rl", config, ranks), env=env(root), stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, start_new_session=True)
+    pointer = out / "checkpoints" / "LATEST"
+    deadline = time.time() + TIMEOUT
+    while not (pointer.exists() and pointer.read_text().strip() == f"step-{step:06d}"):
+        assert job.poll() is None and time.time() < deadline, "the job ended before the checkpoint"
+        time.sleep(0.02)
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+    return out
+
+
+def test_kill_9_of_the_whole_job_then_rerun_ends_as_if_uninterrupted(root, rl_reference):
+    settings = rl_settings(root, root / "rl-killed", parallel="ddp")
+    kill_after_checkpoint(root, settings, ranks=2, step=1)
+    assert not (root / "rl-killed" / "model").exists()
+    out = train(root, "rl", settings, ranks=2)  # the same command again
+    assert_same_weights(weights(out), weights(rl_reference), initial(root, "dense"))
+
+
+@pytest.mark.parametrize("before,after", [(2, 1), (1, 2)])
+def test_resume_on_another_number_of_ranks_continues_the_run(root, rl_reference, before, after):
+    """A run checkpointed at step 2 on `before` ranks finishes step 3 on `after` ranks."""
+    if before == 2:
+        saved = train(root, "rl", rl_settings(root, root / "rl-two-of-3", steps=2, parallel="fsdp",
+                                              save_total_limit=0), ranks=2)
+    else:
+        saved = rl_reference
+    out = root / f"rl-{before}-to-{after}"
+    shutil.copytree(saved / "checkpoints" / "step-000002", out / "checkpoints" / "step-000002")
+    (out / "checkpoints" / "LATEST").write_text("step-000002")
+    shutil.copy(saved / "config.yaml", out / "config.yaml")
+    settings = rl_settings(root, out, parallel="fsdp", save_total_limit=0)
+    if before == 2:  # the saved run was told to stop at 2 steps: it continues to 3 by choice
+        settings["allow_config_change"] = True
+    train(root, "rl", settings, ranks=after)
+    assert_same_weights(weights(out), weights(rl_reference), initial(root, "dense"))
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in history] == [1, 2, 3]  # the record of steps 1-2 came along
