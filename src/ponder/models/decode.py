@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from .cache import CacheStep, KVCache
 from .cpu_kernels import kernels
-from .decoder import Decoder
+from .decoder import Decoder, has_adapters
 from .layers import apply_rope, attend, attend_cached
 from .moe import SparseMoE
 
@@ -125,15 +125,17 @@ class DecodeStep:
     @staticmethod
     def supports(model) -> bool:
         """A plain `Decoder` (a subclass may change the forward this step mirrors) with grouped-query
-        attention (not MLA) in fp32; the others keep `Decoder.forward`. Mixture-of-experts MLPs
-        run as their own modules inside the step."""
+        attention (not MLA) in fp32 and no adapters (the fused copies would leave a LoRA adapter
+        out); the others keep `Decoder.forward`. Mixture-of-experts MLPs run as their own modules
+        inside the step."""
         config = model.config
-        return type(model) is Decoder and config.mla is None and model.dtype == torch.float32
+        return (type(model) is Decoder and config.mla is None and model.dtype == torch.float32
+                and not has_adapters(model))
 
     @torch.no_grad()
     def __init__(self, model):
         if not self.supports(model):
-            raise ValueError("DecodeStep needs an fp32 decoder with grouped-query attention (not MLA)")
+            raise ValueError("DecodeStep needs an fp32 decoder with grouped-query attention (not MLA) and no adapters")
         config = model.config
         self.model, self.eps = model, config.rms_norm_eps
         self.heads, self.kv_heads, self.head_dim = (config.num_attention_heads, config.num_key_value_heads,

@@ -39,6 +39,12 @@ def make_mlp(config: ModelConfig, layer_idx: int) -> nn.Module:
     return SwiGLU(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
 
 
+def has_adapters(model: nn.Module) -> bool:
+    """Whether a layer of `model` is wrapped by an adapter (peft's LoRA layers keep the layer they
+    wrap as `base_layer`): its output is then no longer that of its own weight alone."""
+    return any(hasattr(m, "base_layer") for m in model.modules())
+
+
 class DecoderLayer(nn.Module):
     """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x)).
 
@@ -159,6 +165,11 @@ class Decoder(nn.Module):
     def save_pretrained(self, path: str | Path) -> None:
         """Write config.json + model.safetensors in HF layout (transformers loads it)."""
         from .checkpoint import save_checkpoint
+
+        if has_adapters(self):  # its state dict holds peft's `base_layer` names, which no reader expects
+            raise ValueError("save_pretrained: the model holds LoRA adapters; write base + adapter as one "
+                             "plain checkpoint with ponder.runtime.lora.save_merged(model, path), or the "
+                             "adapter alone with ponder.runtime.lora.save_adapter(model, path)")
 
         save_checkpoint(self, path)
 
