@@ -56,6 +56,7 @@ def test_degrees_inside_trigonometry_are_a_unit(gold, pred, equal):
     ("we set x2 to zero", "2"),
     ("after 2x steps", "2"),
     ("at the 5th try", "5"),
+    ("so we need x^2", "2"),
 ])
 def test_lenient_extraction_takes_only_numbers_that_stand_alone(text, gold):
     assert extract_answer(text, "lenient") is None
@@ -237,6 +238,7 @@ def test_rounded_decimals_setting():
     ("3,-5", "roots \\boxed{3} and \\boxed{5}", False),
     ("3,-5", "roots \\boxed{3} and \\boxed{-5} and \\boxed{1}", False),
     ("3,-5", "answer \\boxed{3, -5}, that is \\boxed{-5, 3}", True),  # the list restated
+    ("3,-5", "\\boxed{3}, then \\boxed{-5}; so: \\boxed{3} and \\boxed{-5}", True),
     ("3", "either \\boxed{3} or \\boxed{-5}", False),               # a single gold: no hedging
     ("-5", "either \\boxed{3} or \\boxed{-5}", False),
     ("0.5", "\\boxed{\\frac{1}{2}}, i.e. \\boxed{0.5}", True),        # one answer, two forms

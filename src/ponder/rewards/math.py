@@ -80,8 +80,8 @@ _BOX = re.compile(r"\\(?:boxed|fbox)\b")
 _FINAL = re.compile(r"final answer(?:\s+is)?\s*[:=]?|^\s*\**answer\**\s*[:=]|####", re.IGNORECASE)
 _ANSWER_IS = re.compile(r"answer is\s*[:=]?", re.IGNORECASE)
 _HOPE = re.compile(r"\.?\s*I hope it is correct\.?\s*$", re.IGNORECASE)
-# A number standing as a number: not part of a word or a name (AZYUK2A, x2, 2x, 5th, 12cm).
-_NUMBER = re.compile(r"(?<![\w.])(?:-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?|-?\.\d+)(?![\w])")
+# A number standing as a number: not part of a word, a name or a power (AZYUK2A, x2, 2x, 5th, x^2).
+_NUMBER = re.compile(r"(?<![\w.^])(?:-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?|-?\.\d+)(?![\w])")
 # Chat-template turn and end tokens (<|im_start|>, <|eot_id|>, DeepSeek's <｜User｜>, Gemma's,
 # Llama 2's): a base model that runs on writes the next turn after one, which is not its answer.
 _NEXT_TURN = re.compile(r"<[|｜][^<>\n]{1,40}?[|｜]>|<(?:start|end)_of_turn>|</s>|\[INST\]")
@@ -708,6 +708,7 @@ def _grade_boxes(gold: str, boxes: list[str], settings: GraderSettings) -> Grade
     """Several different boxed answers (setting boxes="all"): right when each equals the gold (the
     same answer restated), or when the gold is a list and the boxes together are that list; a
     single gold with boxes that disagree is wrong -- the response did not commit to one answer."""
+    boxes = list(dict.fromkeys(boxes))   # a box restated word for word counts once
     joined = ", ".join(boxes)
     verdicts = [_compare(gold, b, settings) for b in boxes]
     if all(ok for ok, _ in verdicts):
