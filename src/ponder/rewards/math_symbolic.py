@@ -5,10 +5,14 @@ This module runs inside a killable worker process (see `ponder.rewards.worker_po
 here needs its own timeout. The rules are exact by design:
 - numbers whose value is rational are compared as exact rationals (1/2^99 != 1/2^98);
 - other closed numbers are compared by evaluating their *difference* with adaptive precision
-  (sympy evalf, up to 400 digits) and requiring it to vanish relative to their size, so neither
-  10000 vs 10001 nor two distinct tiny values can merge;
+  (sympy evalf, up to 400 digits): a difference evalf resolves to 30 significant digits is real,
+  however small (1 != 2^{1/2^{1000}}); one it cannot tell from zero at 400 digits counts as zero
+  when it is also below 1e-100 relative to the values (sqrt(2)+sqrt(3) == sqrt(5+2 sqrt(6)));
+- an undefined value (1/0, 0/0: sympy's zoo and nan) equals nothing, itself included;
 - expressions with variables must agree at several random points (a fast rejection) and then be
   proven equal by simplify, or agree at every point to 1e-100 relative (documented in README);
+- a decimal in the answer equals a non-terminating gold number when it is that number rounded or
+  truncated to the places shown (setting rounded_decimals, see ponder.rewards.math.rounded_equal);
 - a tuple is never a set, an interval never a list, x > 5 never x < 5; equations are equal when
   one is a nonzero constant multiple of the other.
 """
@@ -21,16 +25,18 @@ import random
 import re
 import struct
 import sys
+from fractions import Fraction
 from functools import lru_cache
 
 import sympy as sp
+from sympy.core.evalf import PrecisionExhausted
 from sympy.core.relational import Relational
 
 from latex2sympy2_extended.latex2sympy2 import latex2sympy
 from latex2sympy2_extended.math_normalization import NormalizationConfig, normalize_latex
 from latex2sympy2_extended.sets import FiniteSet
 
-from ponder.rewards.math import split_top_level
+from ponder.rewards.math import enclosed, rounded_equal, split_top_level
 
 # units=False on purpose: math-verify's unit stripper deletes single letters such as a trailing
 # "c" or "s" (so "x + c" would become "x +"); ponder strips units itself, in text form only.
@@ -76,10 +82,8 @@ def _parse_structure(text: str, real: bool):
             return sp.Union(*members)
         return latex2sympy(text, is_real=real, normalization_config=None)
     brackets, inner = "", text.strip()
-    if inner.startswith("\\{") and inner.endswith("\\}"):
-        brackets, inner = "{}", inner[2:-2]
-    elif inner[:1] in "([" and inner[-1:] in ")]":
-        brackets, inner = inner[0] + inner[-1], inner[1:-1]
+    if enclosed(inner):   # (1,2),(3,4) is a bare list of two tuples, not one bracket pair
+        brackets, inner = ("{}", inner[2:-2]) if inner.startswith("\\{") else (inner[0] + inner[-1], inner[1:-1])
     parts = split_top_level(inner) if "," in inner and "matrix" not in inner else [inner]
     if len(parts) < 2 or not all(parts):
         return latex2sympy(text, is_real=real, normalization_config=None)
@@ -119,7 +123,11 @@ def _numbers_equal(a: sp.Expr, b: sp.Expr) -> bool:
         return a.doit() == b.doit()
     if a.has(sp.oo, -sp.oo, sp.zoo, sp.nan) or b.has(sp.oo, -sp.oo, sp.zoo, sp.nan):
         return a.doit() == b.doit()
-    diff = (a - b).evalf(30, maxn=_MAXN)
+    try:   # strict: raises unless the difference is resolved to 30 significant digits
+        diff = (a - b).evalf(30, maxn=_MAXN, strict=True)
+        return diff == 0
+    except PrecisionExhausted:   # no digit of the difference within 400: judged by its size
+        diff = (a - b).evalf(30, maxn=_MAXN)
     if diff == 0:
         return True
     scale = max(abs(a.evalf(15)), abs(b.evalf(15)))
@@ -291,14 +299,43 @@ def same(g, p, settings: dict) -> bool:
         return _constant_multiple(gk[0], pk[0], positive=True)
 
     if isinstance(g, sp.Expr) and isinstance(p, sp.Expr):
-        return _expressions_equal(g, p)
+        return _expressions_equal(g, p) or _rounded(g, p, settings)
     return bool(g == p)
+
+
+def _rounded(g: sp.Expr, p: sp.Expr, settings: dict) -> bool:
+    """Is p a decimal written in the answer that is the number g rounded or truncated to the
+    places shown? Only for a g whose decimal expansion does not terminate."""
+    shown = settings.get("shown")
+    if not shown or not isinstance(p, sp.Rational) or abs(p) not in shown or g.free_symbols:
+        return False
+    text = ("-" if p < 0 else "") + shown[abs(p)]
+    if _is_rational_valued(g):
+        q = g.doit()
+        if not isinstance(q, sp.Rational):
+            return False
+        exact = Fraction(int(q.p), int(q.q))
+        if exact.denominator == 1 or 10 ** 400 % exact.denominator == 0:   # terminates: exact
+            return False
+        return rounded_equal(exact, text, settings.get("rounded_decimals", 0))
+    value = g.evalf(len(text) + 20, maxn=_MAXN)
+    if not (value.is_number and value.is_extended_real and value.is_finite):
+        return False
+    return rounded_equal(Fraction(str(value)), text, settings.get("rounded_decimals", 0))
+
+
+def _undefined(e) -> bool:
+    return hasattr(e, "has") and e.has(sp.zoo, sp.nan)
 
 
 def compare(gold: str, pred: str, settings: dict) -> tuple[bool, str]:
     """Worker entry: (equal?, reason) for two cleaned answers."""
     if gold.lstrip().startswith("\\{") or pred.lstrip().startswith("\\{"):
         settings = {**settings, "ordered_lists": False}   # written as a set: order never matters
+    if settings.get("rounded_decimals"):   # the decimals the answer shows, by their exact value
+        shown = {sp.Rational(int(w + d), 10 ** len(d)): (w or "0") + "." + d
+                 for w, d in _DECIMAL.findall(pred)}
+        settings = {**settings, "shown": shown}
     try:
         g = parse(gold)
     except Exception as exc:
@@ -307,6 +344,13 @@ def compare(gold: str, pred: str, settings: dict) -> tuple[bool, str]:
         p = parse(pred)
     except Exception:
         return False, "answer unparsable"
+    if _undefined(g) or _undefined(p):   # 1/0 == 5/0 would accept any division by zero
+        return False, "undefined value"
+    # one name, one symbol: an answer parsed as complex (it has an i) must meet the gold's real x
+    names = {s.name: s for s in _free(g)}
+    swap = {s: names[s.name] for s in _free(p) if s.name in names and names[s.name] != s}
+    if swap:
+        p = p.xreplace(swap)
     try:
         return (True, "equal (symbolic)") if same(g, p, settings) else (False, "not equal")
     except Exception as exc:  # a sympy failure on odd input is a wrong answer, not a crash
