@@ -198,7 +198,7 @@ class TrainingRun:
         if cfg.lora is not None:
             from ponder.runtime.lora import apply_lora
 
-            apply_lora(model, cfg.lora)
+            apply_lora(model, cfg.lora, seed=cfg.seed)
         if cfg.gradient_checkpointing:
             model.set_gradient_checkpointing(True)
         self.model = model
@@ -324,20 +324,24 @@ class TrainingRun:
 
     # ---- output -----------------------------------------------------------------------------
     def export(self, folder: str | Path) -> Path:
-        """The model in HF layout (+ tokenizer) from gathered weights, written by rank 0. With
-        LoRA: the adapter merged in, and the adapter alone in PEFT's layout under adapter/."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
+        """The model in HF layout (+ tokenizer) from gathered weights, written by rank 0 (a
+        collective). With LoRA: the adapter merged in, and the adapter alone in PEFT's layout
+        under adapter/ (peft loads it onto the transformers model of the same base)."""
         folder = Path(folder)
-        full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        if distributed.is_main():
-            if self.cfg.lora is not None:
-                from ponder.runtime.lora import save_adapter, save_merged
+        if self.cfg.lora is not None:
+            from ponder.runtime.lora import save_adapter, save_merged
 
-                save_merged(self.model, folder, state=full)
-                save_adapter(self.model, folder / "adapter", state=full)
-            else:
+            with distributed.gathered(self.model):  # FSDP2: whole weights on every rank for the merge
+                if distributed.is_main():
+                    save_merged(self.model, folder)
+                    save_adapter(self.model, folder / "adapter")
+        else:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            if distributed.is_main():
                 save_checkpoint(self.model, folder, state=full)
+        if distributed.is_main():
             self.tokenizer.save_pretrained(folder)
         distributed.barrier()
         return folder
