@@ -12,24 +12,30 @@ mechanisms, then forks the script as PID 1 of a new PID namespace:
 - new IPC namespace: no System V shared memory or message queues of the host;
 - new PID namespace: the script sees only its own processes, and when it exits the kernel kills
   every process it left behind (even ones that called setsid());
-- new mount namespace with a read-only view of every mount, empty read-only tmpfs over /tmp,
-  /var/tmp and /run (hiding host Unix sockets there), a private 16 MiB /dev/shm, and the only
-  writable place, /tmp/work: a size-capped private tmpfs holding a copy of the run's files, so
-  nothing the script writes reaches the host's disk;
+- new mount namespace and a new root (pivot_root) that holds only what the interpreter needs:
+  /usr and the /bin, /lib... links into it (programs, shared libraries, the dynamic loader), the
+  interpreter's own installation (its prefix and base prefix: the standard library and the
+  packages it can import), a few character devices (/dev/null, /dev/urandom...), a private
+  16 MiB /dev/shm, the script's own /proc, and the only writable place, /tmp/work: a
+  size-capped private tmpfs holding a copy of the run's files, so nothing the script writes
+  reaches the host's disk. Everything else (the repository, data sets, /etc, /home, /root,
+  other mounts, host Unix sockets) does not exist there; the old root is detached;
 - an otherwise unused uid (random per run, so RLIMIT_NPROC counts only this run) with no groups
   and no_new_privs, since RLIMIT_NPROC does not bind root;
 - rlimits: address space, CPU seconds, processes, file size, no core dumps;
 - parent-death signal, so a killed launcher takes the script with it.
 
 As root all of this applies. As another user the launcher tries an unprivileged user namespace
-to get the same namespaces; it cannot switch to a fresh uid there, so RLIMIT_NPROC is set above
-the user's current process count. Whatever could not be set up is listed in `Outcome.missing`
-instead of being silently skipped.
+to get the same namespaces and the same new root; it cannot switch to a fresh uid there, so
+RLIMIT_NPROC is set above the user's current process count. Whatever could not be set up is
+listed in `Outcome.missing`, with what the program can then reach, instead of being silently
+skipped.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import math
 import os
@@ -50,8 +56,20 @@ MS_REMOUNT, MS_NOATIME, MS_NODIRATIME, MS_BIND = 32, 1024, 2048, 4096
 MS_REC, MS_PRIVATE, MS_RELATIME, MS_STRICTATIME = 1 << 14, 1 << 18, 1 << 21, 1 << 24
 PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
 
+MNT_DETACH = 2
+# pivot_root has no libc wrapper; its syscall number per architecture (asm/unistd.h)
+_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
+_LOCKED_FLAGS = ((os.ST_NOSUID, MS_NOSUID), (os.ST_NODEV, MS_NODEV), (os.ST_NOEXEC, MS_NOEXEC),
+                 (os.ST_NOATIME, MS_NOATIME), (os.ST_NODIRATIME, MS_NODIRATIME),
+                 (os.ST_RELATIME, MS_RELATIME))
+
 WORK = "/tmp/work"  # where the work directory appears inside the mount namespace
-FULL_ISOLATION = ("network", "ipc", "pid", "mount", "read-only filesystem", "unprivileged uid")
+OLD_ROOT = "/.old-root"  # where the host's root waits, in the new root, until it is detached
+# What the new root shows of the host besides the interpreter: programs and shared libraries
+# (/bin, /lib... are often links into /usr), and the harmless character devices.
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+DEVICES = ("null", "zero", "full", "random", "urandom")
+FULL_ISOLATION = ("network", "ipc", "pid", "mount", "minimal filesystem", "unprivileged uid")
 SETUP_FAILED = 125  # launcher exit code when the sandbox could not be entered at all
 
 
@@ -286,20 +304,6 @@ def _prctl(option: int, value: int) -> None:
     check(libc.prctl(option, value, 0, 0, 0), "prctl")
 
 
-def _mounts() -> list[tuple[str, int]]:
-    """Each mount point with the per-mount flags a read-only bind remount must keep."""
-    keep = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC, "noatime": MS_NOATIME,
-            "nodiratime": MS_NODIRATIME, "relatime": MS_RELATIME, "strictatime": MS_STRICTATIME}
-    result = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            point = fields[4].encode().decode("unicode_escape")  # \040 etc. in paths
-            flags = sum(keep.get(opt, 0) for opt in fields[5].split(","))
-            result.append((point, flags))
-    return result
-
-
 def _enter_user_namespace() -> None:
     """Unprivileged route to namespaces: become a non-root uid inside a new user namespace.
 
@@ -313,72 +317,126 @@ def _enter_user_namespace() -> None:
             f.write(text)
 
 
-def _read_only_view(workdir: str, reveal: list[str], uid: int | None, disk_mb: int,
-                    missing: list[str]) -> None:
-    """Inside the new mount namespace: everything read-only except a private work directory."""
+def _minimal_view(workdir: str, reveal: list[str], uid: int | None, disk_mb: int) -> None:
+    """Inside the new mount namespace: make a new root holding only what the interpreter needs
+    and the work directory, and pivot into it. The old root stays at OLD_ROOT until the script's
+    process has mounted its /proc (see _leave_old_root)."""
     _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing below propagates to the host
     host_work = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY)
-    # The interpreter may live under a directory others cannot enter (/root/.pyenv/...): cover
-    # the topmost such ancestor and bind the installation back at the same path, so absolute
-    # paths (shared-library rpath, venv links) keep working and the rest stays hidden.
-    covers: dict[str, list[tuple[str, int]]] = {}
-    for path in reveal:
-        closed = next((a for a in _ancestors(path) if not os.stat(a).st_mode & 0o001), None)
-        if closed:
-            covers.setdefault(closed, []).append((path, os.open(path, os.O_PATH | os.O_DIRECTORY)))
-    for point, flags in _mounts():
+    # The new root is a small tmpfs over the work directory's host path: a place that exists,
+    # that nothing else needs, and that the host never sees mounted over (our namespace only).
+    root = workdir
+    _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
+    try:
+        for path in SYSTEM_DIRS:  # the shared libraries, the dynamic loader, /usr/bin
+            if os.path.islink(path):
+                os.symlink(os.readlink(path), root + path)
+            elif os.path.isdir(path):
+                _bind_read_only(path, root + path)
+        for path in _reveal_targets(reveal):  # the interpreter, its standard library, its packages
+            _bind_read_only(path, root + path)
+        _make_dev(root)
+        for name in ("proc", "tmp", OLD_ROOT.strip("/")):
+            os.mkdir(os.path.join(root, name), 0o755)
+        # the only writable place: a size-capped tmpfs holding a copy of the run's files, so
+        # nothing the script writes reaches the host's disk
+        work = root + WORK
+        os.mkdir(work)
+        owner = f",uid={uid},gid={uid}" if uid is not None else ""
+        _mount("tmpfs", work, "tmpfs", MS_NOSUID | MS_NODEV, f"size={disk_mb}m,mode=700{owner}")
+        for name in os.listdir(host_work):
+            with open(name, "rb", opener=lambda p, fl: os.open(p, fl, dir_fd=host_work)) as src, \
+                    open(os.path.join(work, name), "wb") as dst:
+                dst.write(src.read())
+        os.close(host_work)
+        os.chdir(root)
+        _pivot_root(".", "." + OLD_ROOT)
+        os.chdir("/")
+    except BaseException:
+        _unmount(root)  # back to the host's view, so the caller can carry on without this one
+        raise
+
+
+def _reveal_targets(reveal: list[str]) -> list[str]:
+    """The interpreter's directories to bind, each at its own path and at its real path (a venv
+    reached through a symlink), leaving out what a directory bound before already shows (binds
+    do not take submounts along: /usr/local on a mount of its own is bound by itself)."""
+    shown = [os.path.realpath(d) for d in SYSTEM_DIRS if os.path.isdir(d)]
+    targets: list[str] = []
+    for path in sorted({q for p in reveal for q in (os.path.abspath(p), os.path.realpath(p))}):
+        if os.path.isdir(path) and not any(_shows(d, path) for d in shown + targets):
+            targets.append(path)
+    return targets
+
+
+def _shows(directory: str, path: str) -> bool:
+    """Does a bind of `directory` show `path` (inside it, with no mount point between)?"""
+    while path != directory:
+        if os.path.ismount(path) or path == "/":
+            return False
+        path = os.path.dirname(path)
+    return True
+
+
+def _make_dev(root: str) -> None:
+    """A /dev with the character devices programs use, a private /dev/shm and the fd links."""
+    dev = root + "/dev"
+    os.mkdir(dev, 0o755)
+    for name in DEVICES:
+        if os.path.exists(f"/dev/{name}"):
+            open(os.path.join(dev, name), "w").close()
+            _bind_read_only(f"/dev/{name}", os.path.join(dev, name), device=True)
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+        os.symlink(target, os.path.join(dev, name))
+    os.mkdir(dev + "/shm")
+    # private and small: multiprocessing needs it for semaphores
+    _mount("tmpfs", dev + "/shm", "tmpfs", MS_NOSUID | MS_NODEV, "size=16m,mode=1777")
+
+
+def _bind_read_only(source: str, target: str, device: bool = False) -> None:
+    """Bind `source` (not its submounts) at `target`, read-only.
+
+    The remount keeps the flags the source's mount already has: in a user namespace they are
+    locked, and dropping one (nosuid, an atime mode) would make the remount fail."""
+    if not os.path.exists(target):
+        os.makedirs(target, 0o755)
+    _mount(source, target, None, MS_BIND)
+    st = os.statvfs(target).f_flag
+    flags = sum(ms for st_flag, ms in _LOCKED_FLAGS if st & st_flag)
+    if not st & (os.ST_NOATIME | os.ST_RELATIME):
+        flags |= MS_STRICTATIME
+    extra = 0 if device else MS_NOSUID | MS_NODEV
+    _mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | flags | extra)
+
+
+def _leave_old_root(mount_proc: bool) -> None:
+    """In the script's process, before exec: mount its own /proc (in a user namespace the
+    kernel allows that only while a full /proc is still mounted, here under the old root), then
+    detach the old root and make the new one read-only."""
+    if mount_proc:
         try:
-            _mount(None, point, None, MS_BIND | MS_REMOUNT | MS_RDONLY | flags)
-        except OSError as e:
-            if point == "/":
-                raise
-            missing.append(f"read-only {point} ({e.strerror})")
-    for closed, paths in covers.items():
-        _cover(closed, paths)
-    # The interpreter (a virtual environment in a clone under /tmp, say) may live in a directory
-    # about to be emptied: keep a handle on it now and bind it back afterwards.
-    hidden = ("/tmp", "/var/tmp", "/run")
-    kept = {d: [(p, os.open(p, os.O_PATH | os.O_DIRECTORY)) for p in reveal
-                if os.path.realpath(p).startswith(d + "/")] for d in hidden}
-    # /tmp: empty and read-only but for the work directory, a size-capped tmpfs of its own
-    # holding a copy of the run's files, so the script never writes to the host's disk.
-    _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=755")
-    os.mkdir(WORK)
-    owner = f",uid={uid},gid={uid}" if uid is not None else ""
-    _mount("tmpfs", WORK, "tmpfs", MS_NOSUID | MS_NODEV, f"size={disk_mb}m,mode=700{owner}")
-    for name in os.listdir(host_work):
-        with open(name, "rb", opener=lambda p, fl: os.open(p, fl, dir_fd=host_work)) as src, \
-                open(os.path.join(WORK, name), "wb") as dst:
-            dst.write(src.read())
-    _bind_back(kept["/tmp"])
-    _mount(None, "/tmp", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
-    for path in ("/var/tmp", "/run"):  # also hides the host's Unix sockets kept there
-        if os.path.isdir(path) and not os.path.islink(path):
-            _cover(path, kept[path])
-    if os.path.isdir("/dev/shm") and not os.path.islink("/dev/shm"):
-        # private and small: multiprocessing needs it for semaphores
-        _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "size=16m,mode=1777")
+            _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        except OSError:
+            pass  # an empty /proc hides more, and nothing the harness needs lives there
+    _unmount(OLD_ROOT)
+    os.rmdir(OLD_ROOT)
+    _mount(None, "/", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
 
-def _cover(directory: str, reveal: list[tuple[str, int]]) -> None:
-    """Cover `directory` with an empty read-only tmpfs, then bind each (path, fd opened before
-    covering) back, read-only, at path inside it."""
-    _mount("tmpfs", directory, "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=755")
-    _bind_back(reveal)
-    _mount(None, directory, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+def _pivot_root(new_root: str, put_old: str) -> None:
+    import platform
+
+    libc, check = _libc()
+    number = _PIVOT_ROOT.get(platform.machine())
+    if number is None:
+        raise OSError(errno.ENOSYS, f"pivot_root: syscall number unknown on {platform.machine()}")
+    check(libc.syscall(number, new_root.encode(), put_old.encode()), "pivot_root")
 
 
-def _bind_back(reveal: list[tuple[str, int]]) -> None:
-    """Bind each (path, fd opened before it was covered) back, read-only, at its own path."""
-    for path, fd in reveal:
-        os.makedirs(path, exist_ok=True)
-        _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
-        _mount(None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
-
-
-def _ancestors(path: str) -> list[str]:
-    parts = os.path.abspath(path).strip("/").split("/")
-    return ["/" + "/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+def _unmount(target: str) -> None:
+    libc, check = _libc()
+    check(libc.umount2(target.encode(), MNT_DETACH), f"umount {target}")
 
 
 def _user_task_count(uid: int) -> int:
@@ -402,13 +460,16 @@ def _launch(config: dict) -> None:
     isolation: list[str] = []
     missing: list[str] = []
     root = os.geteuid() == 0
+    # counted here, while /proc is still the host's
+    nproc = config["nproc"] + (0 if root else _user_task_count(os.getuid()))
     namespaces = root
     if not root:
         try:
             _enter_user_namespace()
             namespaces = True
         except OSError as e:
-            missing.append(f"user namespace ({e.strerror}): no network, ipc, pid or mount isolation")
+            missing.append(f"user namespace ({e.strerror}): no network, ipc, pid or mount isolation; "
+                           "the program can read every file the user can")
     if namespaces:
         for flag, name in ((CLONE_NEWNET, "network"), (CLONE_NEWIPC, "ipc"),
                            (CLONE_NEWPID, "pid"), (CLONE_NEWNS, "mount")):
@@ -419,25 +480,25 @@ def _launch(config: dict) -> None:
                 missing.append(f"{name} namespace ({e.strerror})")
     if "mount" in isolation:
         try:
-            _read_only_view(config["workdir"], config["reveal"], config["uid"] if root else None,
-                            config["disk_mb"], missing)
-            isolation.append("read-only filesystem")
+            _minimal_view(config["workdir"], config["reveal"], config["uid"] if root else None,
+                          config["disk_mb"])
+            isolation.append("minimal filesystem")
         except OSError as e:
-            missing.append(f"read-only filesystem ({e.strerror or e})")
+            missing.append(f"minimal filesystem ({e.strerror or e}): the program can read every file "
+                           "the user can, and write where the user can")
     uid = config["uid"] if root else None
     if uid is not None:
         isolation.append("unprivileged uid")
     else:
         missing.append("unprivileged uid (not root): RLIMIT_NPROC is shared with the user's processes")
-    workdir = WORK if "read-only filesystem" in isolation else config["workdir"]
+    workdir = WORK if "minimal filesystem" in isolation else config["workdir"]
     status.write(json.dumps({"isolation": isolation, "missing": missing}) + "\n")
 
     pid = os.fork()
     if pid == 0:
         try:
-            if "pid" in isolation and "mount" in isolation:
-                _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-            nproc = config["nproc"] + (0 if uid is not None else _user_task_count(os.getuid()))
+            if "minimal filesystem" in isolation:
+                _leave_old_root(mount_proc="pid" in isolation)
             mb = 1 << 20
             # soft = hard: PID 1 of a namespace ignores SIGXCPU, so the limit acts by SIGKILL
             for res, value in ((resource.RLIMIT_AS, config["memory_mb"] * mb),
