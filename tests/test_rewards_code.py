@@ -372,11 +372,9 @@ def test_the_program_sees_only_what_the_interpreter_needs(tmp_path):
 # ----------------------------------------------------------------------------- without root
 
 _AS_USER = r"""
-import importlib.util, json, sys
-spec = importlib.util.spec_from_file_location("sandbox", sys.argv[1])
-sandbox = importlib.util.module_from_spec(spec)
-sys.modules["sandbox"] = sandbox
-spec.loader.exec_module(sandbox)
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from ponder.rewards import sandbox
 paths = json.loads(sys.argv[2])
 outside = {}
 for path in paths:  # what the user can read without the sandbox
@@ -404,15 +402,19 @@ def test_without_root_the_sandbox_hides_the_same_files_and_says_what_it_lacks():
     # /tmp itself, not tmp_path: the user must be able to reach the folder (pytest's is root-only)
     shared = Path(tempfile.mkdtemp(prefix="ponder-user-", dir="/tmp"))
     try:
-        shared.chmod(0o755)
-        sandbox_py = shared / "sandbox.py"
-        shutil.copy(REPO / "src" / "ponder" / "rewards" / "sandbox.py", sandbox_py)
+        package = shared / "ponder" / "rewards"  # the sandbox's two modules, nothing else of ponder
+        package.mkdir(parents=True)
+        for name in ("sandbox.py", "sandbox_launcher.py"):
+            shutil.copy(REPO / "src" / "ponder" / "rewards" / name, package / name)
+        for folder in (package.parent, package):
+            (folder / "__init__.py").touch()
         secret = shared / "private.jsonl"
         secret.write_text('{"prompt": "2+2", "answer": "4"}\n')
-        for path in (sandbox_py, secret):
-            path.chmod(0o644)
+        for path in shared.rglob("*"):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        shared.chmod(0o755)
         paths = [str(secret), "/etc/passwd", str(REPO / "README.md")]
-        done = subprocess.run([python, "-I", "-c", _AS_USER, str(sandbox_py), json.dumps(paths), _PROBE],
+        done = subprocess.run([python, "-I", "-c", _AS_USER, str(shared), json.dumps(paths), _PROBE],
                               user=65533, group=65533, extra_groups=[], cwd="/", capture_output=True,
                               text=True, timeout=60)
     finally:
