@@ -25,7 +25,8 @@ mechanisms, then forks the script as PID 1 of a new PID namespace:
 - parent-death signal, so a killed launcher takes the script with it.
 
 As root all of this applies. As another user the launcher tries an unprivileged user namespace
-to get the same namespaces and the same new root; it cannot switch to a fresh uid there, so
+to get the same namespaces and the same new root; it cannot switch to a fresh uid there (the
+kernel counts RLIMIT_NPROC per user namespace since Linux 5.14). Without a user namespace,
 RLIMIT_NPROC is set above the user's current process count. Whatever could not be set up is
 listed in `Outcome.missing`, with what the program can then reach, instead of being silently
 skipped.

@@ -244,16 +244,16 @@ def _launch(config: dict) -> None:
     isolation: list[str] = []
     missing: list[str] = []
     root = os.geteuid() == 0
-    # counted here, while /proc is still the host's
-    nproc = config["nproc"] + (0 if root else _user_task_count(os.getuid()))
+    nproc = config["nproc"]
     namespaces = root
     if not root:
         try:
-            _enter_user_namespace()
+            _enter_user_namespace()  # where the kernel counts RLIMIT_NPROC afresh (Linux 5.14+)
             namespaces = True
         except OSError as e:
             missing.append(f"user namespace ({e.strerror}): no network, ipc, pid or mount isolation; "
                            "the program can read every file the user can")
+            nproc += _user_task_count(os.getuid())  # the limit counts the user's own processes
     if namespaces:
         for flag, name in ((CLONE_NEWNET, "network"), (CLONE_NEWIPC, "ipc"),
                            (CLONE_NEWPID, "pid"), (CLONE_NEWNS, "mount")):
