@@ -6,8 +6,10 @@ import gzip
 import json
 import os
 import secrets
+import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -229,14 +231,16 @@ def test_network_is_unreachable_even_on_localhost():
 
 
 def test_writes_outside_the_work_directory_are_refused():
-    _require("read-only filesystem")
+    _require("minimal filesystem")
     name = f"ponder-escape-{secrets.token_hex(4)}"
     targets = [Path("/tmp") / name, REPO / name, Path("/var/tmp") / name]
     try:
         for target in targets:
             program = f"open({str(target)!r}, 'w').write('escaped')\n"
             result = run_program(program, test=ADD_TEST, entry_point="add", limits=QUICK)
-            assert (result.correct, result.reason) == (False, "blocked"), (target, result)
+            # /tmp is there but read-only; the others are not there at all
+            refused = result.reason == "blocked" or "FileNotFoundError" in result.detail
+            assert not result.correct and refused, (target, result)
             assert not target.exists()
     finally:
         for target in targets:
@@ -244,7 +248,7 @@ def test_writes_outside_the_work_directory_are_refused():
 
 
 def test_filling_the_disk_stops_at_the_work_directory_size():
-    _require("read-only filesystem")
+    _require("minimal filesystem")
     fill = "import os\nfor i in range(1000):\n    open(f'f{i}', 'wb').write(b'x' * (4 << 20))\n"
     result = run_program(fill, limits=Limits(wall_s=20, disk_mb=32))
     assert (result.correct, result.reason) == (False, "blocked"), result
@@ -322,38 +326,110 @@ def test_humaneval_canonical_solutions_pass_and_broken_ones_fail():
     assert {r.reason for r in results[164:]} <= {"failed", "crashed"}
 
 
+# ----------------------------------------------------------------------------- what a program can see
+
+# Opens each path and reports "read" or the errno's name; also tries the network.
+_PROBE = r"""
+import errno, json, socket, sys
+seen = {}
+for path in json.loads(sys.argv[1] if len(sys.argv) > 1 else open("paths.json").read()):
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+        seen[path] = "read"
+    except OSError as e:
+        seen[path] = errno.errorcode.get(e.errno, str(e.errno))
+try:
+    socket.create_connection(("1.1.1.1", 80), timeout=2)
+    seen["network"] = "connected"
+except OSError as e:
+    seen["network"] = errno.errorcode.get(e.errno, str(e.errno))
+print(json.dumps(seen))
+"""
+
+
+def _probe(paths: list[str]) -> tuple[dict, object]:
+    outcome = run_python("probe.py", {"probe.py": _PROBE, "paths.json": json.dumps(paths)})
+    assert outcome.returncode == 0, outcome
+    return json.loads(outcome.stdout), outcome
+
+
+def test_the_program_sees_only_what_the_interpreter_needs(tmp_path):
+    """The repository, a data set beside it, a private file elsewhere and /etc/passwd are all
+    out of sight; the standard library and the program's own files are not."""
+    _require("minimal filesystem")
+    dataset = tmp_path / "private.jsonl"
+    dataset.write_text('{"prompt": "2+2", "answer": "4"}\n')
+    hidden = [REPO / "README.md", REPO / "src" / "ponder" / "rewards" / "code.py", dataset,
+              Path("/etc/passwd")] + [p for p in (HUMANEVAL,) if p.exists()]
+    for path in hidden:
+        path.read_bytes()  # readable from outside, so only the sandbox can be hiding it
+    seen, _ = _probe([str(p) for p in hidden] + [json.__file__, "paths.json"])
+    assert {str(p): seen[str(p)] for p in hidden} == {str(p): "ENOENT" for p in hidden}
+    assert seen[json.__file__] == "read" and seen["paths.json"] == "read"
+
+
 # ----------------------------------------------------------------------------- without root
 
-_AS_USER = r'''
-import importlib.util, json, sys
-spec = importlib.util.spec_from_file_location("sandbox", sys.argv[1])
-sandbox = importlib.util.module_from_spec(spec)
-sys.modules["sandbox"] = sandbox
-spec.loader.exec_module(sandbox)
-probe = "import socket\ntry:\n    socket.create_connection(('1.1.1.1', 80), timeout=2)\n    print('connected')\nexcept OSError as e:\n    print('errno', e.errno)\n"
-o = sandbox.run_python("main.py", {"main.py": probe})
+_AS_USER = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from ponder.rewards import sandbox
+paths = json.loads(sys.argv[2])
+outside = {}
+for path in paths:  # what the user can read without the sandbox
+    try:
+        open(path, "rb").close()
+        outside[path] = "read"
+    except OSError as e:
+        outside[path] = e.strerror
+o = sandbox.run_python("probe.py", {"probe.py": sys.argv[3], "paths.json": json.dumps(paths)})
 print(json.dumps({"isolation": o.isolation, "missing": o.missing, "stdout": o.stdout.decode(),
-                  "stderr": o.stderr.decode()}))
-'''
+                  "stderr": o.stderr.decode(), "outside": outside}))
+"""
 
 
-def test_without_root_the_sandbox_says_what_it_lacks():
-    """As an ordinary user there is no fresh uid to switch to: the result must say so (and keep
-    whatever namespaces an unprivileged user namespace still gives)."""
+def test_without_root_the_sandbox_hides_the_same_files_and_says_what_it_lacks():
+    """As an ordinary user: the same files are out of sight (through a user namespace), or the
+    result says they are not; and there is no fresh uid to switch to, which it says too. The
+    user runs a copy of the sandbox module, so the repository may sit where only root can read."""
     if os.geteuid() != 0:
         pytest.skip("needs root to start a run as an ordinary user")
     # an interpreter an ordinary user can run (the venv's may sit under /root)
     python = next((p for p in ("/usr/bin/python3", "/usr/local/bin/python3") if os.access(p, os.X_OK)), None)
     if python is None or subprocess.run([python, "-c", "import sys; assert sys.version_info >= (3, 10)"]).returncode:
         pytest.skip("no system Python >= 3.10 for an ordinary user")
-    sandbox_py = REPO / "src" / "ponder" / "rewards" / "sandbox.py"
-    done = subprocess.run([python, "-I", "-c", _AS_USER, str(sandbox_py)], user=65533, group=65533,
-                          extra_groups=[], cwd="/", capture_output=True, text=True, timeout=60)
+    # /tmp itself, not tmp_path: the user must be able to reach the folder (pytest's is root-only)
+    shared = Path(tempfile.mkdtemp(prefix="ponder-user-", dir="/tmp"))
+    try:
+        package = shared / "ponder" / "rewards"  # the sandbox's two modules, nothing else of ponder
+        package.mkdir(parents=True)
+        for name in ("sandbox.py", "sandbox_launcher.py"):
+            shutil.copy(REPO / "src" / "ponder" / "rewards" / name, package / name)
+        for folder in (package.parent, package):
+            (folder / "__init__.py").touch()
+        secret = shared / "private.jsonl"
+        secret.write_text('{"prompt": "2+2", "answer": "4"}\n')
+        for path in shared.rglob("*"):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        shared.chmod(0o755)
+        paths = [str(secret), "/etc/passwd", str(REPO / "README.md")]
+        done = subprocess.run([python, "-I", "-c", _AS_USER, str(shared), json.dumps(paths), _PROBE],
+                              user=65533, group=65533, extra_groups=[], cwd="/", capture_output=True,
+                              text=True, timeout=60)
+    finally:
+        shutil.rmtree(shared)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert "unprivileged uid" not in report["isolation"]
     assert any("unprivileged uid" in m for m in report["missing"])
+    assert report["outside"][str(secret)] == report["outside"]["/etc/passwd"] == "read"
+    seen = json.loads(report["stdout"])
+    if "minimal filesystem" in report["isolation"]:
+        assert [seen[p] for p in paths] == ["ENOENT"] * 3, report
+    else:
+        assert any("can read every file the user can" in m for m in report["missing"]), report
     if "network" in report["isolation"]:
-        assert report["stdout"].strip() == "errno 101", report
+        assert seen["network"] == "ENETUNREACH", report
     else:
         assert any("network" in m for m in report["missing"]), report

@@ -69,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--steps", type=int, default=5)
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=lambda a: __import__("ponder.bench.grpo", fromlist=["main"]).main(a))
+    b = bench.add_parser("score", help="scoring code completions serially vs side by side (the RL loop's pool)")
+    b.add_argument("--programs", type=int, default=512, help="how many programs to score")
+    b.add_argument("--workers", type=int, default=None, help="parallel run's workers (default: one per CPU)")
+    b.add_argument("--wall-s", type=float, default=2.0, help="time limit per program (looping ones hit it)")
+    b.add_argument("--data", default=None, help="HumanEval jsonl.gz (default ../shared/data/HumanEval.jsonl.gz; "
+                                                "synthesized programs when absent)")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=lambda a: __import__("ponder.bench.score", fromlist=["main"]).main(a))
 
     # --- grade (ponder.rewards) ---
     p = sub.add_parser("grade", help="grade a JSONL of answers (math) or programs (code)")

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from ponder import __version__
 from ponder.engine import Engine, SamplingParams
 from ponder.evaluate import metrics as M
+from ponder.rewards.worker_pool import thread_map
 from ponder.tasks import FAMILIES, Problem, family
 from ponder.tasks.synthetic import boxed_answer
 
@@ -192,9 +193,10 @@ def evaluate(model, tokenizer, problems: Sequence[Problem], n: int = 1, k_values
         sampled_out = (engine.generate(prompts, n, SamplingParams(temperature=temperature, seed=seed + start,
                                                                   **common))
                        if n else [None] * len(batch))
-        for problem, prompt, g_out, s_out in zip(batch, prompts, greedy_out, sampled_out):
-            records.append(_problem_record(problem, prompt, g_out, s_out, ks))
-            bar.update(1)
+        # graded side by side: code waits on its sandbox, math on the grader's worker processes
+        records += thread_map(lambda job: _problem_record(*job, ks),
+                              list(zip(batch, prompts, greedy_out, sampled_out)))
+        bar.update(len(batch))
     bar.close()
 
     settings = {"n": n, "k": ks, "greedy": greedy, "temperature": temperature if n else None,

@@ -19,12 +19,11 @@ import dataclasses
 import errno
 import json
 import math
-import os
 import re
 import secrets
-from concurrent.futures import ThreadPoolExecutor
 
 from ponder.rewards.sandbox import FULL_ISOLATION, SETUP_FAILED, Limits, Outcome, run_python
+from ponder.rewards.worker_pool import thread_map
 
 REASONS = ("passed", "failed", "timed out", "memory", "crashed", "blocked")
 
@@ -256,9 +255,7 @@ def grade_records(records: list[dict], workers: int | None = None,
             parsed.append(_parse_record(record))
         except ValueError as e:
             raise ValueError(f"record {i}: {e}") from None
-    workers = max(1, workers or os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda kw: run_program(**kw, limits=limits), parsed))
+    return thread_map(lambda kw: run_program(**kw, limits=limits), parsed, workers)
 
 
 def _parse_record(record: dict) -> dict:

@@ -1,10 +1,9 @@
 """Run an untrusted Python script in a throw-away sandbox and collect what it did.
 
-The parent side (`run_python`) makes a fresh temp directory, starts this same file as a launcher
-in its own session (process group), feeds stdin, reads stdout/stderr incrementally under a size
-cap, enforces a wall-clock deadline, and on every exit path kills the whole group and removes the
-directory. The launcher side (`python sandbox.py CONFIG`, stdlib only, a fresh process so that no
-unsafe work happens between fork and exec in a threaded parent) isolates itself with kernel
+This side (`run_python`) makes a fresh temp directory, starts the launcher
+(ponder.rewards.sandbox_launcher) in its own session (process group), feeds stdin, reads
+stdout/stderr incrementally under a size cap, enforces a wall-clock deadline, and on every exit
+path kills the whole group and removes the directory. The launcher isolates itself with kernel
 mechanisms, then forks the script as PID 1 of a new PID namespace:
 
 - new network namespace: no interface but a downed loopback, so no TCP/UDP anywhere, not even
@@ -12,25 +11,31 @@ mechanisms, then forks the script as PID 1 of a new PID namespace:
 - new IPC namespace: no System V shared memory or message queues of the host;
 - new PID namespace: the script sees only its own processes, and when it exits the kernel kills
   every process it left behind (even ones that called setsid());
-- new mount namespace with a read-only view of every mount, empty read-only tmpfs over /tmp,
-  /var/tmp and /run (hiding host Unix sockets there), a private 16 MiB /dev/shm, and the only
-  writable place, /tmp/work: a size-capped private tmpfs holding a copy of the run's files, so
-  nothing the script writes reaches the host's disk;
+- new mount namespace and a new root (pivot_root) that holds only what the interpreter needs:
+  /usr and the /bin, /lib... links into it (programs, shared libraries, the dynamic loader), the
+  interpreter's own installation (its prefix and base prefix: the standard library and the
+  packages it can import), a few character devices (/dev/null, /dev/urandom...), a private
+  16 MiB /dev/shm, the script's own /proc, and the only writable place, /tmp/work: a
+  size-capped private tmpfs holding a copy of the run's files, so nothing the script writes
+  reaches the host's disk. Everything else (the repository, data sets, /etc, /home, /root,
+  other mounts, host Unix sockets) does not exist there; the old root is detached;
 - an otherwise unused uid (random per run, so RLIMIT_NPROC counts only this run) with no groups
   and no_new_privs, since RLIMIT_NPROC does not bind root;
 - rlimits: address space, CPU seconds, processes, file size, no core dumps;
 - parent-death signal, so a killed launcher takes the script with it.
 
 As root all of this applies. As another user the launcher tries an unprivileged user namespace
-to get the same namespaces; it cannot switch to a fresh uid there, so RLIMIT_NPROC is set above
-the user's current process count. Whatever could not be set up is listed in `Outcome.missing`
-instead of being silently skipped.
+to get the same namespaces and the same new root; it cannot switch to a fresh uid there (the
+kernel counts RLIMIT_NPROC per user namespace since Linux 5.14). Without a user namespace,
+RLIMIT_NPROC is set above the user's current process count. Whatever could not be set up is
+listed in `Outcome.missing`, with what the program can then reach, instead of being silently
+skipped.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import marshal
 import math
 import os
 import secrets
@@ -42,20 +47,11 @@ import sys
 import tempfile
 import time
 
-# Kernel constants (linux/sched.h, linux/mount.h, linux/prctl.h).
-CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER = 0x00020000, 0x08000000, 0x10000000
-CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
-MS_REMOUNT, MS_NOATIME, MS_NODIRATIME, MS_BIND = 32, 1024, 2048, 4096
-MS_REC, MS_PRIVATE, MS_RELATIME, MS_STRICTATIME = 1 << 14, 1 << 18, 1 << 21, 1 << 24
-PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
+from ponder.rewards import sandbox_launcher
+from ponder.rewards.sandbox_launcher import FULL_ISOLATION, SETUP_FAILED, read_status
 
-WORK = "/tmp/work"  # where the work directory appears inside the mount namespace
-FULL_ISOLATION = ("network", "ipc", "pid", "mount", "read-only filesystem", "unprivileged uid")
-SETUP_FAILED = 125  # launcher exit code when the sandbox could not be entered at all
+__all__ = ["FULL_ISOLATION", "SETUP_FAILED", "Limits", "Outcome", "run_python"]
 
-
-# ----------------------------------------------------------------------------- parent side
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
@@ -109,7 +105,9 @@ def run_python(script: str, files: dict[str, str], stdin: bytes = b"",
         fds += [status_r, status_w, report_r, report_w]
         config = {
             "workdir": workdir, "script": script, "uid": uid,
-            # the caller's own Python (a venv's packages included), wherever it is installed
+            # the caller's own Python, wherever it is installed: all the new root shows of it is
+            # its prefix (a venv's packages), its base prefix (the standard library) and the
+            # folder of the binary
             "interpreter": sys.executable,
             "reveal": sorted({sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable))}),
             "status_fd": status_w, "report_fd": report_w,
@@ -121,7 +119,8 @@ def run_python(script: str, files: dict[str, str], stdin: bytes = b"",
                    "PONDER_REPORT_FD": str(report_w), **(env or {})}
         start = time.monotonic()
         proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", os.path.abspath(__file__), json.dumps(config)],
+            [sys.executable, "-I", "-S", os.path.abspath(sandbox_launcher.__file__),
+             marshal.dumps(config).hex()],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             cwd=workdir, env=run_env, start_new_session=True, pass_fds=(status_w, report_w))
         for fd in (status_w, report_w):
@@ -131,7 +130,7 @@ def run_python(script: str, files: dict[str, str], stdin: bytes = b"",
                                       "status": status_r, "report": report_r},
                         start + limits.wall_s, limits.output_bytes)
         wall = time.monotonic() - start
-        info = _status(streams["status"])
+        info = read_status(streams["status"])
         if "child" in info and "returncode" not in info:
             _kill_script(proc, info["child"])
         _kill_group(proc)
@@ -208,17 +207,6 @@ def _pump(proc, stdin: bytes, readers: dict[str, int], deadline: float, cap: int
     return {**out, "timed_out": timed_out and not exceeded, "exceeded": exceeded}
 
 
-def _status(data: bytes) -> dict:
-    """The launcher's status lines merged into one dict (a line cut off by a kill is skipped)."""
-    info = {}
-    for line in data.splitlines():
-        try:
-            info.update(json.loads(line))
-        except ValueError:
-            pass
-    return info
-
-
 def _exited(pid: int) -> bool:
     """True once `pid` has exited, without reaping it (so its pid, our group id, stays reserved)."""
     try:
@@ -255,215 +243,3 @@ def _kill_script(proc, pid: int) -> None:
         pass  # _kill_group follows
     finally:
         os.close(pidfd)
-
-
-# ----------------------------------------------------------------------------- launcher side
-
-def _libc():
-    import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
-
-    def check(result, name):
-        if result != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"{name}: {os.strerror(err)}")
-    return libc, check
-
-
-def _unshare(flags: int) -> None:
-    libc, check = _libc()
-    check(libc.unshare(flags), "unshare")
-
-
-def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
-    libc, check = _libc()
-    enc = lambda s: s.encode() if s is not None else None  # noqa: E731
-    check(libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)), f"mount {target}")
-
-
-def _prctl(option: int, value: int) -> None:
-    libc, check = _libc()
-    check(libc.prctl(option, value, 0, 0, 0), "prctl")
-
-
-def _mounts() -> list[tuple[str, int]]:
-    """Each mount point with the per-mount flags a read-only bind remount must keep."""
-    keep = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC, "noatime": MS_NOATIME,
-            "nodiratime": MS_NODIRATIME, "relatime": MS_RELATIME, "strictatime": MS_STRICTATIME}
-    result = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            point = fields[4].encode().decode("unicode_escape")  # \040 etc. in paths
-            flags = sum(keep.get(opt, 0) for opt in fields[5].split(","))
-            result.append((point, flags))
-    return result
-
-
-def _enter_user_namespace() -> None:
-    """Unprivileged route to namespaces: become a non-root uid inside a new user namespace.
-
-    The launcher keeps capabilities in the namespace until it execs the script; the script's
-    uid there is not 0, so exec drops them and the script cannot undo the mounts.
-    """
-    uid, gid = os.getuid(), os.getgid()
-    _unshare(CLONE_NEWUSER)
-    for name, text in (("setgroups", "deny"), ("uid_map", f"1000 {uid} 1"), ("gid_map", f"1000 {gid} 1")):
-        with open(f"/proc/self/{name}", "w") as f:
-            f.write(text)
-
-
-def _read_only_view(workdir: str, reveal: list[str], uid: int | None, disk_mb: int,
-                    missing: list[str]) -> None:
-    """Inside the new mount namespace: everything read-only except a private work directory."""
-    _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing below propagates to the host
-    host_work = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY)
-    # The interpreter may live under a directory others cannot enter (/root/.pyenv/...): cover
-    # the topmost such ancestor and bind the installation back at the same path, so absolute
-    # paths (shared-library rpath, venv links) keep working and the rest stays hidden.
-    covers: dict[str, list[tuple[str, int]]] = {}
-    for path in reveal:
-        closed = next((a for a in _ancestors(path) if not os.stat(a).st_mode & 0o001), None)
-        if closed:
-            covers.setdefault(closed, []).append((path, os.open(path, os.O_PATH | os.O_DIRECTORY)))
-    for point, flags in _mounts():
-        try:
-            _mount(None, point, None, MS_BIND | MS_REMOUNT | MS_RDONLY | flags)
-        except OSError as e:
-            if point == "/":
-                raise
-            missing.append(f"read-only {point} ({e.strerror})")
-    for closed, paths in covers.items():
-        _cover(closed, paths)
-    # The interpreter (a virtual environment in a clone under /tmp, say) may live in a directory
-    # about to be emptied: keep a handle on it now and bind it back afterwards.
-    hidden = ("/tmp", "/var/tmp", "/run")
-    kept = {d: [(p, os.open(p, os.O_PATH | os.O_DIRECTORY)) for p in reveal
-                if os.path.realpath(p).startswith(d + "/")] for d in hidden}
-    # /tmp: empty and read-only but for the work directory, a size-capped tmpfs of its own
-    # holding a copy of the run's files, so the script never writes to the host's disk.
-    _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=755")
-    os.mkdir(WORK)
-    owner = f",uid={uid},gid={uid}" if uid is not None else ""
-    _mount("tmpfs", WORK, "tmpfs", MS_NOSUID | MS_NODEV, f"size={disk_mb}m,mode=700{owner}")
-    for name in os.listdir(host_work):
-        with open(name, "rb", opener=lambda p, fl: os.open(p, fl, dir_fd=host_work)) as src, \
-                open(os.path.join(WORK, name), "wb") as dst:
-            dst.write(src.read())
-    _bind_back(kept["/tmp"])
-    _mount(None, "/tmp", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
-    for path in ("/var/tmp", "/run"):  # also hides the host's Unix sockets kept there
-        if os.path.isdir(path) and not os.path.islink(path):
-            _cover(path, kept[path])
-    if os.path.isdir("/dev/shm") and not os.path.islink("/dev/shm"):
-        # private and small: multiprocessing needs it for semaphores
-        _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "size=16m,mode=1777")
-
-
-def _cover(directory: str, reveal: list[tuple[str, int]]) -> None:
-    """Cover `directory` with an empty read-only tmpfs, then bind each (path, fd opened before
-    covering) back, read-only, at path inside it."""
-    _mount("tmpfs", directory, "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=755")
-    _bind_back(reveal)
-    _mount(None, directory, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
-
-
-def _bind_back(reveal: list[tuple[str, int]]) -> None:
-    """Bind each (path, fd opened before it was covered) back, read-only, at its own path."""
-    for path, fd in reveal:
-        os.makedirs(path, exist_ok=True)
-        _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
-        _mount(None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
-
-
-def _ancestors(path: str) -> list[str]:
-    parts = os.path.abspath(path).strip("/").split("/")
-    return ["/" + "/".join(parts[:i]) for i in range(1, len(parts) + 1)]
-
-
-def _user_task_count(uid: int) -> int:
-    count = 0
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                if os.stat(f"/proc/{pid}").st_uid == uid:
-                    count += len(os.listdir(f"/proc/{pid}/task"))
-            except OSError:
-                pass
-    return count
-
-
-def _launch(config: dict) -> None:
-    import resource
-
-    status_fd = config["status_fd"]
-    os.set_inheritable(status_fd, False)  # the script must not be able to forge our lines
-    status = os.fdopen(status_fd, "w", buffering=1)
-    isolation: list[str] = []
-    missing: list[str] = []
-    root = os.geteuid() == 0
-    namespaces = root
-    if not root:
-        try:
-            _enter_user_namespace()
-            namespaces = True
-        except OSError as e:
-            missing.append(f"user namespace ({e.strerror}): no network, ipc, pid or mount isolation")
-    if namespaces:
-        for flag, name in ((CLONE_NEWNET, "network"), (CLONE_NEWIPC, "ipc"),
-                           (CLONE_NEWPID, "pid"), (CLONE_NEWNS, "mount")):
-            try:
-                _unshare(flag)
-                isolation.append(name)
-            except OSError as e:
-                missing.append(f"{name} namespace ({e.strerror})")
-    if "mount" in isolation:
-        try:
-            _read_only_view(config["workdir"], config["reveal"], config["uid"] if root else None,
-                            config["disk_mb"], missing)
-            isolation.append("read-only filesystem")
-        except OSError as e:
-            missing.append(f"read-only filesystem ({e.strerror or e})")
-    uid = config["uid"] if root else None
-    if uid is not None:
-        isolation.append("unprivileged uid")
-    else:
-        missing.append("unprivileged uid (not root): RLIMIT_NPROC is shared with the user's processes")
-    workdir = WORK if "read-only filesystem" in isolation else config["workdir"]
-    status.write(json.dumps({"isolation": isolation, "missing": missing}) + "\n")
-
-    pid = os.fork()
-    if pid == 0:
-        try:
-            if "pid" in isolation and "mount" in isolation:
-                _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-            nproc = config["nproc"] + (0 if uid is not None else _user_task_count(os.getuid()))
-            mb = 1 << 20
-            # soft = hard: PID 1 of a namespace ignores SIGXCPU, so the limit acts by SIGKILL
-            for res, value in ((resource.RLIMIT_AS, config["memory_mb"] * mb),
-                               (resource.RLIMIT_CPU, config["cpu_s"]),
-                               (resource.RLIMIT_NPROC, nproc),
-                               (resource.RLIMIT_FSIZE, config["file_mb"] * mb),
-                               (resource.RLIMIT_CORE, 0)):
-                resource.setrlimit(res, (value, value))
-            if uid is not None:
-                os.setgroups([])
-                os.setgid(uid)
-                os.setuid(uid)
-            _prctl(PR_SET_NO_NEW_PRIVS, 1)
-            _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # after setuid, which clears it
-            os.chdir(workdir)
-            env = dict(os.environ, HOME=workdir, TMPDIR=workdir)
-            interpreter = config["interpreter"]
-            os.execve(interpreter, [interpreter, "-I", config["script"]], env)
-        except BaseException as e:  # noqa: BLE001 - report, never fall back into the launcher
-            os.write(2, f"sandbox setup failed: {e!r}\n".encode())
-            os._exit(SETUP_FAILED)
-    status.write(json.dumps({"child": pid}) + "\n")
-    _, wait_status, usage = os.wait4(pid, 0)
-    status.write(json.dumps({"returncode": os.waitstatus_to_exitcode(wait_status),
-                             "cpu_s": usage.ru_utime + usage.ru_stime}) + "\n")
-
-
-if __name__ == "__main__":
-    _launch(json.loads(sys.argv[1]))

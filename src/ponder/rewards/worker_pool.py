@@ -5,6 +5,9 @@ so a grader called from a trainer thread silently fails. Why not multiprocessing
 processes (a multiprocessing.Pool of the caller) may not start children. A plain subprocess that
 speaks length-prefixed pickles over its stdin/stdout works everywhere; a call that overruns its
 deadline kills that worker and a fresh one replaces it on the next call.
+
+`thread_map` is the other half of grading in parallel: calls that wait on such workers, or on
+sandboxed programs, run side by side in a bounded pool of threads sized to the machine.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 STARTUP_TIMEOUT_S = 120.0   # a cold import of sympy on a busy machine; not part of a call's budget
@@ -125,3 +129,22 @@ class WorkerPool:
         if self._pid == os.getpid():
             for worker in idle:
                 worker.close()
+
+
+def default_workers() -> int:
+    """How many calls to run at once: the CPUs this process may use."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def thread_map(fn, items, workers: int | None = None) -> list:
+    """[fn(x) for x in items], `workers` at a time (default: default_workers()), results in
+    order. The first exception is raised once the calls still waiting have been cancelled."""
+    items = list(items)
+    workers = min(len(items), workers or default_workers())
+    if workers <= 1:
+        return [fn(x) for x in items]
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
+        return list(pool.map(fn, items))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
