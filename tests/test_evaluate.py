@@ -295,7 +295,7 @@ def test_ponder_eval_reads_a_saved_dataset_split_with_a_column_mapping(tiny_chec
     out = tmp_path / "eval"
     assert main(["eval", "--model", str(tiny_checkpoint), "--task", "jsonl", "--data", str(tmp_path / "ds"),
                  "--split", "test", "--prompt-column", "question", "--answer-column", "solution", "--n", "0",
-                 "--k", "", "--max-new-tokens", "2", "--out", str(out)]) == 0
+                 "--max-new-tokens", "2", "--out", str(out)]) == 0
     result = json.loads((out / "result.json").read_text())
     assert [r["gold"] for r in result["records"]] == ["30", "56"] and result["split"] == "test"
     assert main(["eval", "--model", str(tiny_checkpoint), "--task", "jsonl", "--data", str(tmp_path / "ds"),
