@@ -283,3 +283,21 @@ def test_ponder_eval_errors_are_clear(tiny_checkpoint, tmp_path, capsys):
     assert main(args + ["--task", "jsonl"]) == 2
     assert "--data" in capsys.readouterr().err
     assert not (tmp_path / "result.json").exists()
+
+
+def test_ponder_eval_reads_a_saved_dataset_split_with_a_column_mapping(tiny_checkpoint, tmp_path, capsys):
+    datasets = pytest.importorskip("datasets")
+    from ponder.cli import main
+
+    rows = datasets.Dataset.from_dict({"question": ["12*34=", "5*6=", "7*8="], "solution": ["408", "30", "56"],
+                                       "difficulty": ["hard", "easy", "easy"]})
+    datasets.DatasetDict({"train": rows.select([0]), "test": rows.select([1, 2])}).save_to_disk(str(tmp_path / "ds"))
+    out = tmp_path / "eval"
+    assert main(["eval", "--model", str(tiny_checkpoint), "--task", "jsonl", "--data", str(tmp_path / "ds"),
+                 "--split", "test", "--prompt-column", "question", "--answer-column", "solution", "--n", "0",
+                 "--max-new-tokens", "2", "--out", str(out)]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert [r["gold"] for r in result["records"]] == ["30", "56"] and result["split"] == "test"
+    assert main(["eval", "--model", str(tiny_checkpoint), "--task", "jsonl", "--data", str(tmp_path / "ds"),
+                 "--prompt-column", "question", "--answer-column", "solution", "--out", str(out)]) == 2
+    assert "--split" in capsys.readouterr().err

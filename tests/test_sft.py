@@ -122,5 +122,5 @@ def test_cli_runs_sft(base, tmp_path, capsys):
                    f"batch_size: 4\n")
     assert main(["train", "sft", str(cfg), f"output_dir={tmp_path / 'out'}", "lr=1e-3"]) == 0
     assert json.loads(capsys.readouterr().out)["steps"] == 2
-    assert main(["train", "sft", str(cfg), "data=/nonexistent.jsonl"]) == 2
+    assert main(["train", "sft", str(cfg), "data=/nonexistent.jsonl", f"output_dir={tmp_path / 'bad'}"]) == 2
     assert "nonexistent.jsonl" in capsys.readouterr().err

@@ -6,6 +6,7 @@ import gzip
 import json
 import logging
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -45,7 +46,7 @@ def test_jsonl_and_gzipped_jsonl_load(tmp_path, name, gz):
     path = _write_jsonl(tmp_path / name, [json.dumps(r) for r in RECORDS], gz=gz)
     problems = load_task("jsonl", path=path)
     assert [(p.prompt, p.answer, p.kind) for p in problems] == [("1+1?", "2", "math"), ("2+3?", "5", "math")]
-    assert problems[0].id == "p1" and problems[0].meta == {"subject": "Algebra", "level": 1}
+    assert problems[0].id == "p1" and problems[0].meta == {"subject": "Algebra", "level": 1, "id": "p1"}
 
 
 @pytest.mark.parametrize("gz", [False, True])
@@ -111,8 +112,10 @@ def test_missing_public_set_says_where_it_looked_and_about_data(tmp_path, monkey
         load_task("math500")
     message = str(err.value)
     assert "math500_test.jsonl" in message and "--data" in message and str(tmp_path / "nowhere") in message
-    with pytest.raises(TaskFileError, match="--data"):
+    # The same loader serves configs and the command line: the message names both ways to give the data.
+    with pytest.raises(TaskFileError) as err:
         load_task("jsonl")
+    assert "task_path" in str(err.value) and "--data" in str(err.value)
 
 
 def test_public_set_is_found_through_ponder_data(tmp_path, monkeypatch):
@@ -125,6 +128,147 @@ def test_public_set_is_found_through_ponder_data(tmp_path, monkeypatch):
 def test_unknown_task_lists_known_ones():
     with pytest.raises(ValueError, match="multiply"):
         load_task("nope")
+
+
+# ---------------------------------------------------------------- per-problem data, datasets
+
+TOLERANCE_RECORDS = [
+    {"prompt": "Estimate pi.", "answer": "3.14159", "tolerance": 0.01, "difficulty": "easy"},
+    {"prompt": "Estimate e.", "answer": "2.71828", "tolerance": 0.5, "difficulty": "hard"},
+]
+
+
+def within_tolerance(prompt: str, completion: str, problem) -> float:
+    """A reward that needs per-problem data: right when within the record's own tolerance."""
+    return float(abs(float(completion) - float(problem.answer)) <= problem.meta["tolerance"])
+
+
+def _parquet(path: Path, records: list[dict]) -> Path:
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(records), path)
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_every_other_field_of_a_record_reaches_the_reward(tmp_path, fmt):
+    if fmt == "jsonl":
+        path = _write_jsonl(tmp_path / "t.jsonl", [json.dumps(r) for r in TOLERANCE_RECORDS])
+    else:
+        path = _parquet(tmp_path / "t.parquet", TOLERANCE_RECORDS)
+    problems = load_task("jsonl", path=path)
+    assert [p.meta for p in problems] == [{"tolerance": 0.01, "difficulty": "easy"},
+                                          {"tolerance": 0.5, "difficulty": "hard"}]
+    # 3.0 is wrong for pi at 0.01 and right for e at 0.5: the reward saw each problem's own field.
+    assert [within_tolerance(p.prompt, "3.0", p) for p in problems] == [0.0, 1.0]
+
+
+def test_public_sets_keep_their_extra_fields_too(tmp_path):
+    path = _write_jsonl(tmp_path / "gsm8k_test.jsonl",
+                        [json.dumps({"question": "q?", "answer": "so\n#### 7", "source": "x"})])
+    [p] = load_task("gsm8k", path=path)
+    assert p.meta == {"source": "x", "solution": "so"}
+
+
+def _datasets():
+    return pytest.importorskip("datasets")
+
+
+QA_ROWS = {"question": ["1+1?", "2+3?", "4*4?"], "solution": ["2", "5", "16"], "tolerance": [0, 0, 1]}
+
+
+def test_saved_dataset_with_a_column_mapping_loads(tmp_path):
+    datasets = _datasets()
+    datasets.Dataset.from_dict(QA_ROWS).save_to_disk(str(tmp_path / "qa"))
+    problems = load_task("jsonl", path=tmp_path / "qa", prompt_column="question", answer_column="solution")
+    assert [(p.prompt, p.answer, p.meta) for p in problems] == [
+        ("1+1?", "2", {"tolerance": 0}), ("2+3?", "5", {"tolerance": 0}), ("4*4?", "16", {"tolerance": 1})]
+    # Without the mapping the rows have no prompt field: the error says which field is missing.
+    with pytest.raises(TaskFileError, match="missing field 'prompt' or 'problem'"):
+        load_task("jsonl", path=tmp_path / "qa")
+
+
+def test_saved_dataset_dict_takes_a_split(tmp_path):
+    datasets = _datasets()
+    rows = datasets.Dataset.from_dict(QA_ROWS)
+    datasets.DatasetDict({"train": rows.select([0, 1]), "test": rows.select([2])}).save_to_disk(str(tmp_path / "qa"))
+    columns = dict(prompt_column="question", answer_column="solution")
+    assert [p.prompt for p in load_task("jsonl", path=tmp_path / "qa", split="test", **columns)] == ["4*4?"]
+    assert [p.prompt for p in load_task("jsonl", path=tmp_path / "qa", split="train", **columns)] == ["1+1?", "2+3?"]
+    with pytest.raises(TaskFileError, match="several splits; it has train, test: choose one.*task_split"):
+        load_task("jsonl", path=tmp_path / "qa", **columns)
+    with pytest.raises(TaskFileError, match="no split 'validation'; it has train, test"):
+        load_task("jsonl", path=tmp_path / "qa", split="validation", **columns)
+    bad = tmp_path / "qa" / "train" / "state.json"
+    bad.write_text("{oops")
+    with pytest.raises(TaskFileError, match="cannot load this saved dataset"):
+        load_task("jsonl", path=tmp_path / "qa", split="train", **columns)
+
+
+def test_a_split_on_a_file_is_an_error(tmp_path):
+    path = _write_jsonl(tmp_path / "t.jsonl", [json.dumps(r) for r in RECORDS])
+    with pytest.raises(TaskFileError, match="applies to a Hugging Face dataset"):
+        load_task("jsonl", path=path, split="train")
+
+
+def _cache_hub_dataset(tmp_path: Path, repo: str) -> Path:
+    """Put `repo` into a datasets cache under tmp_path the way an online load_dataset would."""
+    datasets = _datasets()
+    from datasets.data_files import DataFilesDict
+    from datasets.packaged_modules.json.json import Json
+
+    source = tmp_path / "source"
+    source.mkdir()
+    _write_jsonl(source / "train.jsonl", [json.dumps({"question": q, "solution": a})
+                                          for q, a in zip(QA_ROWS["question"], QA_ROWS["solution"])])
+    owner, name = repo.split("/")
+    files = DataFilesDict.from_patterns({"train": ["train.jsonl"]}, base_path=str(source))
+    builder = Json(cache_dir=str(tmp_path / "scratch"), dataset_name=name, data_files=files)
+    cache = tmp_path / "cache"
+    builder.download_and_prepare(output_dir=str(cache / f"{owner}___{name}" / "default" / "0.0.0" / "0123abcd"))
+    return cache
+
+
+def test_hub_id_in_the_local_cache_loads_and_nothing_is_downloaded(tmp_path, monkeypatch):
+    datasets = _datasets()
+    cache = _cache_hub_dataset(tmp_path, "someone/tiny-qa")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(cache))
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)  # as online: ponder must not go out
+    hub_calls = []
+
+    class RecordingHub:  # stands in for the hub client; the library swallows errors, so record instead
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __getattr__(self, name):
+            hub_calls.append(name)
+            raise ConnectionError(name)
+
+    monkeypatch.setattr(datasets.load, "HfApi", RecordingHub)
+    problems = load_task("jsonl", path="someone/tiny-qa", prompt_column="question", answer_column="solution")
+    assert [p.answer for p in problems] == ["2", "5", "16"]
+    with pytest.raises(TaskFileError) as err:
+        load_task("jsonl", path="someone/not-cached")
+    assert hub_calls == []
+    message = str(err.value)
+    assert "not a Hugging Face dataset in the local cache" in message and "downloads nothing" in message
+    assert datasets.config.HF_HUB_OFFLINE is False  # held offline only for the call
+    with pytest.raises(TaskFileError, match="no such file"):  # a file name is never taken for a hub id
+        load_task("jsonl", path="data/missing.jsonl")
+
+
+def test_without_the_datasets_library_a_dataset_says_what_to_install(tmp_path, monkeypatch):
+    datasets = _datasets()
+    datasets.Dataset.from_dict(QA_ROWS).save_to_disk(str(tmp_path / "qa"))
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    with pytest.raises(TaskFileError, match=r"pip install datasets"):
+        load_task("jsonl", path=tmp_path / "qa", prompt_column="question", answer_column="solution")
+
+
+def test_synthetic_tasks_take_no_dataset_split():
+    with pytest.raises(ValueError, match="multiply:train"):
+        load_task("multiply", split="train")
 
 
 # ---------------------------------------------------------------- public sets

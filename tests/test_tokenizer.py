@@ -1,6 +1,8 @@
 """Tokenizer: tokenizer.json round trips, the Qwen3 chat format against the official template
 rendered by transformers, and the small character tokenizers of the synthetic tasks."""
 
+import logging
+
 import pytest
 
 from ponder.tokenizer import Tokenizer, build_char_tokenizer, render_qwen3_chat
@@ -93,7 +95,28 @@ def test_thinking_switch_writes_empty_think_block():
     assert render_qwen3_chat([{"role": "user", "content": "x"}]).endswith("<|im_start|>assistant\n")
 
 
+def test_unknown_characters_are_warned_with_their_count_once_each(caplog):
+    tok = build_char_tokenizer("0123456789*=")
+    with caplog.at_level(logging.WARNING, logger="ponder.tokenizer"):
+        ids = tok.encode("57×85×2=")
+    assert ids.count(tok.token_to_id("<|unk|>")) == 2  # still encoded (the model sees <|unk|>)...
+    [record] = caplog.records  # ...but said out loud
+    assert "2 characters" in record.message and "'×'" in record.message and "<|unk|>" in record.message
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ponder.tokenizer"):
+        tok.encode("9×9=")  # a character already reported: no second warning per prompt
+        assert not caplog.records
+        tok.encode("9÷9=")  # a new one is reported
+    assert len(caplog.records) == 1 and "1 character " in caplog.records[0].message
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ponder.tokenizer"):
+        tok.encode("12*34=")
+    assert not caplog.records
+
+
 def test_missing_or_corrupt_tokenizer_names_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such folder"):  # not "no tokenizer.json"
+        Tokenizer.from_pretrained(tmp_path / "absent")
     with pytest.raises(FileNotFoundError, match="tokenizer.json"):
         Tokenizer.from_pretrained(tmp_path)
     (tmp_path / "tokenizer.json").write_text("{not json")

@@ -1,6 +1,8 @@
 """The `ponder` command line: argument parsing, then each subcommand calls into its module.
 
 Imports are lazy so that `ponder grade` does not pay for torch and `ponder --help` is instant.
+Bad input (a missing or broken checkpoint, task data, config, option) is reported the same way
+by every command: one `ponder CMD: error: ...` line naming the file or field, exit status 2.
 """
 
 from __future__ import annotations
@@ -10,8 +12,30 @@ import os
 import sys
 
 
+# What bad input raises (ConfigError, CheckpointError and TaskFileError are ValueErrors; a missing
+# or unreadable file is an OSError): reported as one line, where anything else keeps its traceback.
+USER_ERRORS = (ValueError, OSError)
+
+
 def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
+
+
+def _device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda, cuda:N")
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    """Where a command's problems come from (ponder.tasks.load_task's arguments)."""
+    p.add_argument("--data", default=None,
+                   help="task data: a JSON, JSONL, .gz or parquet file, or a Hugging Face dataset "
+                        "(a save_to_disk folder, or a hub id already in the local cache)")
+    p.add_argument("--split", default=None, help="split of a Hugging Face dataset --data (default: its only one)")
+    p.add_argument("--prompt-column", default=None,
+                   help="--task jsonl: the field holding the prompt (default: prompt or problem)")
+    p.add_argument("--answer-column", default=None,
+                   help="--task jsonl: the field holding the gold answer (default: answer)")
+    p.add_argument("--limit", type=int, default=None, help="first N problems only")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the model's ```python blocks in the sandbox and write their output back (ponder.tools)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    _device_arg(p)
     p.set_defaults(func=lambda a: __import__("ponder.generate_cli", fromlist=["main"]).main(a))
 
     # --- bench (ponder.bench) ---
@@ -92,8 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a checkpoint on a task")
     p.add_argument("--model", required=True)
     p.add_argument("--task", required=True, help="math500, gsm8k, humaneval, jsonl, or a synthetic task")
-    p.add_argument("--data", default=None, help="task file (JSON, JSONL, .gz, parquet)")
-    p.add_argument("--limit", type=int, default=None, help="first N problems only")
+    _data_args(p)
+    _device_arg(p)
     p.add_argument("--n", type=int, default=1, help="samples per problem")
     p.add_argument("--k", type=_ints, default=[1], help="pass@k / maj@k values, e.g. 1,4,8")
     p.add_argument("--strategy", default=None,
@@ -115,9 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     # --- scale-curve (ponder.scaling) ---
     p = sub.add_parser("scale-curve", help="accuracy against generated tokens for N = 1, 2, 4, ...")
     p.add_argument("--model", required=True)
-    p.add_argument("--task", required=True)
-    p.add_argument("--data", default=None)
-    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--task", required=True, help="math500, gsm8k, humaneval, jsonl, or a synthetic task")
+    _data_args(p)
+    _device_arg(p)
     p.add_argument("--n", type=_ints, default=[1, 2, 4, 8, 16])
     p.add_argument("--draws", type=int, default=200,
                    help="weighted majority: random N-subsets averaged per N (all when fewer exist)")
@@ -138,11 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     # --- demo (ponder.demo) ---
     p = sub.add_parser("demo", help="evaluate the embedded base model, run GRPO, evaluate again")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--task", default=None, help="synthetic task family (default: the embedded one)")
-    p.add_argument("--out", default="out/demo")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--steps", type=int, default=50, help="GRPO steps (default 50)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds training and evaluation sampling; each seed trains in its own folder (default 0)")
+    p.add_argument("--task", default=None, help="synthetic task family (default: the embedded one, multiply)")
+    p.add_argument("--out", default="out/demo",
+                   help="run folder: OUT/seed-S holds model, metrics and plots; a re-run resumes it (default out/demo)")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON line, no progress bar")
     p.set_defaults(func=lambda a: __import__("ponder.demo", fromlist=["main"]).main(a))
     return parser
 
@@ -152,7 +179,7 @@ def run_training(args) -> int:
     import json
     import logging
 
-    from ponder.config import ConfigError, load_config
+    from ponder.config import load_config
 
     if args.kind == "rl":
         from ponder.rl import RLConfig as config_class, train_rl as run
@@ -164,9 +191,6 @@ def run_training(args) -> int:
     logging.basicConfig(level=logging.INFO, format=f"{rank}%(levelname)s %(name)s: %(message)s")
     try:
         summary = run(load_config(config_class, args.config, args.overrides))
-    except (ConfigError, ValueError, OSError) as exc:  # bad config or data: the message names the place
-        print(f"{rank}error: {exc}", file=sys.stderr)
-        return 2
     finally:
         distributed.shutdown()
     summary.pop("final", None)  # the last metrics record: in metrics.jsonl already
@@ -181,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args) or 0
     except KeyboardInterrupt:
         return 130
+    except USER_ERRORS as exc:  # the message names the file, field or option
+        print(f"ponder {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

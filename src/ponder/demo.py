@@ -9,7 +9,8 @@ accuracy rises because the model learns to reason, not because it memorised the 
 (the held-out split never appears in training).
 
 The demo evaluates the base model on held-out problems, runs GRPO, evaluates again, prints a
-before/after table (or JSON with --json) and leaves plots and metrics in --out.
+before/after table (or JSON with --json) and leaves plots and metrics in --out. A re-run with
+the same --out and --seed resumes that run (a finished one is only evaluated again) and says so.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from ponder.evaluate import evaluate
 from ponder.models import from_pretrained
-from ponder.rl import RLConfig, train_rl
+from ponder.rl import RLConfig, checkpoint, train_rl
 from ponder.tasks import family
 from ponder.tokenizer import Tokenizer
 
@@ -85,12 +86,14 @@ def run(steps: int = 50, seed: int = 0, out: str | Path = "out/demo", progress: 
     before = measure(from_pretrained(base), tokenizer, held_out, seed)
 
     out = Path(out) / f"seed-{seed}"
+    found = checkpoint.latest(out / "checkpoints")  # train_rl resumes from it
+    resumed_from = checkpoint.load_state(found)["step"] if found is not None else 0
     cfg = replace(DEMO_CONFIG, model=str(base), steps=steps, seed=seed, output_dir=str(out))
     summary = train_rl(cfg, tokenizer=tokenizer, problems=rl_problems, eval_problems=held_out,
                        progress=progress)
     trained = from_pretrained(summary["model_dir"])
     after = measure(trained, tokenizer, held_out, seed)
-    return {"before": before, "after": after, "steps": summary["steps"],
+    return {"before": before, "after": after, "steps": summary["steps"], "resumed_from_step": resumed_from,
             "seconds": round(time.perf_counter() - start, 1), "seed": seed,
             "rollbacks": summary.get("rollbacks", 0), "output_dir": str(out),
             "model_dir": summary["model_dir"], "plots": summary.get("plots")}
@@ -99,13 +102,24 @@ def run(steps: int = 50, seed: int = 0, out: str | Path = "out/demo", progress: 
 def main(args) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.task not in (None, "multiply"):
-        raise SystemExit(f"the embedded demo model knows the 'multiply' task; got --task {args.task}")
+        raise ValueError(f"the embedded demo model knows the 'multiply' task; got --task {args.task}")
     result = run(steps=args.steps, seed=args.seed, out=args.out, progress=not args.json)
     if args.json:
         print(json.dumps(result))
         return 0
     print(f"\nGRPO on the embedded {HELD_OUT}-problem held-out multiplication set, seed {args.seed}:")
     print(table(result["before"], result["after"]))
-    print(f"\n{result['steps']} steps in {result['seconds']:.0f} s; model, metrics.jsonl, TensorBoard events "
-          f"and plots in {result['output_dir']}")
+    print(f"\n{what_ran(result)}; model, metrics.jsonl, TensorBoard events and plots in {result['output_dir']}")
     return 0
+
+
+def what_ran(result: dict) -> str:
+    """How many steps this run trained: all, the rest of an interrupted run, or none (finished before)."""
+    steps, resumed, seconds = result["steps"], result["resumed_from_step"], result["seconds"]
+    if resumed == 0:
+        return f"{steps} step{'s' if steps != 1 else ''} in {seconds:.0f} s"
+    if resumed >= steps:
+        return (f"already trained: this folder holds a finished {steps}-step run, evaluated again in {seconds:.0f} s "
+                "(another --out or --seed trains afresh)")
+    more = steps - resumed
+    return f"resumed at step {resumed}: {more} more step{'s' if more != 1 else ''} in {seconds:.0f} s"

@@ -122,6 +122,7 @@ class Engine:
         self._decode_step: DecodeStep | None = None
         self._decode_weights: list | None = None
         self._tokens_with: dict[str, torch.Tensor] = {}  # see _may_close
+        self._warned_context = False  # the "may run past the context" warning is given once per engine
 
     # ---- public API -----------------------------------------------------------------------
     def generate(self, prompts, n: int = 1, params: SamplingParams | None = None) -> list[list[Completion]]:
@@ -138,6 +139,7 @@ class Engine:
                 raise ValueError(f"prompt {i} is empty")
         if params.group_seeds is not None and len(params.group_seeds) != len(prompt_ids):
             raise ValueError(f"{len(params.group_seeds)} group_seeds for {len(prompt_ids)} prompts")
+        self._check_context(prompt_ids, params.max_new_tokens)
         generator = torch.Generator(device=self._device).manual_seed(params.seed)
         per_chunk = max(1, self._row_budget(max(map(len, prompt_ids)) + params.max_new_tokens) // n)
         results: list[list[Completion]] = []
@@ -160,6 +162,27 @@ class Engine:
                 raise ValueError("text prompts need a tokenizer: Engine(model, tokenizer)")
             return self.tokenizer.encode(prompt)
         return [int(t) for t in prompt]
+
+    def _check_context(self, prompt_ids: list[list[int]], max_new_tokens: int) -> None:
+        """Positions past the model's context window (max_position_embeddings, or what its RoPE
+        scaling extends that to) were never trained, and what the model makes of them is garbage:
+        a prompt that is already past it is an error, a budget that may run past it a warning."""
+        config = self.model.config
+        context = getattr(config, "max_position_embeddings", None)
+        if context is None:
+            return
+        scaling = getattr(config, "rope_scaling", None)
+        if scaling is not None:
+            context = max(context, int(scaling.factor * (scaling.original_max_position_embeddings or context)))
+        longest = max(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
+        if len(prompt_ids[longest]) > context:
+            raise ValueError(f"prompt {longest} is {len(prompt_ids[longest])} tokens, longer than the model's "
+                             f"context of {context} positions (max_position_embeddings in its config.json)")
+        if len(prompt_ids[longest]) + max_new_tokens > context and not self._warned_context:
+            self._warned_context = True
+            warnings.warn(f"ponder: a {len(prompt_ids[longest])}-token prompt plus max_new_tokens={max_new_tokens} "
+                          f"can run past the model's context of {context} positions (max_position_embeddings); "
+                          "tokens past it are unreliable: lower max_new_tokens or shorten the prompt", stacklevel=3)
 
     def _row_budget(self, max_len: int) -> int:
         """How many sample rows one chunk may hold: `max_rows`, or what fits ~2 GiB of KV cache."""

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import torch
-
 from ponder.engine import Engine, SamplingParams
-from ponder.models import from_pretrained
-from ponder.tokenizer import Tokenizer
+from ponder.evaluate.command import load_model
 from ponder.tools import PythonTool
 
 
 def main(args) -> int:
-    model = from_pretrained(args.model, dtype=getattr(torch, args.dtype))
-    tokenizer = Tokenizer.from_pretrained(args.model)
+    model, tokenizer = load_model(args.model, getattr(args, "device", "auto"), args.dtype)
     prompts = args.prompt
     if args.chat:
         prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}],

@@ -9,11 +9,14 @@ without one the Qwen3 format below is used.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokenizers import Tokenizer as _HFTokenizer
 from tokenizers import models, pre_tokenizers, decoders
+
+log = logging.getLogger("ponder.tokenizer")
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
@@ -35,6 +38,8 @@ class Tokenizer:
     bos_token: str | None = None
     pad_token: str | None = None
     chat_template: str | None = None
+    # Characters already warned about as unknown (see encode): each is reported once, not per prompt.
+    _unknown_seen: set = field(default_factory=set, init=False, repr=False, compare=False)
 
     # ---- loading and saving -------------------------------------------------------------
     @classmethod
@@ -42,6 +47,8 @@ class Tokenizer:
         """Read `tokenizer.json` (and `tokenizer_config.json`, `chat_template.jinja` when present)
         from a checkpoint folder, or a `tokenizer.json` file itself."""
         path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such folder")
         file = path if path.is_file() else path / "tokenizer.json"
         if not file.exists():
             raise FileNotFoundError(f"{file}: no tokenizer.json (ponder reads the fast-tokenizer file)")
@@ -110,9 +117,23 @@ class Tokenizer:
         return self._id(THINK_CLOSE)
 
     def encode(self, text: str) -> list[int]:
+        """Token ids of `text`. Characters the vocabulary lacks become the unknown token, which
+        the model cannot read ("57×85=" asks it about "57<|unk|>85="): that is logged as a warning
+        with their count, once for each new character."""
         # Special tokens written in the text (<|im_start|>, <think>) map to their ids, as in
         # transformers; no BOS is added (Qwen checkpoints add none).
-        return self.backend.encode(text, add_special_tokens=False).ids
+        encoding = self.backend.encode(text, add_special_tokens=False)
+        unk_token = getattr(self.backend.model, "unk_token", None)  # None for byte-level BPE: no unknowns
+        unk = None if unk_token is None else self.backend.token_to_id(unk_token)
+        if unk is not None and unk in encoding.ids:
+            unknown = [text[a:b] for i, (a, b) in zip(encoding.ids, encoding.offsets) if i == unk]
+            new = sorted(set(unknown) - self._unknown_seen)
+            if new:
+                self._unknown_seen.update(new)
+                log.warning("%d character%s of %r not in the tokenizer's vocabulary became %s, which the model "
+                            "cannot read: %s", len(unknown), "" if len(unknown) == 1 else "s", text[:80],
+                            unk_token, " ".join(repr(c) for c in new))
+        return encoding.ids
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)

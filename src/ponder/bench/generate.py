@@ -127,7 +127,8 @@ def main(args) -> int:
         "ponder_tok_s": round(tokens / ponder_s, 1),
         "transformers_tok_s": round(tokens / peer_s, 1) if peer_s else None,
         "ratio": round(peer_s / ponder_s, 2) if peer_s else None,
-        "ponder_gflops": round(flops / ponder_s / 1e9, 1),
+        # three significant figures, not one decimal: a tiny shape on a busy machine runs at under 0.05 GFLOP/s
+        "ponder_gflops": float(f"{flops / ponder_s / 1e9:.3g}"),
         "matmul_gflops": round(peak, 1),
         "fraction_of_matmul": round(flops / ponder_s / 1e9 / peak, 3),
         "transformers_fraction_of_matmul": round(flops / peer_s / 1e9 / peak, 3) if peer_s else None,

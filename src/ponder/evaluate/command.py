@@ -3,16 +3,17 @@
     ponder eval --model DIR --task multiply --n 8 --k 1,4,8
     ponder eval --model DIR --task math500 --data path/to/math500_test.jsonl --limit 100
     ponder eval --model DIR --task multiply --n 0          # greedy accuracy only
+    ponder eval --model DIR --task jsonl --data my_dataset --split test --prompt-column question
 
 Greedy accuracy is always measured; --n samples per problem at --temperature (default 1.0)
-give pass@k and maj@k for each k in --k.
+give pass@k and maj@k for each k in --k. Bad input raises (ValueError, OSError) and `ponder`
+reports it as one error line (ponder.cli).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -21,6 +22,35 @@ from ponder.evaluate.harness import EvalResult, evaluate, markdown
 DEFAULT_TEMPERATURE = 1.0  # sampling temperature for pass@k / maj@k when --temperature is not given
 # Options of the inference strategies (ponder.scaling); without --strategy only their defaults.
 _STRATEGY_ONLY = {"scorer": "loglik", "rounds": 2}
+
+
+def load_problems(args) -> list:
+    """The problems that --task, --data, --split, --prompt-column, --answer-column and --limit name."""
+    from ponder.tasks import load_task
+
+    columns = {"prompt_column": getattr(args, "prompt_column", None),
+               "answer_column": getattr(args, "answer_column", None)}
+    if any(columns.values()) and args.task != "jsonl":
+        raise ValueError(f"--prompt-column / --answer-column apply to --task jsonl (your own records); "
+                         f"task {args.task!r} reads its own fields")
+    return load_task(args.task, path=args.data, limit=args.limit, split=getattr(args, "split", None), **columns)
+
+
+def load_model(path, device: str = "auto", dtype: str = "float32"):
+    """The checkpoint at `path` for inference on `device` (ponder.device), and its tokenizer.
+    The device is checked first, then the checkpoint, then its tokenizer: a missing folder is
+    reported as such."""
+    import torch
+
+    from ponder.device import pick_device
+    from ponder.models import from_pretrained
+    from ponder.models.checkpoint import resolve
+    from ponder.tokenizer import Tokenizer
+
+    device = pick_device(device)
+    folder = resolve(path)  # a folder, or a hub id in the local cache: the tokenizer is read from the same place
+    model = from_pretrained(folder, dtype=getattr(torch, dtype), device=device).eval()
+    return model, Tokenizer.from_pretrained(folder)
 
 
 def write_result(result: EvalResult, out: str | Path, header: dict) -> tuple[Path, Path]:
@@ -40,37 +70,26 @@ def write_result(result: EvalResult, out: str | Path, header: dict) -> tuple[Pat
 
 def main(args) -> int:
     if getattr(args, "strategy", None) is not None and getattr(args, "python_tool", False):
-        print("ponder eval: error: --python-tool works without --strategy", file=sys.stderr)
-        return 2
+        raise ValueError("--python-tool works without --strategy")
     if getattr(args, "strategy", None) is not None:  # inference-time strategies live in ponder.scaling
         from ponder.scaling.command import main as strategy_main
 
         return strategy_main(args)
     for name, default in _STRATEGY_ONLY.items():
         if getattr(args, name, default) != default:
-            print(f"ponder eval: error: --{name} needs --strategy", file=sys.stderr)
-            return 2
-    import torch
-
-    from ponder.models import from_pretrained
-    from ponder.tasks import load_task
-    from ponder.tokenizer import Tokenizer
+            raise ValueError(f"--{name} needs --strategy")
     from ponder.tools import PythonTool
 
     started = time.time()
-    try:
-        problems = load_task(args.task, path=args.data, limit=args.limit)
-        model = from_pretrained(args.model, dtype=torch.float32)
-        tokenizer = Tokenizer.from_pretrained(args.model)
-        temperature = DEFAULT_TEMPERATURE if args.temperature is None else args.temperature
-        # --n 0: greedy accuracy only (no sampling, so no pass@k / maj@k)
-        result = evaluate(model, tokenizer, problems, n=args.n, k_values=args.k if args.n else (),
-                          temperature=temperature, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                          tool=PythonTool() if getattr(args, "python_tool", False) else None)
-    except (ValueError, FileNotFoundError) as err:  # bad task, data, checkpoint or k/n: say which
-        print(f"ponder eval: error: {err}", file=sys.stderr)
-        return 2
+    problems = load_problems(args)
+    model, tokenizer = load_model(args.model, getattr(args, "device", "auto"))
+    temperature = DEFAULT_TEMPERATURE if args.temperature is None else args.temperature
+    # --n 0: greedy accuracy only (no sampling, so no pass@k / maj@k)
+    result = evaluate(model, tokenizer, problems, n=args.n, k_values=args.k if args.n else (),
+                      temperature=temperature, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                      tool=PythonTool() if getattr(args, "python_tool", False) else None)
     header = {"model": str(args.model), "task": args.task, "data": None if args.data is None else str(args.data),
+              "split": getattr(args, "split", None),
               "limit": args.limit, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "seconds": round(time.time() - started, 2)}
     out = Path(args.out) if args.out else Path("out") / "eval" / args.task.replace(":", "-")

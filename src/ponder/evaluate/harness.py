@@ -21,12 +21,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from tqdm.auto import tqdm
-
 from ponder import __version__
 from ponder.engine import Engine, SamplingParams
 from ponder.evaluate import metrics as M
 from ponder.rewards.worker_pool import thread_map
+from ponder.progress import ProgressBar
 from ponder.tasks import FAMILIES, Problem, family
 from ponder.tasks.synthetic import boxed_answer
 
@@ -184,20 +183,19 @@ def evaluate(model, tokenizer, problems: Sequence[Problem], n: int = 1, k_values
     common = dict(max_new_tokens=max_new_tokens, top_p=top_p, top_k=top_k, tool=tool)
 
     records: list[dict] = []
-    bar = tqdm(total=len(problems), desc="eval", unit="problem", disable=not progress)
-    for start in range(0, len(problems), batch_size):
-        batch = problems[start:start + batch_size]
-        prompts = [build_prompt(p, tokenizer) for p in batch]
-        greedy_out = (engine.generate(prompts, 1, SamplingParams(temperature=0.0, seed=seed, **common))
-                      if greedy else [None] * len(batch))
-        sampled_out = (engine.generate(prompts, n, SamplingParams(temperature=temperature, seed=seed + start,
-                                                                  **common))
-                       if n else [None] * len(batch))
-        # graded side by side: code waits on its sandbox, math on the grader's worker processes
-        records += thread_map(lambda job: _problem_record(*job, ks),
-                              list(zip(batch, prompts, greedy_out, sampled_out)))
-        bar.update(len(batch))
-    bar.close()
+    with ProgressBar(total=len(problems), desc="eval", unit="problem", enabled=progress) as bar:
+        for start in range(0, len(problems), batch_size):
+            batch = problems[start:start + batch_size]
+            prompts = [build_prompt(p, tokenizer) for p in batch]
+            greedy_out = (engine.generate(prompts, 1, SamplingParams(temperature=0.0, seed=seed, **common))
+                          if greedy else [None] * len(batch))
+            sampled_out = (engine.generate(prompts, n, SamplingParams(temperature=temperature, seed=seed + start,
+                                                                      **common))
+                           if n else [None] * len(batch))
+            # graded side by side: code waits on its sandbox, math on the grader's worker processes
+            records += thread_map(lambda job: _problem_record(*job, ks),
+                                  list(zip(batch, prompts, greedy_out, sampled_out)))
+            bar.update(len(batch))
 
     settings = {"n": n, "k": ks, "greedy": greedy, "temperature": temperature if n else None,
                 "top_p": top_p, "top_k": top_k, "max_new_tokens": max_new_tokens, "seed": seed,

@@ -19,6 +19,10 @@ class RLConfig(TrainConfig):
     # --- data ---
     task: str = "multiply:train"  # ponder.tasks name of the training problems (e.g. math500, multiply:train)
     task_path: str | None = None  # data file for a file-backed task
+    task_split: str | None = None  # split of a Hugging Face dataset task_path (e.g. train); None: its only split
+    eval_split: str | None = None  # split of a Hugging Face dataset eval_path (e.g. test); None: its only split
+    prompt_column: str | None = None  # task jsonl (your own records): field holding the prompt; None: "prompt" or "problem"
+    answer_column: str | None = None  # task jsonl: field holding the gold answer; None: "answer"
     task_limit: int | None = None  # use only the first N training problems
     eval_task: str | None = None  # held-out problems for greedy evaluation; None: no held-out eval
     eval_path: str | None = None  # data file for the held-out task

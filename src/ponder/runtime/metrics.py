@@ -51,30 +51,47 @@ class MetricsLog:
 
 
 def plot(history: list[dict[str, Any]], out_dir: str | Path, series: dict[str, list[str]]) -> list[Path]:
-    """One PNG per entry of `series` (file stem -> metric keys) of those metrics against step."""
+    """One PNG per entry of `series` (file stem -> metric keys) of those metrics against step.
+
+    A key may hold `*` wildcards ("reward/*/mean": the total and every reward function's mean).
+    A line that repeats an earlier one (to 1e-6) (the total reward when "correct" is the only
+    reward, which is also the accuracy) is not drawn again over it: the legend names both.
+    Each figure is titled with its stem and the run's folder.
+    """
+    import fnmatch
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    records = [r for r in history if "event" not in r]
+    present = sorted({k for r in records for k in r})
     paths = []
-    for stem, keys in series.items():
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        drawn = False
+    for stem, patterns in series.items():
+        keys = list(dict.fromkeys(k for pattern in patterns for k in fnmatch.filter(present, pattern)))
+        lines: list[tuple[list, list[str]]] = []  # (points, labels of every key with exactly these points)
         for key in keys:
-            points = [(r["step"], r[key]) for r in history if key in r and "event" not in r]
-            if points:
-                xs, ys = zip(*points)
-                ax.plot(xs, ys, marker="o" if len(points) < 30 else None, label=key)
-                drawn = True
+            points = [(r["step"], r[key]) for r in records if key in r]
+            same = next((labels for drawn, labels in lines if len(drawn) == len(points) and all(
+                x == u and math.isclose(y, v, rel_tol=1e-6, abs_tol=1e-9) for (x, y), (u, v) in zip(drawn, points))),
+                None)
+            if same is not None:
+                same.append(key)
+            elif points:
+                lines.append((points, [key]))
+        if not lines:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for points, labels in lines:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, marker="o" if len(points) < 30 else None, label=" = ".join(labels))
         for r in history:
             if r.get("event") == "rollback":
                 ax.axvline(r["step"], color="red", alpha=0.3)
-        if not drawn:
-            plt.close(fig)
-            continue
+        ax.set_title(f"{stem.replace('_', ' ')} · {Path(out_dir).name}")
         ax.set_xlabel("step")
-        ax.legend()
+        ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
         fig.tight_layout()
         path = Path(out_dir) / f"{stem}.png"

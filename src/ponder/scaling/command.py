@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -52,53 +51,41 @@ def main(args) -> int:
     """Entry point of `ponder eval` when --strategy is given (ponder.evaluate.command dispatches)."""
     strategy, scorer_name = args.strategy, getattr(args, "scorer", "loglik")
     if strategy not in STRATEGIES:
-        print(f"ponder eval: error: --strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}",
-              file=sys.stderr)
-        return 2
+        raise ValueError(f"--strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
     if scorer_name not in SCORERS:
-        print(f"ponder eval: error: --scorer must be one of {', '.join(SCORERS)}, not {scorer_name!r}",
-              file=sys.stderr)
-        return 2
-    import torch
-
+        raise ValueError(f"--scorer must be one of {', '.join(SCORERS)}, not {scorer_name!r}")
     from ponder.engine import Engine, SamplingParams
+    from ponder.evaluate.command import load_model, load_problems
     from ponder.evaluate.harness import DEFAULT_MAX_NEW_TOKENS, grader_info
-    from ponder.models import from_pretrained
     from ponder.scaling.scorers import JudgeScorer, LoglikScorer, OracleScorer
     from ponder.scaling.strategies import run_strategy
-    from ponder.tasks import FAMILIES, load_task
-    from ponder.tokenizer import Tokenizer
+    from ponder.tasks import FAMILIES
 
     started = time.time()
-    try:
-        problems = load_task(args.task, path=args.data, limit=args.limit)
-        model = from_pretrained(args.model, dtype=torch.float32).eval()
-        tokenizer = Tokenizer.from_pretrained(args.model)
-        temperature = args.temperature
-        if temperature is None:
-            temperature = 0.0 if strategy in ("greedy", "refine") else SAMPLED_TEMPERATURE
-        max_new_tokens = args.max_new_tokens or max(
-            DEFAULT_MAX_NEW_TOKENS["synthetic" if p.kind in FAMILIES else p.kind] for p in problems)
-        params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=args.seed,
-                                thinking_budget=getattr(args, "thinking_budget", None),
-                                extend_thinking=getattr(args, "extend_thinking", 0) or 0)
-        engine = Engine(model, tokenizer)
-        scorer = None
-        if strategy == "best-of-n":
-            if scorer_name == "oracle":
-                scorer = OracleScorer()
-            elif scorer_name == "loglik":
-                scorer = LoglikScorer(model, tokenizer)
-            else:
-                judge_dir = getattr(args, "judge_model", None)
-                judge_model = from_pretrained(judge_dir).eval() if judge_dir else model
-                judge_tok = Tokenizer.from_pretrained(judge_dir) if judge_dir else tokenizer
-                scorer = JudgeScorer(Engine(judge_model, judge_tok), judge_tok, JUDGE_MAX_NEW_TOKENS)
-        choices = run_strategy(strategy, model, tokenizer, problems, n=args.n, rounds=args.rounds,
-                               scorer=scorer, params=params, engine=engine)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"ponder eval: error: {err}", file=sys.stderr)
-        return 2
+    device = getattr(args, "device", "auto")
+    problems = load_problems(args)
+    model, tokenizer = load_model(args.model, device)
+    temperature = args.temperature
+    if temperature is None:
+        temperature = 0.0 if strategy in ("greedy", "refine") else SAMPLED_TEMPERATURE
+    max_new_tokens = args.max_new_tokens or max(
+        DEFAULT_MAX_NEW_TOKENS["synthetic" if p.kind in FAMILIES else p.kind] for p in problems)
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=args.seed,
+                            thinking_budget=getattr(args, "thinking_budget", None),
+                            extend_thinking=getattr(args, "extend_thinking", 0) or 0)
+    engine = Engine(model, tokenizer)
+    scorer = None
+    if strategy == "best-of-n":
+        if scorer_name == "oracle":
+            scorer = OracleScorer()
+        elif scorer_name == "loglik":
+            scorer = LoglikScorer(model, tokenizer)
+        else:
+            judge_dir = getattr(args, "judge_model", None)
+            judge_model, judge_tok = load_model(judge_dir, device) if judge_dir else (model, tokenizer)
+            scorer = JudgeScorer(Engine(judge_model, judge_tok), judge_tok, JUDGE_MAX_NEW_TOKENS)
+    choices = run_strategy(strategy, model, tokenizer, problems, n=args.n, rounds=args.rounds,
+                           scorer=scorer, params=params, engine=engine)
 
     n = 1 if strategy in ("greedy", "refine") else args.n
     settings = {"strategy": strategy, "n": n, "rounds": args.rounds if strategy == "refine" else None,
@@ -110,6 +97,7 @@ def main(args) -> int:
                 "generated_tokens": c.generated_tokens, "scored_tokens": c.scored_tokens, **c.detail}
                for p, c in zip(problems, choices)]
     payload = {"model": str(args.model), "task": args.task, "data": None if args.data is None else str(args.data),
+               "split": getattr(args, "split", None),
                "limit": args.limit, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                "seconds": round(time.time() - started, 2), "settings": settings, "grader": grader_info(problems),
                "metrics": metrics, "records": records}

@@ -23,16 +23,14 @@ import datetime as dt
 import json
 import math
 import random
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-from tqdm.auto import tqdm
-
 from ponder.engine import Engine, SamplingParams
 from ponder.evaluate import metrics as M
 from ponder.evaluate.harness import DEFAULT_MAX_NEW_TOKENS, build_prompt, grader_info
+from ponder.progress import ProgressBar
 from ponder.scaling.candidates import Candidate, fill_logliks, generate_candidates, logprobs_are_the_models
 from ponder.scaling.strategies import answer_equivalence, vote_weight, weighted_winner
 from ponder.tasks import FAMILIES, Problem
@@ -115,22 +113,21 @@ def scale_curve(model, tokenizer, problems: Sequence[Problem], ns: Sequence[int]
     rng = random.Random(seed)
     rows = {k: {name: [] for name in LABELS} for k in ks}
     greedy_correct, greedy_tokens, sample_tokens, scored = [], [], [], 0
-    bar = tqdm(total=len(problems), desc="scale-curve", unit="problem", disable=not progress)
-    for start in range(0, len(problems), batch_size):
-        batch = list(problems[start:start + batch_size])
-        prompts = [build_prompt(p, tokenizer) for p in batch]
-        for [g] in generate_candidates(engine, batch, prompts, 1, greedy_params):
-            greedy_correct.append(float(g.correct))
-            greedy_tokens.append(g.tokens)
-        cands = generate_candidates(engine, batch, prompts, pool, replace(sample_params, seed=seed + start))
-        scored += sum(fill_logliks(model, tokenizer, prompts, cands))
-        for cs, equivalent in zip(cands, equivalences[start:start + batch_size]):
-            sample_tokens.append(M.mean([c.tokens for c in cs]))
-            for k, values in problem_curve(cs, equivalent, ks, draws, rng).items():
-                for name, value in values.items():
-                    rows[k][name].append(value)
-        bar.update(len(batch))
-    bar.close()
+    with ProgressBar(total=len(problems), desc="scale-curve", unit="problem", enabled=progress) as bar:
+        for start in range(0, len(problems), batch_size):
+            batch = list(problems[start:start + batch_size])
+            prompts = [build_prompt(p, tokenizer) for p in batch]
+            for [g] in generate_candidates(engine, batch, prompts, 1, greedy_params):
+                greedy_correct.append(float(g.correct))
+                greedy_tokens.append(g.tokens)
+            cands = generate_candidates(engine, batch, prompts, pool, replace(sample_params, seed=seed + start))
+            scored += sum(fill_logliks(model, tokenizer, prompts, cands))
+            for cs, equivalent in zip(cands, equivalences[start:start + batch_size]):
+                sample_tokens.append(M.mean([c.tokens for c in cs]))
+                for k, values in problem_curve(cs, equivalent, ks, draws, rng).items():
+                    for name, value in values.items():
+                        rows[k][name].append(value)
+            bar.update(len(batch))
 
     count = len(problems)
     per_sample = M.mean(sample_tokens)
@@ -212,23 +209,15 @@ def plot(table: dict, path: str | Path, title: str = "") -> Path:
 
 def main(args) -> int:
     """`ponder scale-curve`: write curve.json, curve.md and curve.png under --out."""
-    import torch
+    from ponder.evaluate.command import load_model, load_problems
 
-    from ponder.models import from_pretrained
-    from ponder.tasks import load_task
-    from ponder.tokenizer import Tokenizer
-
-    try:
-        problems = load_task(args.task, path=args.data, limit=args.limit)
-        model = from_pretrained(args.model, dtype=torch.float32)
-        tokenizer = Tokenizer.from_pretrained(args.model)
-        table = scale_curve(model, tokenizer, problems, args.n, draws=args.draws, seed=args.seed,
-                            temperature=getattr(args, "temperature", 1.0),
-                            max_new_tokens=getattr(args, "max_new_tokens", None))
-    except (ValueError, FileNotFoundError) as err:
-        print(f"ponder scale-curve: error: {err}", file=sys.stderr)
-        return 2
+    problems = load_problems(args)
+    model, tokenizer = load_model(args.model, getattr(args, "device", "auto"))
+    table = scale_curve(model, tokenizer, problems, args.n, draws=args.draws, seed=args.seed,
+                        temperature=getattr(args, "temperature", 1.0),
+                        max_new_tokens=getattr(args, "max_new_tokens", None))
     table = {"model": str(args.model), "task": args.task, "data": None if args.data is None else str(args.data),
+             "split": getattr(args, "split", None),
              "limit": args.limit, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
              **table}
     out = Path(args.out)

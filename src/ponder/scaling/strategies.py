@@ -38,11 +38,10 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
-from tqdm.auto import tqdm
-
 from ponder.engine import Engine, SamplingParams
 from ponder.evaluate import metrics as M
 from ponder.evaluate.harness import MATH_INSTRUCTION, build_prompt, equivalence_for
+from ponder.progress import ProgressBar
 from ponder.scaling.candidates import Candidate, fill_logliks, generate_candidates, to_candidate
 from ponder.tasks import Problem
 
@@ -212,34 +211,33 @@ def run_strategy(strategy: str, model, tokenizer, problems: Sequence[Problem], *
         model.eval()
         engine = Engine(model, tokenizer)
     choices: list[Choice] = []
-    bar = tqdm(total=len(problems), desc=strategy, unit="problem", disable=not progress)
-    for start in range(0, len(problems), batch_size):
-        batch = list(problems[start:start + batch_size])
-        prompts = [build_prompt(p, tokenizer) for p in batch]
-        batch_params = replace(params, seed=params.seed + start)
-        if strategy == "greedy":
-            batch_params = replace(batch_params, temperature=0.0)
-        if strategy == "refine":
-            choices += refine(engine, tokenizer, batch, prompts, rounds, batch_params)
+    with ProgressBar(total=len(problems), desc=strategy, unit="problem", enabled=progress) as bar:
+        for start in range(0, len(problems), batch_size):
+            batch = list(problems[start:start + batch_size])
+            prompts = [build_prompt(p, tokenizer) for p in batch]
+            batch_params = replace(params, seed=params.seed + start)
+            if strategy == "greedy":
+                batch_params = replace(batch_params, temperature=0.0)
+            if strategy == "refine":
+                choices += refine(engine, tokenizer, batch, prompts, rounds, batch_params)
+                bar.update(len(batch))
+                continue
+            cands = generate_candidates(engine, batch, prompts, 1 if strategy == "greedy" else n, batch_params)
+            if strategy in ("greedy", "sample"):
+                for cs in cands:
+                    choices.append(Choice(cs[0].pred if len(cs) == 1 else None, M.mean([float(c.correct) for c in cs]),
+                                          M.mean([c.tokens for c in cs]), detail={"answers": [c.pred for c in cs]}))
+            elif strategy in ("majority", "weighted-majority"):
+                weighted = strategy == "weighted-majority"
+                scored = fill_logliks(model, tokenizer, prompts, cands) if weighted else [0] * len(cands)
+                for problem, cs, s in zip(batch, cands, scored):
+                    index = majority_vote(cs, answer_equivalence(problem), weighted=weighted)
+                    extra = {"weights": [_finite(math.exp(c.loglik)) for c in cs]} if weighted else {}
+                    choices.append(_chosen(cs, index, scored=s, detail=extra))
+            else:  # best-of-n
+                for cs, scores in zip(cands, scorer.score(batch, prompts, cands)):
+                    index = best_of_n(cs, scores.values)
+                    choices.append(_chosen(cs, index, scores.generated_tokens, scores.scored_tokens,
+                                           {"scores": [_finite(v) for v in scores.values], **scores.detail}))
             bar.update(len(batch))
-            continue
-        cands = generate_candidates(engine, batch, prompts, 1 if strategy == "greedy" else n, batch_params)
-        if strategy in ("greedy", "sample"):
-            for cs in cands:
-                choices.append(Choice(cs[0].pred if len(cs) == 1 else None, M.mean([float(c.correct) for c in cs]),
-                                      M.mean([c.tokens for c in cs]), detail={"answers": [c.pred for c in cs]}))
-        elif strategy in ("majority", "weighted-majority"):
-            weighted = strategy == "weighted-majority"
-            scored = fill_logliks(model, tokenizer, prompts, cands) if weighted else [0] * len(cands)
-            for problem, cs, s in zip(batch, cands, scored):
-                index = majority_vote(cs, answer_equivalence(problem), weighted=weighted)
-                extra = {"weights": [_finite(math.exp(c.loglik)) for c in cs]} if weighted else {}
-                choices.append(_chosen(cs, index, scored=s, detail=extra))
-        else:  # best-of-n
-            for cs, scores in zip(cands, scorer.score(batch, prompts, cands)):
-                index = best_of_n(cs, scores.values)
-                choices.append(_chosen(cs, index, scores.generated_tokens, scores.scored_tokens,
-                                       {"scores": [_finite(v) for v in scores.values], **scores.detail}))
-        bar.update(len(batch))
-    bar.close()
     return choices

@@ -1,15 +1,22 @@
-"""Read task files (JSON, JSONL, gzip of either, parquet) into located records.
+"""Read task data (JSON, JSONL, gzip of either, parquet, Hugging Face datasets) into located records.
 
 Every record comes back with a location string ("file:line" for JSONL, "file: record N" for a
-JSON array, "file: row N" for parquet) so that whoever turns records into problems can say
-exactly which one was bad. A malformed record is reported in the warning list and skipped; the
-rest carry on. A file with no usable record at all is an error naming the file.
+JSON array, "file: row N" for parquet, "dataset [split]: row N" for a dataset) so that whoever
+turns records into problems can say exactly which one was bad. A malformed record is reported
+in the warning list and skipped; the rest carry on. A source with no usable record at all is an
+error naming it.
+
+A Hugging Face dataset is either a folder written by `save_to_disk` or a hub id ("owner/name")
+that `datasets.load_dataset` has cached on this machine before; nothing is ever downloaded.
+Both are read through the `datasets` library, an optional dependency (`pip install
+'ponder[datasets]'`).
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import re
 from pathlib import Path
 
 # (location, record) pairs: the location names the file and line/record/row.
@@ -109,17 +116,95 @@ def _parquet_records(path: Path) -> Located:
     return [(f"{path}: row {i}", row) for i, row in enumerate(rows, start=1)]
 
 
-def read_records(path: str | Path) -> tuple[Located, list[str]]:
-    """All records of a task file as (location, dict) pairs, plus warnings for skipped ones.
+# What a hub id looks like ("name" or "owner/name"); anything else that does not exist is a missing file.
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+_FILE_SUFFIXES = (".json", ".jsonl", ".ndjson", ".gz", ".parquet", ".pq")
 
-    Raises TaskFileError when the file is missing, of an unknown type, unreadable, or holds
+
+def _datasets(where: str):
+    try:
+        import datasets
+    except ImportError as e:
+        raise TaskFileError(f"{where}: reading a Hugging Face dataset needs the datasets library: "
+                            "pip install datasets (or pip install 'ponder[datasets]')") from e
+    return datasets
+
+
+def is_saved_dataset(path: Path) -> bool:
+    """A folder written by `Dataset.save_to_disk` (state.json) or `DatasetDict.save_to_disk`."""
+    return (path / "state.json").is_file() or (path / "dataset_dict.json").is_file()
+
+
+def _cached_hub_dataset(name: str):
+    """The dataset `name` from the local `datasets` cache, with the library held offline for the
+    call so that it never reaches the network."""
+    datasets = _datasets(name)
+    offline = datasets.config.HF_HUB_OFFLINE
+    verbosity = datasets.logging.get_verbosity()
+    datasets.config.HF_HUB_OFFLINE = True
+    datasets.logging.set_verbosity_error()  # it warns that it fell back to the cache, which is the point
+    try:
+        return datasets.load_dataset(name)
+    except ConnectionError as e:  # offline and not cached: the library says it could not reach the hub
+        raise TaskFileError(
+            f"{name}: no such file or folder, and not a Hugging Face dataset in the local cache "
+            f"(ponder downloads nothing: load it once online with datasets.load_dataset({name!r}), "
+            "or pass a folder written by save_to_disk)") from e
+    except Exception as e:  # several configs cached, a broken cache entry: the library's message says which
+        raise TaskFileError(f"{name}: cannot load this cached Hugging Face dataset: {e}") from e
+    finally:
+        datasets.config.HF_HUB_OFFLINE = offline
+        datasets.logging.set_verbosity(verbosity)
+
+
+def _dataset_records(source: str, data, split: str | None) -> Located:
+    """Rows of a Dataset, or of one split of a DatasetDict, as located records."""
+    if hasattr(data, "keys"):  # a DatasetDict: one split, named or the only one
+        splits = list(data.keys())
+        if split is None and len(splits) == 1:
+            split = splits[0]
+        if split not in splits:
+            asked = f"no split {split!r}" if split is not None else "several splits"
+            raise TaskFileError(f"{source}: {asked}; it has {', '.join(splits)}: choose one with the split "
+                                "setting (task_split / eval_split in a training config, --split on the command line)")
+        data = data[split]
+    elif split is not None and data.split is not None and str(data.split) != split:
+        raise TaskFileError(f"{source}: holds only split {str(data.split)!r}, not {split!r}")
+    label = f"{source} [{split}]" if split else source
+    return [(f"{label}: row {i}", row) for i, row in enumerate(data, start=1)]
+
+
+def read_records(path: str | Path, split: str | None = None) -> tuple[Located, list[str]]:
+    """All records of a task file or Hugging Face dataset as (location, dict) pairs, plus
+    warnings for skipped ones. `split` picks a dataset's split (None: its only one).
+
+    Raises TaskFileError when the source is missing, of an unknown type, unreadable, or holds
     no record at all.
     """
-    path = Path(path)
+    name, path = str(path), Path(path)
+    if path.is_file():
+        if split is not None:
+            raise TaskFileError(f"{path}: a split ({split!r}) applies to a Hugging Face dataset, not to a file")
+        return _file_records(path)
     if path.is_dir():
-        raise TaskFileError(f"{path}: is a folder; pass the task file itself")
-    if not path.is_file():
+        if not is_saved_dataset(path):
+            raise TaskFileError(f"{path}: is a folder, and not one written by datasets' save_to_disk; "
+                                "pass the task file itself")
+        try:
+            data = _datasets(name).load_from_disk(name)
+        except Exception as e:  # a damaged folder: the library names what is wrong
+            raise TaskFileError(f"{path}: cannot load this saved dataset: {e}") from e
+    elif _HUB_ID.fullmatch(name) and not name.lower().endswith(_FILE_SUFFIXES):
+        data = _cached_hub_dataset(name)
+    else:
         raise TaskFileError(f"{path}: no such file")
+    records = _dataset_records(name, data, split)
+    if not records:
+        raise TaskFileError(f"{name}: no usable record (the dataset is empty)")
+    return records, []
+
+
+def _file_records(path: Path) -> tuple[Located, list[str]]:
     fmt, gz = _format_of(path)
     warnings: list[str] = []
     if fmt == "parquet":
