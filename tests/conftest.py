@@ -1,5 +1,7 @@
 """Fixtures shared by several test files."""
 
+import sys
+
 import pytest
 
 
@@ -20,3 +22,14 @@ def tiny_checkpoint(tmp_path_factory):
     Decoder(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def base(tmp_path_factory):
+    """A tiny policy + char tokenizer saved in HF layout, and an importable reward module."""
+    from rl_setup import make_base
+
+    root = make_base(tmp_path_factory.mktemp("rl"))
+    sys.path.insert(0, str(root))
+    yield root
+    sys.path.remove(str(root))

@@ -3,7 +3,7 @@ reward when "correct" is the only reward is also the accuracy) named in the lege
 
 import pytest
 
-from ponder.rl.metrics import plot
+from ponder.runtime.metrics import plot
 
 
 @pytest.fixture

@@ -14,52 +14,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ponder.models import Decoder, ModelConfig
 from ponder.rl import RLConfig, train_rl
 from ponder.rl import losses as rl_losses
-from ponder.rl import trainer as rl_trainer
 from ponder.rl.trainer import TIMING_KEYS
+from ponder.runtime.lora import LoRAConfig
 from ponder.runtime.training import ProblemStream, TrainingRun, lr_at
-from ponder.tasks import multiply
-from ponder.tokenizer import build_char_tokenizer
+from rl_setup import rl_config as config  # tests/ is on sys.path under pytest
 
 REPO = Path(__file__).resolve().parents[1]
-
-REWARDS_MODULE = '''
-def sevens(prompt, completion, problem):
-    """Share of 7s in the completion: a tiny random model has variance here from step 1."""
-    return completion.count("7") / max(len(completion), 1)
-
-def flat_for_odd(prompt, completion, problem):
-    """Signal only for problems with an even first operand; odd ones are a zero-variance group."""
-    return sevens(prompt, completion, problem) if problem.meta["a"] % 2 == 0 else 1.0
-'''
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    """A tiny policy + char tokenizer saved in HF layout, and an importable reward module."""
-    root = tmp_path_factory.mktemp("rl")
-    tok = build_char_tokenizer(multiply.ALPHABET)
-    torch.manual_seed(0)
-    model = Decoder(ModelConfig(vocab_size=tok.vocab_size, hidden_size=16, intermediate_size=32,
-                                num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                                head_dim=8, tie_word_embeddings=True))
-    model.save_pretrained(root / "base")
-    tok.save_pretrained(root / "base")
-    (root / "rl_test_rewards.py").write_text(REWARDS_MODULE)
-    sys.path.insert(0, str(root))
-    yield root
-    sys.path.remove(str(root))
-
-
-def config(base, out, **kw):
-    settings = dict(model=str(base / "base"), task="multiply:train", task_limit=40, rewards=["rl_test_rewards:sevens"],
-                    prompts_per_step=4, group_size=4, max_new_tokens=10, steps=4, lr=3e-2, eval_every=0,
-                    save_every=2, micro_batch_size=8, output_dir=str(out), seed=1)
-    settings.update(kw)
-    return RLConfig(**settings)
-
 
 def records(out):
     return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
@@ -86,16 +48,18 @@ def test_rl_raises_the_reward(base, tmp_path):
         assert key in rows[-1], key
 
 
-def test_resume_after_kill_equals_uninterrupted_run(base, tmp_path):
+@pytest.mark.parametrize("lora", [None, {"r": 4, "alpha": 8}], ids=["full", "lora"])
+def test_resume_after_kill_equals_uninterrupted_run(base, tmp_path, lora):
     steps = 6
-    full = train_rl(config(base, tmp_path / "full", steps=steps), progress=False)
+    full = train_rl(config(base, tmp_path / "full", steps=steps, lora=LoRAConfig(**lora) if lora else None),
+                    progress=False)
 
     out = tmp_path / "killed"
     cfg_path = tmp_path / "run.yaml"
     cfg_path.write_text(f"model: {base / 'base'}\ntask: multiply:train\ntask_limit: 40\n"
                         f"rewards: [rl_test_rewards:sevens]\nprompts_per_step: 4\ngroup_size: 4\n"
                         f"max_new_tokens: 10\nlr: 3.0e-2\neval_every: 0\nsave_every: 2\nmicro_batch_size: 8\n"
-                        f"seed: 1\nsteps: {steps}\n")
+                        f"seed: 1\nsteps: {steps}\n" + (f"lora: {json.dumps(lora)}\n" if lora else ""))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(base), str(REPO / "src")])}
     cmd = [sys.executable, "-m", "ponder.cli", "train", "rl", str(cfg_path), f"output_dir={out}"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -118,6 +82,12 @@ def test_resume_after_kill_equals_uninterrupted_run(base, tmp_path):
         assert torch.equal(ours[name], theirs[name]), name
     assert comparable(records(out)) == comparable(records(tmp_path / "full"))
     assert [r["step"] for r in records(out)] == list(range(1, steps + 1))
+    if lora:  # the adapter trained (the merged model moved) and came out in PEFT's layout too
+        base_weights = load_file(base / "base" / "model.safetensors")
+        assert any(not torch.equal(ours[n], base_weights[n]) for n in ours)
+        ours = load_file(out / "model" / "adapter" / "adapter_model.safetensors")
+        theirs = load_file(Path(full["model_dir"]) / "adapter" / "adapter_model.safetensors")
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[n], theirs[n]) for n in ours)
 
 
 def test_nan_loss_rolls_back_with_lower_lr(base, tmp_path, monkeypatch, caplog):

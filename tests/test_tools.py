@@ -117,13 +117,14 @@ def test_a_stop_string_in_the_forced_output_does_not_end_the_completion():
     assert c.text == "```python\nprint('a\\n\\nb')\n```\n```output\na\n\nb\n```\ndone." and c.finish_reason == "stop"
 
 
-def test_rl_trains_on_the_policy_tokens_only():
+def test_rl_trains_on_the_policy_tokens_only(tmp_path):
     """Forced tool output is masked from the loss: it counts as no loss token, and what its
     recorded log-probs say changes nothing."""
     from ponder.engine import Completion
     from ponder.models import Decoder
     from ponder.rl import RLConfig
-    from ponder.rl.trainer import Rollout, sampling_tool, update
+    from ponder.rl.trainer import Rollout, loss_masks, sampling_tool, update
+    from ponder.runtime.training import TrainingRun
 
     assert sampling_tool(RLConfig(python_tool=True)) == PythonTool() and sampling_tool(RLConfig()) is None
     torch.manual_seed(0)
@@ -132,12 +133,16 @@ def test_rl_trains_on_the_policy_tokens_only():
     ids = TOK.encode(CALL + RESULT + "so 42.")
     forced = [False] * len(CALL) + [True] * len(RESULT) + [False] * len("so 42.")
 
+    cfg = RLConfig(output_dir=str(tmp_path), device="cpu")
+    run = TrainingRun(cfg, data_size=1, what="problems", model=model, tokenizer=TOK)
+    run.set_lr(0.0)  # the two calls below must see the same weights
+
     def loss(forced_logprob: float) -> dict:
         logprobs = [forced_logprob if f else -1.0 for f in forced]
-        rollout = Rollout([[1], [1]], [Completion(ids, logprobs, "stop", forced=forced)] * 2,
-                          torch.tensor([1.0, -0.5]))
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-        return update(RLConfig(), model, None, optimizer, rollout, torch.device("cpu"), None)
+        completions = [Completion(ids, logprobs, "stop", forced=forced)] * 2
+        rollout = Rollout([[1], [1]], completions, torch.tensor([1.0, -0.5]), sequences=2,
+                          tokens=int(sum(map(sum, loss_masks(cfg, completions)))))
+        return update(cfg, run, None, rollout, None)
 
     a, b = loss(0.0), loss(-5.0)
     assert a["loss_tokens"] == 2 * (len(CALL) + len("so 42."))

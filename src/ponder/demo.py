@@ -24,7 +24,8 @@ from pathlib import Path
 
 from ponder.evaluate import evaluate
 from ponder.models import from_pretrained
-from ponder.rl import RLConfig, checkpoint, train_rl
+from ponder.rl import RLConfig, train_rl
+from ponder.runtime import checkpoint
 from ponder.tasks import family
 from ponder.tokenizer import Tokenizer
 

@@ -106,6 +106,7 @@ def collect(cfg: RLConfig, engine, tokenizer, problems: Sequence, stream, fns, s
     seen_rewards, seen_samples, lengths, truncated = [], [], [], []
     groups_tried = groups_flat = 0
     t_gen = t_score = 0.0
+    nonfinite: dict[str, int] = {}  # reward name -> NaN/inf values it returned this step
     tries = cfg.max_sampling_tries if cfg.dynamic_sampling else 1
     attempt = 0
     for attempt in range(tries):
@@ -124,7 +125,7 @@ def collect(cfg: RLConfig, engine, tokenizer, problems: Sequence, stream, fns, s
         t0 = time.perf_counter()
         flat = [c for group in outs for c in group]
         rewards = score(fns, [t for t in texts for _ in range(g)], [c.text for c in flat],
-                        [p for p in batch for _ in range(g)])
+                        [p for p in batch for _ in range(g)], nonfinite=nonfinite)
         lens = torch.tensor([len(c.token_ids) for c in flat], dtype=torch.long)
         if cfg.overlong == "soft":
             penalty = overlong_penalty(lens, cfg.max_new_tokens, cfg.overlong_buffer, cfg.overlong_penalty)
@@ -161,17 +162,18 @@ def collect(cfg: RLConfig, engine, tokenizer, problems: Sequence, stream, fns, s
     sequences, tokens = distributed.all_sum([len(completions), sum(map(sum, loss_masks(cfg, completions)))])
     rollout = Rollout([p for p, _, _ in kept for _ in range(g)], completions, adv, int(sequences), int(tokens))
     return rollout, step_metrics(cfg, names, weights, seen_rewards, seen_samples, lengths, truncated,
-                                 groups_tried, groups_flat, kept_total, attempt, t_gen, t_score)
+                                 groups_tried, groups_flat, kept_total, attempt, t_gen, t_score, nonfinite)
 
 
 def step_metrics(cfg, names, weights, seen_rewards, seen_samples, lengths, truncated, groups_tried, groups_flat,
-                 kept_total, attempt, t_gen, t_score) -> dict[str, Any]:
+                 kept_total, attempt, t_gen, t_score, nonfinite) -> dict[str, Any]:
     """The step's reward and sampling figures over every rank's samples."""
     g = cfg.group_size
     rewards = torch.cat(seen_rewards) if seen_rewards else torch.zeros(0, len(names), dtype=torch.float64)
-    right = [correct(*x) or 0.0 for x in seen_samples]
+    # the task's verifier, side by side (code completions each wait on a sandbox)
+    right = torch.nan_to_num(score([correct], *map(list, zip(*seen_samples)))[:, 0]).tolist() if seen_samples else []
     parts = distributed.gather((rewards, torch.cat(lengths) if lengths else torch.zeros(0, dtype=torch.long),
-                                truncated, right, groups_tried, groups_flat, t_gen, t_score))
+                                truncated, right, groups_tried, groups_flat, t_gen, t_score, nonfinite))
     every = torch.cat([p[0] for p in parts])
     lens = torch.cat([p[1] for p in parts]).double()
     truncated = [t for p in parts for t in p[2]]
@@ -181,6 +183,7 @@ def step_metrics(cfg, names, weights, seen_rewards, seen_samples, lengths, trunc
         col = every[:, k][~torch.isnan(every[:, k])]
         metrics[f"reward/{name}/mean"] = col.mean().item() if len(col) else float("nan")
         metrics[f"reward/{name}/std"] = col.std().item() if len(col) > 1 else 0.0
+        metrics[f"reward/{name}/nonfinite"] = sum(p[8].get(name, 0) for p in parts)
     total = combine(every, weights, g, "sum")
     metrics["reward/total/mean"] = torch.nanmean(total).item()
     if "correct" in names:
@@ -369,11 +372,13 @@ def train_rl(cfg: RLConfig, *, model=None, tokenizer=None, problems: Sequence | 
     if problems is None:
         from ponder.tasks import load_task
 
-        problems = load_task(cfg.task, cfg.task_path, cfg.task_limit)
+        problems = load_task(cfg.task, cfg.task_path, cfg.task_limit, split=cfg.task_split,
+                             prompt_column=cfg.prompt_column, answer_column=cfg.answer_column)
     if eval_problems is None and cfg.eval_task:
         from ponder.tasks import load_task
 
-        eval_problems = load_task(cfg.eval_task, cfg.eval_path, cfg.eval_limit)
+        eval_problems = load_task(cfg.eval_task, cfg.eval_path, cfg.eval_limit, split=cfg.eval_split,
+                                  prompt_column=cfg.prompt_column, answer_column=cfg.answer_column)
     if eval_problems:
         overlap = {p.prompt for p in problems} & {p.prompt for p in eval_problems}
         if overlap:
@@ -422,8 +427,9 @@ def train_rl(cfg: RLConfig, *, model=None, tokenizer=None, problems: Sequence | 
             record = {"step": 0, **run_eval()}
             st["best_eval"] = record["eval/accuracy"]
             metrics.log(record)
-        # A step-0 checkpoint gives a rollback target before the first scheduled save.
-        run.save(0, dict(st))
+        # A step-0 checkpoint gives a rollback target before the first scheduled save (and is
+        # the best so far when there is a held-out baseline).
+        run.save(0, dict(st), best=bool(eval_problems))
 
     bar = run.progress(cfg.steps, st["step"], "rl", progress)
     warned_truncation = 0
@@ -499,10 +505,8 @@ def train_rl(cfg: RLConfig, *, model=None, tokenizer=None, problems: Sequence | 
         run.restore(checkpoint.latest(run.checkpoints))
     plots = []
     if distributed.is_main():
-        names = [reward_name(f) for f in fns]
-        plots = plot(st["history"], out, {
-            "reward": ["reward/total/mean", "accuracy"] + [f"reward/{n}/mean" for n in names if n != "correct"],
-            "heldout_accuracy": ["eval/accuracy"]})
+        plots = plot(st["history"], out, {"reward": ["reward/total/mean", "reward/*/mean", "accuracy"],
+                                          "heldout_accuracy": ["eval/accuracy"]})
     metrics.close()
     evals = [(r["step"], r["eval/accuracy"]) for r in st["history"] if "eval/accuracy" in r]
     last = next((r for r in reversed(st["history"]) if "event" not in r), {})

@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import random
-import sys
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any, Literal
 import torch
 
 from ponder import config as config_io
+from ponder.device import pick_device
 from ponder.models import token_logprobs
 from ponder.models.checkpoint import save_checkpoint
 from ponder.runtime import checkpoint, distributed
@@ -96,20 +96,6 @@ def lr_at(cfg, step: int, total_steps: int, scale: float = 1.0) -> float:
         factor = cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
         return cfg.lr * scale * factor
     return cfg.lr * scale
-
-
-def pick_device(name: str) -> torch.device:
-    """"auto": CUDA when there is a GPU, else the CPU; a named device that is not there is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise ValueError(f"device: {exc}") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r}, but this torch sees no CUDA GPU (built for CPU only, or no GPU "
-                         "visible); use device=cpu or device=auto")
-    return device
 
 
 def autocast(device: torch.device, dtype: str):
@@ -351,20 +337,17 @@ class TrainingRun:
         return MetricsLog(self.out, history) if distributed.is_main() else _NoMetrics()
 
     def progress(self, total: int, initial: int, desc: str, enabled: bool):
-        """A progress bar on rank 0 when stderr is a terminal (pipes and log files get none)."""
-        from tqdm.auto import tqdm
+        """A progress bar on rank 0 when stderr is a terminal (pipes and log files get none);
+        log lines and warnings print above it."""
+        from ponder.progress import ProgressBar
 
-        show = enabled and distributed.is_main() and sys.stderr.isatty()
-        return tqdm(total=total, initial=initial, disable=not show, desc=desc, dynamic_ncols=True)
+        return ProgressBar(total=total, initial=initial, desc=desc, enabled=enabled and distributed.is_main())
 
     @contextmanager
     def interruptible(self):
-        """Ctrl-C says where a re-run of the same command resumes from; log lines do not break bars."""
-        from tqdm.contrib.logging import logging_redirect_tqdm
-
+        """Ctrl-C says where a re-run of the same command resumes from."""
         try:
-            with logging_redirect_tqdm():
-                yield
+            yield
         except KeyboardInterrupt:
             found = checkpoint.latest(self.checkpoints)
             where = f"checkpoint {found}" if found else "the start (no checkpoint was written yet)"
