@@ -60,7 +60,7 @@ def matmuls_and_attention(fast: DecodeStep):
             x = o_proj(out.view(B, -1))
             x = mlp.down(mlp.gate_up(x).chunk(2, dim=-1)[0])
         cache.advance(1)
-        return fast.lm_head(x)
+        return F.linear(x, fast.head_weight)
 
     return step
 
@@ -68,9 +68,8 @@ def matmuls_and_attention(fast: DecodeStep):
 def matmuls_only(fast: DecodeStep, packed: bool = True):
     """The step's weight matmuls alone: DecodeStep's packed ones, or F.linear on the same weights."""
     linears = [linear for qkv, _, o, mlp in fast.layers for linear in (qkv, o, mlp.gate_up, mlp.down)]
-    linears.append(fast.lm_head)
     weights = [linear.make_weight().contiguous() for linear in linears]
-    inputs = {w.shape[1]: torch.randn(ROWS, w.shape[1]) for w in weights}
+    inputs = {w.shape[1]: torch.randn(ROWS, w.shape[1]) for w in weights + [fast.head_weight]}
 
     def step(tokens, cache):
         for linear, weight in zip(linears, weights):
@@ -79,6 +78,7 @@ def matmuls_only(fast: DecodeStep, packed: bool = True):
                 linear(x)
             else:
                 F.linear(x, weight)
+        F.linear(inputs[fast.head_weight.shape[1]], fast.head_weight)  # the head is never packed
 
     return step
 

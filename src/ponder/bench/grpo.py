@@ -64,7 +64,7 @@ def run_ponder(tmp: Path, problems, args) -> dict:
     }
 
 
-def run_trl(tmp: Path, problems, args) -> dict:
+def run_trl(tmp: Path, problems, args, reward_fn=correct_reward, lr: float = LR) -> dict:
     import warnings
 
     import transformers
@@ -83,14 +83,14 @@ def run_trl(tmp: Path, problems, args) -> dict:
     by_prompt = {p.prompt: p for p in problems}
 
     def reward(prompts, completions, **kwargs):
-        return [correct_reward(p, c, by_prompt[p]) for p, c in zip(prompts, completions)]
+        return [reward_fn(p, c, by_prompt[p]) for p, c in zip(prompts, completions)]
 
     n = args.prompts * args.steps
     dataset = Dataset.from_dict({"prompt": [problems[i % len(problems)].prompt for i in range(n)]})
     config = GRPOConfig(
         output_dir=str(tmp / "trl"), per_device_train_batch_size=args.prompts * args.group,
         num_generations=args.group, max_completion_length=args.max_new_tokens, loss_type="dapo", beta=0.0,
-        learning_rate=LR, max_steps=args.steps, temperature=1.0, report_to="none", logging_steps=1,
+        learning_rate=lr, max_steps=args.steps, temperature=1.0, report_to="none", logging_steps=1,
         save_strategy="no", use_cpu=True, bf16=False, seed=0, disable_tqdm=True, dataloader_num_workers=0,
         lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
     )

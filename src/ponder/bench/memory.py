@@ -1,0 +1,179 @@
+"""`ponder bench memory`: peak memory of one GRPO step at a real vocabulary, against TRL, same run.
+
+The model is Qwen3-0.6B's width (hidden 1024, 16 query / 8 KV heads of 128, SwiGLU 3072, tied
+embeddings, vocabulary 151,936) with few layers, so a step runs in minutes on a CPU; weights are
+random. The tokenizer maps every id to one character, so any sampled id decodes. Each variant runs
+in its own process, one after the other, and reports its peak resident memory (ru_maxrss: weights,
+optimizer state, generation and update together) and its seconds per step:
+
+    trl        TRL's GRPOTrainer on the same weights and config (transformers' model and generate)
+    full       ponder with the loss head in one piece (loss_chunk_tokens=0): [B, T, vocab] logits
+    chunked    ponder's default: the loss head in chunks of 512 positions, recomputed in backward
+    ckpt       chunked + activation checkpointing
+    lora       chunked + LoRA r=16 on every projection (the base frozen, no AdamW state for it)
+
+`--head` measures the loss head alone instead: log-probs + entropy + backward of B completions of
+T tokens after a 64-token prompt, as extra peak memory above the weights, for the full and the
+chunked path (the full path at the issue's 16 x 512 would need ~22 GB: it runs at a smaller size).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+VOCAB = 151_936
+SHAPE = dict(hidden_size=1024, num_attention_heads=16, num_key_value_heads=8, head_dim=128, intermediate_size=3072,
+             tie_word_embeddings=True, rope_theta=1e6, vocab_size=VOCAB, model_type="qwen3")
+VARIANTS = ("trl", "full", "chunked", "ckpt", "lora")
+LR = 1e-5
+
+
+def peak_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+
+
+def rss_gib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 2**20
+    return float("nan")
+
+
+def build(root: Path, layers: int) -> None:
+    """Random weights of the shape, and a tokenizer with one character per id, under root/base."""
+    from ponder.models import Decoder, ModelConfig
+    from ponder.tasks import multiply
+    from ponder.tokenizer import build_char_tokenizer
+
+    extra = VOCAB - len(multiply.ALPHABET) - 4  # four special tokens
+    alphabet = multiply.ALPHABET + "".join(chr(0x10000 + i) for i in range(extra))
+    tok = build_char_tokenizer(alphabet)
+    torch.manual_seed(0)
+    Decoder(ModelConfig(num_hidden_layers=layers, **SHAPE)).save_pretrained(root / "base")
+    tok.save_pretrained(root / "base")
+
+
+def prompts(n: int):
+    from ponder.tasks import multiply
+
+    return multiply.generate("train", n, seed=0)
+
+
+def reward(prompt, completion, problem=None) -> float:
+    """Random weights never finish: any reward will do; this one gives the groups some variance."""
+    return float(len(completion) % 2)
+
+
+def run_ponder(root: Path, variant: str, args) -> dict:
+    from ponder.rl import RLConfig, train_rl
+    from ponder.runtime.lora import LoRAConfig
+
+    cfg = RLConfig(model=str(root / "base"), output_dir=str(root / variant), prompts_per_step=args.prompts,
+                   group_size=args.group, max_new_tokens=args.max_new_tokens, steps=args.steps, lr=LR,
+                   micro_batch_size=args.prompts * args.group, eval_every=0, save_every=0, rollback=False,
+                   device="cpu", seed=0, loss_chunk_tokens=0 if variant == "full" else 512,
+                   gradient_checkpointing=variant == "ckpt", lora=LoRAConfig(r=16) if variant == "lora" else None)
+    train_rl(cfg, problems=prompts(args.prompts * args.steps), rewards=[reward], progress=False)
+    rows = [json.loads(x) for x in (root / variant / "metrics.jsonl").read_text().splitlines()]
+    return {"step_s": [r["time/step"] for r in rows if "event" not in r],
+            "train_s": [r["time/train"] for r in rows if "event" not in r]}
+
+
+def run_trl(root: Path, args) -> dict:
+    """TRL's GRPOTrainer, configured as bench grpo configures it."""
+    from ponder.bench.grpo import run_trl as trl_steps
+
+    class Args:  # what bench grpo's TRL runner reads
+        prompts, group, max_new_tokens, steps = args.prompts, args.group, args.max_new_tokens, args.steps
+
+    timings = trl_steps(root, prompts(args.prompts * args.steps), Args, reward_fn=reward, lr=LR)
+    return {"step_s": timings["step_s"], "train_s": [s - g - r for s, g, r in
+                                                     zip(timings["step_s"], timings["generate_s"], timings["score_s"])]}
+
+
+def child(args) -> int:
+    """One variant in this process: print its figures as one JSON line."""
+    logging.getLogger("ponder.rl").setLevel(logging.ERROR)  # random weights: truncation warnings expected
+    root = Path(args.root)
+    if args.head:
+        return head_child(args)
+    t = run_trl(root, args) if args.variant == "trl" else run_ponder(root, args.variant, args)
+    later = slice(1, None) if len(t["step_s"]) > 1 else slice(None)  # the first step warms up
+    mean = lambda xs: sum(xs[later]) / len(xs[later])  # noqa: E731
+    print(json.dumps({"variant": args.variant, "peak_gib": peak_gib(), "s_per_step": mean(t["step_s"]),
+                      "train_s": mean(t["train_s"])}))
+    return 0
+
+
+def head_child(args) -> int:
+    from ponder.models import from_pretrained, token_logprobs
+
+    model = from_pretrained(Path(args.root) / "base")
+    bsz, length = args.batch, args.length
+    ids = torch.randint(0, VOCAB, (bsz, 64 + length))
+    starts = torch.full((bsz,), 64)
+    before = rss_gib()
+    logp, ent = token_logprobs(model, ids, starts, length, 1.0, with_entropy=True,
+                               chunk_tokens=0 if args.variant == "full" else 512)
+    logp.sum().backward()
+    print(json.dumps({"variant": args.variant, "batch": bsz, "length": length, "extra_gib": peak_gib() - before,
+                      "logits_gib": bsz * length * VOCAB * 4 / 2**30}))
+    return 0
+
+
+def spawn(root: Path, args, variant: str, extra: list[str]) -> dict:
+    cmd = [sys.executable, "-m", "ponder", "bench", "memory", "--child", "--root", str(root), "--variant", variant,
+           "--layers", str(args.layers), "--prompts", str(args.prompts), "--group", str(args.group),
+           "--max-new-tokens", str(args.max_new_tokens), "--steps", str(args.steps)] + extra
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if done.returncode != 0:
+        return {"variant": variant, "error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(args) -> int:
+    if args.child:
+        return child(args)
+    with tempfile.TemporaryDirectory() as name:
+        root = Path(name)
+        build(root, args.layers)
+        if args.head:
+            sizes = [("chunked", b, t) for b, t in ((16, 512), (8, 256))] + [("full", 8, 256)]
+            rows = [spawn(root, args, v, ["--head", "--batch", str(b), "--length", str(t)]) for v, b, t in sizes]
+        else:
+            rows = [spawn(root, args, v, []) for v in args.variants.split(",")]
+    if args.json:
+        print(json.dumps({"layers": args.layers, "rows": rows}))
+        return 0
+    if args.head:
+        print(f"loss head alone: log-probs + entropy + backward, Qwen3-0.6B width, vocab {VOCAB}, "
+              f"{args.layers} layers, 64-token prompts; extra peak RSS above the weights")
+        print(f"{'path':8} {'B x T':>9} {'extra GiB':>10} {'one fp32 logits tensor GiB':>27}")
+        for r in rows:
+            if "error" in r:
+                print(f"{r['variant']:8} failed: {r['error']}")
+                continue
+            print(f"{r['variant']:8} {r['batch']:>4} x {r['length']:<4} {r['extra_gib']:10.2f} {r['logits_gib']:27.2f}")
+        return 0
+    print(f"one GRPO step, Qwen3-0.6B width, vocab {VOCAB}, {args.layers} layers, {args.prompts} prompts x "
+          f"{args.group} completions of {args.max_new_tokens} tokens, fp32, {torch.get_num_threads()} threads; "
+          f"each variant in its own process; s/step is the mean over steps 2..{args.steps}")
+    print(f"{'variant':8} {'peak GiB':>9} {'s/step':>8} {'update s':>9}")
+    trl = next((r for r in rows if r["variant"] == "trl" and "error" not in r), None)
+    for r in rows:
+        if "error" in r:
+            print(f"{r['variant']:8} failed: {r['error']}")
+            continue
+        ratio = f"   TRL peak / this: {trl['peak_gib'] / r['peak_gib']:.2f}x" if trl and r is not trl else ""
+        print(f"{r['variant']:8} {r['peak_gib']:9.2f} {r['s_per_step']:8.2f} {r['train_s']:9.2f}{ratio}")
+    return 0
