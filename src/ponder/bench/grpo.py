@@ -64,7 +64,7 @@ def run_ponder(tmp: Path, problems, args) -> dict:
     }
 
 
-def run_trl(tmp: Path, problems, args, reward_fn=correct_reward, lr: float = LR) -> dict:
+def run_trl(tmp: Path, problems, args, reward_fn=correct_reward, lr: float = LR, use_cpu: bool = True) -> dict:
     import warnings
 
     import transformers
@@ -80,6 +80,8 @@ def run_trl(tmp: Path, problems, args, reward_fn=correct_reward, lr: float = LR)
     tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(tmp / "base" / "tokenizer.json"),
                                         eos_token="<|endoftext|>", pad_token="<|endoftext|>")
     model = AutoModelForCausalLM.from_pretrained(tmp / "base", dtype=torch.float32)
+    if not use_cpu:
+        torch.cuda.reset_peak_memory_stats()
     by_prompt = {p.prompt: p for p in problems}
 
     def reward(prompts, completions, **kwargs):
@@ -91,7 +93,7 @@ def run_trl(tmp: Path, problems, args, reward_fn=correct_reward, lr: float = LR)
         output_dir=str(tmp / "trl"), per_device_train_batch_size=args.prompts * args.group,
         num_generations=args.group, max_completion_length=args.max_new_tokens, loss_type="dapo", beta=0.0,
         learning_rate=lr, max_steps=args.steps, temperature=1.0, report_to="none", logging_steps=1,
-        save_strategy="no", use_cpu=True, bf16=False, seed=0, disable_tqdm=True, dataloader_num_workers=0,
+        save_strategy="no", use_cpu=use_cpu, bf16=False, seed=0, disable_tqdm=True, dataloader_num_workers=0,
         lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
     )
     trainer = GRPOTrainer(model=model, reward_funcs=reward, args=config, train_dataset=dataset,

@@ -38,7 +38,10 @@ VARIANTS = ("trl", "full", "chunked", "ckpt", "lora")
 LR = 1e-5
 
 
-def peak_gib() -> float:
+def peak_gib(device: str = "cpu") -> float:
+    """Peak memory of this process: resident memory on the CPU, allocated GPU memory on CUDA."""
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
 
 
@@ -81,7 +84,7 @@ def run_ponder(root: Path, variant: str, args) -> dict:
     cfg = RLConfig(model=str(root / "base"), output_dir=str(root / variant), prompts_per_step=args.prompts,
                    group_size=args.group, max_new_tokens=args.max_new_tokens, steps=args.steps, lr=LR,
                    micro_batch_size=args.prompts * args.group, eval_every=0, save_every=0, rollback=False,
-                   device="cpu", seed=0, loss_chunk_tokens=0 if variant == "full" else 512,
+                   device=args.device, seed=0, loss_chunk_tokens=0 if variant == "full" else 512,
                    gradient_checkpointing=variant == "ckpt", lora=LoRAConfig(r=16) if variant == "lora" else None)
     train_rl(cfg, problems=prompts(args.prompts * args.steps), rewards=[reward], progress=False)
     rows = [json.loads(x) for x in (root / variant / "metrics.jsonl").read_text().splitlines()]
@@ -96,7 +99,8 @@ def run_trl(root: Path, args) -> dict:
     class Args:  # what bench grpo's TRL runner reads
         prompts, group, max_new_tokens, steps = args.prompts, args.group, args.max_new_tokens, args.steps
 
-    timings = trl_steps(root, prompts(args.prompts * args.steps), Args, reward_fn=reward, lr=LR)
+    timings = trl_steps(root, prompts(args.prompts * args.steps), Args, reward_fn=reward, lr=LR,
+                        use_cpu=not args.device.startswith("cuda"))
     return {"step_s": timings["step_s"], "train_s": [s - g - r for s, g, r in
                                                      zip(timings["step_s"], timings["generate_s"], timings["score_s"])]}
 
@@ -110,7 +114,7 @@ def child(args) -> int:
     t = run_trl(root, args) if args.variant == "trl" else run_ponder(root, args.variant, args)
     later = slice(1, None) if len(t["step_s"]) > 1 else slice(None)  # the first step warms up
     mean = lambda xs: sum(xs[later]) / len(xs[later])  # noqa: E731
-    print(json.dumps({"variant": args.variant, "peak_gib": peak_gib(), "s_per_step": mean(t["step_s"]),
+    print(json.dumps({"variant": args.variant, "peak_gib": peak_gib(args.device), "s_per_step": mean(t["step_s"]),
                       "train_s": mean(t["train_s"])}))
     return 0
 
@@ -118,15 +122,17 @@ def child(args) -> int:
 def head_child(args) -> int:
     from ponder.models import from_pretrained, token_logprobs
 
-    model = from_pretrained(Path(args.root) / "base")
+    cuda = args.device.startswith("cuda")
+    model = from_pretrained(Path(args.root) / "base", device=args.device)
     bsz, length = args.batch, args.length
-    ids = torch.randint(0, VOCAB, (bsz, 64 + length))
-    starts = torch.full((bsz,), 64)
-    before = rss_gib()
+    ids = torch.randint(0, VOCAB, (bsz, 64 + length), device=args.device)
+    starts = torch.full((bsz,), 64, device=args.device)
+    before = torch.cuda.memory_allocated() / 2**30 if cuda else rss_gib()
     logp, ent = token_logprobs(model, ids, starts, length, 1.0, with_entropy=True,
                                chunk_tokens=0 if args.variant == "full" else 512)
     logp.sum().backward()
-    print(json.dumps({"variant": args.variant, "batch": bsz, "length": length, "extra_gib": peak_gib() - before,
+    print(json.dumps({"variant": args.variant, "batch": bsz, "length": length,
+                      "extra_gib": peak_gib(args.device) - before,
                       "logits_gib": bsz * length * VOCAB * 4 / 2**30}))
     return 0
 
@@ -134,7 +140,7 @@ def head_child(args) -> int:
 def spawn(root: Path, args, variant: str, extra: list[str]) -> dict:
     cmd = [sys.executable, "-m", "ponder", "bench", "memory", "--child", "--root", str(root), "--variant", variant,
            "--layers", str(args.layers), "--prompts", str(args.prompts), "--group", str(args.group),
-           "--max-new-tokens", str(args.max_new_tokens), "--steps", str(args.steps)] + extra
+           "--max-new-tokens", str(args.max_new_tokens), "--steps", str(args.steps), "--device", args.device] + extra
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     if done.returncode != 0:
         return {"variant": variant, "error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
@@ -149,6 +155,8 @@ def main(args) -> int:
         build(root, args.layers)
         if args.head:
             sizes = [("chunked", b, t) for b, t in ((16, 512), (8, 256))] + [("full", 8, 256)]
+            if args.device.startswith("cuda"):  # a GPU has room for the full path at 16 x 512 too
+                sizes.append(("full", 16, 512))
             rows = [spawn(root, args, v, ["--head", "--batch", str(b), "--length", str(t)]) for v, b, t in sizes]
         else:
             rows = [spawn(root, args, v, []) for v in args.variants.split(",")]
@@ -165,9 +173,11 @@ def main(args) -> int:
                 continue
             print(f"{r['variant']:8} {r['batch']:>4} x {r['length']:<4} {r['extra_gib']:10.2f} {r['logits_gib']:27.2f}")
         return 0
+    where = args.device if args.device.startswith("cuda") else f"cpu, {torch.get_num_threads()} threads"
+    memory = "peak allocated CUDA memory" if args.device.startswith("cuda") else "peak resident memory"
     print(f"one GRPO step, Qwen3-0.6B width, vocab {VOCAB}, {args.layers} layers, {args.prompts} prompts x "
-          f"{args.group} completions of {args.max_new_tokens} tokens, fp32, {torch.get_num_threads()} threads; "
-          f"each variant in its own process; s/step is the mean over steps 2..{args.steps}")
+          f"{args.group} completions of {args.max_new_tokens} tokens, fp32, {where}; each variant in its own "
+          f"process; {memory}; s/step is the mean over steps 2..{args.steps} (all steps when 1)")
     print(f"{'variant':8} {'peak GiB':>9} {'s/step':>8} {'update s':>9}")
     trl = next((r for r in rows if r["variant"] == "trl" and "error" not in r), None)
     for r in rows:
