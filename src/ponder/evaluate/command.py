@@ -39,8 +39,8 @@ def write_result(result: EvalResult, out: str | Path, header: dict) -> tuple[Pat
 
 
 def main(args) -> int:
-    if getattr(args, "strategy", None) is not None and getattr(args, "python_tool", False):
-        print("ponder eval: error: --python-tool works without --strategy", file=sys.stderr)
+    if getattr(args, "strategy", None) is not None and getattr(args, "tool", "none") != "none":
+        print("ponder eval: error: --tool/--python-tool works without --strategy", file=sys.stderr)
         return 2
     if getattr(args, "strategy", None) is not None:  # inference-time strategies live in ponder.scaling
         from ponder.scaling.command import main as strategy_main
@@ -55,7 +55,7 @@ def main(args) -> int:
     from ponder.models import from_pretrained
     from ponder.tasks import load_task
     from ponder.tokenizer import Tokenizer
-    from ponder.tools import PythonTool
+    from ponder.tools import make_tool
 
     started = time.time()
     try:
@@ -66,7 +66,7 @@ def main(args) -> int:
         # --n 0: greedy accuracy only (no sampling, so no pass@k / maj@k)
         result = evaluate(model, tokenizer, problems, n=args.n, k_values=args.k if args.n else (),
                           temperature=temperature, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                          tool=PythonTool() if getattr(args, "python_tool", False) else None)
+                          tool=make_tool(getattr(args, "tool", "none")))
     except (ValueError, FileNotFoundError) as err:  # bad task, data, checkpoint or k/n: say which
         print(f"ponder eval: error: {err}", file=sys.stderr)
         return 2

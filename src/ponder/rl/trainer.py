@@ -32,7 +32,7 @@ from ponder.rl.advantages import combine, zero_variance_groups
 from ponder.rl.config import RLConfig
 from ponder.rl.metrics import MetricsLog, plot
 from ponder.rl.scoring import correct, overlong_penalty, resolve_reward, reward_name, score
-from ponder.tools import PythonTool
+from ponder.tools import Tool, make_tool, tool_metrics
 
 log = logging.getLogger("ponder.rl")
 
@@ -170,6 +170,7 @@ def collect(cfg: RLConfig, engine, tokenizer, problems: Sequence, stream: Proble
     weights = torch.tensor(weights, dtype=torch.float64)
     kept: list[tuple[list[int], list, torch.Tensor]] = []  # per group: prompt ids, completions, rewards
     seen_rewards, seen_samples, lengths, truncated = [], [], [], []
+    seen_completions, seen_problems = [], []  # for the tool metrics
     groups_tried = groups_flat = 0
     t_gen = t_score = 0.0
     tries = cfg.max_sampling_tries if cfg.dynamic_sampling else 1
@@ -196,6 +197,8 @@ def collect(cfg: RLConfig, engine, tokenizer, problems: Sequence, stream: Proble
         flat_groups = zero_variance_groups(combine(rewards, weights, g, cfg.reward_aggregation), g)
         t_score += time.perf_counter() - t0
         seen_rewards.append(rewards)
+        seen_completions += flat
+        seen_problems += [p for p in batch for _ in range(g)]
         if "correct" not in names:
             seen_samples += [(texts[i // g], c.text, batch[i // g]) for i, c in enumerate(flat)]
         lengths.append(lens)
@@ -230,6 +233,10 @@ def collect(cfg: RLConfig, engine, tokenizer, problems: Sequence, stream: Proble
         metrics["accuracy"] = torch.nanmean(every[:, names.index("correct")]).item()
     else:  # accuracy by the task's verifier is worth seeing whatever the rewards are
         metrics["accuracy"] = sum(correct(*x) or 0.0 for x in seen_samples) / len(seen_samples)
+    if cfg.tool != "none":
+        right = (every[:, names.index("correct")].tolist() if "correct" in names
+                 else [correct(*x) or 0.0 for x in seen_samples])
+        metrics.update(tool_metrics(seen_completions, right, seen_problems))
     metrics.update({
         "zero_variance_frac": groups_flat / groups_tried,
         "groups": len(kept),
@@ -345,9 +352,9 @@ def routing_metrics(model, gamma: float) -> dict[str, float]:
     return {f"router/{k}": stats[k] for k in ("cv_mean", "cv_max", "max_share")} if stats else {}
 
 
-def sampling_tool(cfg: RLConfig) -> PythonTool | None:
+def sampling_tool(cfg: RLConfig) -> Tool | None:
     """The tool the policy samples with (the same for rollouts and held-out evaluation), or None."""
-    return PythonTool() if cfg.python_tool else None
+    return make_tool(cfg.tool)
 
 
 def evaluate_greedy(engine, tokenizer, problems: Sequence, *, max_new_tokens: int, chat: bool = False,
