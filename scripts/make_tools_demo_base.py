@@ -1,6 +1,6 @@
 """Re-create the tools demo's embedded base model (src/ponder/assets/tools-demo-base) with ponder's SFT.
 
-    .venv/bin/python scripts/make_tools_demo_base.py [--out DIR] [--call-share 0.15] [key=value ...]
+    .venv/bin/python scripts/make_tools_demo_base.py [--out DIR] [--call-share 0.25] [key=value ...]
 
 Builds the "products" task's character tokenizer (call and output tags as single tokens), a tiny
 Qwen3-shaped model (the plain demo's shape), SFT data from the task's *train* split (a

@@ -2,8 +2,8 @@
 
 The embedded base model (src/ponder/assets/tools-demo-base, re-created by
 scripts/make_tools_demo_base.py) was taught by ponder's SFT on the "products" task
-(ponder.tasks.products): easy products (one factor one digit, ``47*6=``) and hard ones (three
-digits by three, ``347*862=``), a small share of its examples calling the calculator
+(ponder.tasks.products): easy products (by 1, 10 or 100: ``347*10=``) and hard ones (three
+digits by three, ``347*862=``), a quarter of its examples calling the calculator
 (``<calc>347*862</calc><output>299114</output>``), the rest answering directly, whatever the
 kind. So it knows the tool's format but rarely uses it: greedy, it answers everything in its
 head, which works for easy products and not for hard ones.
@@ -37,10 +37,10 @@ from ponder.tools import Calculator
 
 TASK = "products"
 HELD_OUT = 100  # held-out problems per kind, evaluated before and after
-SFT_PROBLEMS = 2300  # train-split problems the base model was fine-tuned on: about every easy one, as many hard
-SFT_CALL_SHARE = 0.15  # share of the SFT examples that call the calculator, whatever the kind
-RL_PROBLEMS = 2000  # train-split problems GRPO samples from (half of each kind)
-CALL_COST = 0.2  # reward given up per call: above the easy problems' error rate without the tool
+SFT_PROBLEMS = 6000  # train-split problems the base model was fine-tuned on (half of each kind)
+SFT_CALL_SHARE = 0.25  # share of the SFT examples that call the calculator, whatever the kind
+RL_PROBLEMS = 4000  # train-split problems GRPO samples from (half of each kind)
+CALL_COST = 0.3  # reward given up per call: above the easy problems' error rate without the tool
 
 # The recipe of the plain demo (ponder.demo) at half the batch, plus the tool and its cost.
 DEMO_CONFIG = RLConfig(
@@ -67,7 +67,7 @@ def base_model_dir() -> Path:
 def measure(model, tokenizer, problems) -> dict:
     """Greedy, with the calculator on, per kind: accuracy, share of answers that call the tool,
     mean completion tokens; plus one hard problem's completion as an example."""
-    result = evaluate(model, tokenizer, problems, n=0, max_new_tokens=DEMO_CONFIG.max_new_tokens,
+    result = evaluate(model, tokenizer, problems, n=0, k_values=(), max_new_tokens=DEMO_CONFIG.max_new_tokens,
                       tool=Calculator(), progress=False)
     out: dict = {}
     for level in family(TASK).LEVELS:

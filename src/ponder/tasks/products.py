@@ -1,8 +1,11 @@
 """Synthetic family "products": multiplications of two kinds, for learning *when* to call a tool.
 
-  easy  one factor has one digit (2-9), the other 2-99: ``47*6=``, ``7*8=``; a tiny model can
-        learn to answer these in its head;
-  hard  both factors have three digits: ``347*862=``; a tiny model cannot, a calculator can.
+  easy  one factor is 1, 10 or 100, the other 2-999: ``347*10=``, ``100*56=``; the answer is the
+        other factor and some zeros, which a tiny model learns to write in its head;
+  hard  both factors have three digits (101-999): ``347*862=``; a tiny model cannot, a
+        calculator can.
+The two kinds look alike (``347*100=`` beside ``347*862=``), so deciding when to call means
+reading the second factor, not counting the prompt's characters.
 
 A solution comes in two styles:
   scratchpad (a calculator call)  ``<think><calc>347*862</calc><output>299114</output></think>\\boxed{299114}``
@@ -29,7 +32,7 @@ LEVELS = ("easy", "hard")
 SPECIAL_TOKENS = (*CALCULATOR_CALL, *OUTPUT)
 ALPHABET = "".join(sorted(set("0123456789*+-/%()=.,: abcdefghijklmnopqrstuvwxyz<>")
                           | set(synthetic.FRAME_ALPHABET)))
-EASY_DIGIT, EASY_OTHER, HARD = (2, 9), (2, 99), (100, 999)  # operand ranges, inclusive
+EASY_FACTORS, EASY_OTHER, HARD = (1, 10, 100), (2, 999), (101, 999)  # operands; ranges inclusive
 
 
 def prompt(a: int, b: int) -> str:
@@ -37,7 +40,7 @@ def prompt(a: int, b: int) -> str:
 
 
 def level_of(a: int, b: int) -> str:
-    return "hard" if min(a, b) >= HARD[0] else "easy"
+    return "easy" if a in EASY_FACTORS or b in EASY_FACTORS else "hard"
 
 
 def make(a: int, b: int) -> Problem:
@@ -48,7 +51,7 @@ def make(a: int, b: int) -> Problem:
 
 
 def _easy_pairs(split: str) -> list[tuple[int, int]]:
-    pairs = {(d, x) for d in range(EASY_DIGIT[0], EASY_DIGIT[1] + 1) for x in range(EASY_OTHER[0], EASY_OTHER[1] + 1)}
+    pairs = {(f, x) for f in EASY_FACTORS for x in range(EASY_OTHER[0], EASY_OTHER[1] + 1)}
     pairs |= {(x, d) for d, x in pairs}
     return sorted(p for p in pairs if make(*p).meta["split"] == split)
 
@@ -72,7 +75,7 @@ def generate(split: str, n: int, seed: int = 0, level: str | None = None) -> lis
         if kind == "easy":
             out.append(make(*easy.pop()))
             continue
-        while True:  # the hard space (810,000 pairs) is never exhausted by a sensible n
+        while True:  # the hard space (~800,000 pairs) is never exhausted by a sensible n
             a, b = rng.randint(*HARD), rng.randint(*HARD)
             if (a, b) not in seen and make(a, b).meta["split"] == split:
                 seen.add((a, b))
