@@ -280,8 +280,8 @@ def test_rl_step_with_the_calculator_masks_its_output_charges_its_calls_and_logs
     from ponder.tasks.products import make
 
     # one-token prompts, which is what the scripted policy reads its script from
-    easy, hard = replace(make(7, 8), prompt="e"), replace(make(347, 862), prompt="h")
-    scripts = {TOK.encode("e")[0]: "<think></think>\\boxed{56}",
+    easy, hard = replace(make(7, 10), prompt="e"), replace(make(347, 862), prompt="h")
+    scripts = {TOK.encode("e")[0]: "<think></think>\\boxed{70}",
                TOK.encode("h")[0]: "<think>" + CALC + "<output>000000</output></think>\\boxed{299114}"}
     engine = Engine(Scripted(scripts), TOK)
     cfg = RLConfig(tool="calculator", rewards=["correct", "tool_cost"], reward_weights=[1.0, 0.25],
@@ -298,4 +298,5 @@ def test_rl_step_with_the_calculator_masks_its_output_charges_its_calls_and_logs
     assert metrics["reward/total/mean"] == pytest.approx(1 - 0.25 / 2)
     assert metrics["tools/call_share"] == 0.5 and metrics["tools/call_success"] == 1.0
     assert metrics["tools/hard/call_share"] == 1.0 and metrics["tools/easy/call_share"] == 0.0
+    assert metrics["tools/easy/accuracy"] == 1.0 and metrics["tools/hard/accuracy_with_call"] == 1.0
     assert metrics["tools/accuracy_with_call"] == 1.0 and metrics["tools/accuracy_without_call"] == 1.0

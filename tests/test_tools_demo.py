@@ -44,6 +44,7 @@ def test_the_sft_call_is_what_the_calculator_computes():
         tool = Calculator()
         code = tool.code_to_run(call[:call.index(tool.close) + len(tool.close)])
         assert code == f"{p.meta['a']}*{p.meta['b']}" and tool.result(tool.run(code).output) in call
+        assert tool_calls(call) == 1  # the cost reward sees the same format
 
 
 def test_embedded_base_knows_the_calculator_but_rarely_calls_it():
@@ -54,26 +55,25 @@ def test_embedded_base_knows_the_calculator_but_rarely_calls_it():
     hard = TASK.generate("test", 48, seed=5, level="hard")
     easy = TASK.generate("test", 48, seed=5, level="easy")
 
-    def greedy(problems, prefix=""):
+    def greedy(problems):
         params = SamplingParams(max_new_tokens=40, temperature=0, tool=Calculator())
-        outs = engine.generate([p.prompt + prefix for p in problems], params=params)
-        return [o[0] for o in outs]
+        return [o[0] for o in engine.generate([p.prompt for p in problems], params=params)]
 
-    def accuracy(completions, problems, prefix=""):
-        return sum(TASK.check(prefix + c.text, p) for c, p in zip(completions, problems)) / len(problems)
+    def accuracy(completions, problems):
+        return sum(TASK.check(c.text, p) for c, p in zip(completions, problems)) / max(1, len(problems))
 
     plain_hard, plain_easy = greedy(hard), greedy(easy)
     assert not any(c.tool_calls for c in plain_hard + plain_easy)  # greedy, it answers in its head
-    assert accuracy(plain_easy, easy) > 0.7 and accuracy(plain_hard, hard) < 0.2  # fine on easy, not on hard
-    # ...but it knows the format: open a call for it and it copies the operands and the value
-    called = greedy(hard, "<think><calc>")
-    assert all(len(c.tool_calls) == 1 and c.tool_calls[0].ok for c in called)
-    assert accuracy(called, hard, "<think><calc>") > 0.8
-    # ...and sampling, it sometimes calls of its own accord: RL has something to reinforce
+    assert accuracy(plain_easy, easy) > 0.9 and accuracy(plain_hard, hard) < 0.1  # fine on easy, not on hard
+    # ...but sampling, it sometimes calls of its own accord (RL has something to reinforce), and
+    # it knows the format: its calls run, and copying operands in and the value out mostly works
     sampled = engine.generate([p.prompt for p in hard], n=8,
                               params=SamplingParams(max_new_tokens=40, temperature=1.0, tool=Calculator(), seed=0))
-    share = sum(bool(c.tool_calls) for group in sampled for c in group) / (8 * len(hard))
-    assert 0.02 < share < 0.5
+    pairs = [(c, p) for group, p in zip(sampled, hard) for c in group]
+    called = [(c, p) for c, p in pairs if c.tool_calls]
+    assert 0.1 < len(called) / len(pairs) < 0.5
+    assert all(call.ok for c, _ in called for call in c.tool_calls)
+    assert accuracy(*zip(*called)) > 0.6 and accuracy(*zip(*[x for x in pairs if not x[0].tool_calls])) < 0.1
 
 
 def test_tools_demo_json_has_the_issue_shape(tmp_path, capsys):

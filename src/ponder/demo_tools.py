@@ -40,9 +40,13 @@ HELD_OUT = 100  # held-out problems per kind, evaluated before and after
 SFT_PROBLEMS = 6000  # train-split problems the base model was fine-tuned on (half of each kind)
 SFT_CALL_SHARE = 0.25  # share of the SFT examples that call the calculator, whatever the kind
 RL_PROBLEMS = 4000  # train-split problems GRPO samples from (half of each kind)
-CALL_COST = 0.3  # reward given up per call: above the easy problems' error rate without the tool
+# Reward given up per call. It must exceed the easy problems' error rate without the tool (else
+# calling there is right), and be large enough that the early spill-over of calls into easy
+# problems recedes within the run: at 0.2 a few easy calls were left after 50 steps.
+CALL_COST = 0.3
 
 # The recipe of the plain demo (ponder.demo) at half the batch, plus the tool and its cost.
+# (Std-normalised "grpo" advantages were tried too: they lost the end of sequence on hard answers.)
 DEMO_CONFIG = RLConfig(
     task=f"{TASK}:train", eval_task=f"{TASK}:test", eval_limit=2 * HELD_OUT,  # run() passes problem_sets()
     rewards=["correct", "tool_cost"], reward_weights=[1.0, CALL_COST], tool="calculator",

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import random
 
-from ponder.rewards.tools import CALCULATOR_CALL, CALCULATOR_OUTPUT as OUTPUT
 from ponder.tasks import synthetic
 from ponder.tasks.problem import Problem
 
 NAME = "products"
 LEVELS = ("easy", "hard")
+# The calculator's format (ponder.tools.Calculator runs it, ponder.rewards.tools counts its calls;
+# spelt here too because tasks sit on the same floor as rewards and import no other part).
+CALCULATOR_CALL, OUTPUT = ("<calc>", "</calc>"), ("<output>", "</output>")
 # Call and output tags are single tokens in the family's tokenizer (SPECIAL_TOKENS); their
 # characters, and those of the calculator's error messages, are in the alphabet all the same.
 SPECIAL_TOKENS = (*CALCULATOR_CALL, *OUTPUT)
