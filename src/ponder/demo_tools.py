@@ -46,7 +46,8 @@ RL_PROBLEMS = 4000  # train-split problems GRPO samples from (half of each kind)
 CALL_COST = 0.3
 
 # The recipe of the plain demo (ponder.demo) at half the batch, plus the tool and its cost.
-# (Std-normalised "grpo" advantages were tried too: they lost the end of sequence on hard answers.)
+# (Std-normalised "grpo" advantages were tried once too: the policy lost its end of sequence after
+# hard answers and ran into the token cap.)
 DEMO_CONFIG = RLConfig(
     task=f"{TASK}:train", eval_task=f"{TASK}:test", eval_limit=2 * HELD_OUT,  # run() passes problem_sets()
     rewards=["correct", "tool_cost"], reward_weights=[1.0, CALL_COST], tool="calculator",
