@@ -263,11 +263,11 @@ def test_ponder_eval_end_to_end(tiny_checkpoint, tmp_path, capsys):
                  "--max-new-tokens", "4", "--out", str(out)]) == 0
     metrics = json.loads((out / "result.json").read_text())["metrics"]
     assert "greedy" in metrics and "sampled" not in metrics
-    assert not json.loads((out / "result.json").read_text())["settings"]["python_tool"]
+    assert json.loads((out / "result.json").read_text())["settings"]["tool"] is None
     # --python-tool: generation runs the model's code blocks (this model writes none) and says so
     assert main(["eval", "--model", str(tiny_checkpoint), "--task", "multiply", "--limit", "2", "--n", "0",
                  "--max-new-tokens", "4", "--python-tool", "--out", str(out)]) == 0
-    assert json.loads((out / "result.json").read_text())["settings"]["python_tool"]
+    assert json.loads((out / "result.json").read_text())["settings"]["tool"] == "python"
 
 
 def test_ponder_eval_errors_are_clear(tiny_checkpoint, tmp_path, capsys):

@@ -16,6 +16,8 @@ import sys
 # or unreadable file is an OSError): reported as one line, where anything else keeps its traceback.
 USER_ERRORS = (ValueError, OSError)
 
+TOOLS = ("none", "calculator", "python")  # ponder.tools.make_tool's names
+
 
 def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
@@ -57,8 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--thinking-budget", type=int, default=None)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    p.add_argument("--python-tool", action="store_true",
-                   help="run the model's ```python blocks in the sandbox and write their output back (ponder.tools)")
+    p.add_argument("--tool", default="none", choices=TOOLS,
+                   help="run the model's <calc> blocks (calculator, in-process) or ```python blocks (python, "
+                        "in the sandbox) and write their output back (ponder.tools)")
+    p.add_argument("--python-tool", dest="tool", action="store_const", const="python", help="same as --tool python")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     _device_arg(p)
@@ -148,8 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--strategy: budget forcing, replace an early </think> by 'Wait' up to W times")
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--max-new-tokens", type=int, default=None)
-    p.add_argument("--python-tool", action="store_true",
-                   help="run the model's ```python blocks in the sandbox and write their output back (no --strategy)")
+    p.add_argument("--tool", default="none", choices=TOOLS,
+                   help="run the model's <calc> blocks (calculator) or ```python blocks (python, in the sandbox) "
+                        "and write their output back (no --strategy)")
+    p.add_argument("--python-tool", dest="tool", action="store_const", const="python", help="same as --tool python")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None)
     p.set_defaults(func=lambda a: __import__("ponder.evaluate", fromlist=["main"]).main(a))
@@ -183,11 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=50, help="GRPO steps (default 50)")
     p.add_argument("--seed", type=int, default=0,
                    help="seeds training and evaluation sampling; each seed trains in its own folder (default 0)")
-    p.add_argument("--task", default=None, help="synthetic task family (default: the embedded one, multiply)")
+    p.add_argument("--task", default=None,
+                   help="synthetic task family (default: the embedded one, multiply); 'tools': the calculator demo "
+                        "(ponder.demo_tools), RL that learns when to call a tool")
     p.add_argument("--out", default="out/demo",
                    help="run folder: OUT/seed-S holds model, metrics and plots; a re-run resumes it (default out/demo)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON line, no progress bar")
-    p.set_defaults(func=lambda a: __import__("ponder.demo", fromlist=["main"]).main(a))
+    p.set_defaults(func=lambda a: __import__("ponder.demo_tools" if a.task == "tools" else "ponder.demo",
+                                             fromlist=["main"]).main(a))
     return parser
 
 

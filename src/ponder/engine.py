@@ -10,7 +10,7 @@ How a call runs:
      compute;
   4. forced tokens (a `</think>` once the thinking budget is spent, "Wait" in place of an
      early `</think>`, a tool call's output: ponder.tools) come from a small per-row queue and
-     are marked so RL can mask them.
+     are marked so RL can mask them; each completion records the tool calls it made.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from ponder.models import KVCache
 from ponder.models.decode import DecodeStep
 
 if TYPE_CHECKING:
-    from ponder.tools import PythonTool
+    from ponder.tools import Tool, ToolCall
 
 
 @dataclass
@@ -44,7 +44,7 @@ class SamplingParams:
     thinking_budget: int | None = None  # after this many thinking tokens, force `</think>`
     extend_thinking: int = 0  # budget forcing: replace an early `</think>` by `extend_with`, up to this many times
     extend_with: str = "Wait"  # what replaces an early `</think>`
-    tool: PythonTool | None = None  # run the model's ```python blocks, force their output (ponder.tools)
+    tool: Tool | None = None  # run the model's tool calls (PythonTool, Calculator), force their output (ponder.tools)
     seed: int = 0  # same seed, same prompts, same model: same samples
     group_seeds: tuple[int, ...] | None = None  # one seed per prompt (overrides `seed`): a prompt's samples then depend on its seed alone, not on the prompts batched with it (data-parallel RL draws the same groups on any number of ranks)
 
@@ -60,6 +60,7 @@ class Completion:
     finish_reason: str  # "stop" (stop token or string) or "length"
     text: str = ""
     forced: list[bool] = field(default_factory=list)
+    tool_calls: list[ToolCall] = field(default_factory=list)  # the calls the tool ran, in order
 
     @property
     def num_tokens(self) -> int:
@@ -283,11 +284,11 @@ class Engine:
                 thinking[i * n:(i + 1) * n] = opened > closed
         queued: dict[int, deque] = {}  # sample -> forced tokens still to emit
         tool = params.tool
+        tool_calls: list[list[ToolCall]] = [[] for _ in range(rows)]
         if tool is not None:
             if self.tokenizer is None:
                 raise ValueError("SamplingParams.tool needs a tokenizer: Engine(model, tokenizer)")
             may_close = self._may_close(tool.close[-1]).to(device)
-            tool_calls = [0] * rows
         stop_window = max((len(s) for s in params.stop_strings), default=0) + 8
 
         live = torch.arange(rows, device=device)  # the sample each cache row holds
@@ -334,7 +335,7 @@ class Engine:
                 live, token, alive = live[keep], token[keep], alive[keep]
             logits = decode(token, cache)
 
-        return self._collect(out_tokens, out_logprobs, out_forced, out_len, finish, n, params)
+        return self._collect(out_tokens, out_logprobs, out_forced, out_len, finish, tool_calls, n, params)
 
     def _sample(self, logits: torch.Tensor, params: SamplingParams, generator, keyed=None):
         """The next token of each row and its log-prob under the distribution it was drawn from.
@@ -389,20 +390,23 @@ class Engine:
             candidates &= ~forced
         jobs = []
         for sample in live[candidates].tolist():
-            if calls[sample] >= tool.max_calls:
+            if len(calls[sample]) >= tool.max_calls:
                 continue
             code = tool.code_to_run(self.tokenizer.decode(out_tokens[sample, :step + 1].tolist()))
             if code is not None:
-                calls[sample] += 1
                 jobs.append((sample, code))
         if not jobs:
             return
-        # Each run waits on its own sandbox process; a bounded pool keeps a step in which many
-        # rows close a block at once from starting hundreds of processes together.
-        with ThreadPoolExecutor(max_workers=min(len(jobs), 4 * (os.cpu_count() or 1))) as pool:
-            outputs = list(pool.map(tool.run, [code for _, code in jobs]))
-        for (sample, _), output in zip(jobs, outputs):
-            queued[sample] = deque(self.tokenizer.encode(tool.result(output)))
+        if len(jobs) == 1:  # the common case, and all an in-process tool needs: no thread to start
+            done = [tool.run(jobs[0][1])]
+        else:
+            # A sandboxed run waits on its own process; a bounded pool keeps a step in which many
+            # rows close a block at once from starting hundreds of processes together.
+            with ThreadPoolExecutor(max_workers=min(len(jobs), 4 * (os.cpu_count() or 1))) as pool:
+                done = list(pool.map(tool.run, [code for _, code in jobs]))
+        for (sample, _), call in zip(jobs, done):
+            calls[sample].append(call)
+            queued[sample] = deque(self.tokenizer.encode(tool.result(call.output)))
 
     def _thinking_controls(self, token, forced, live, thinking, think_tokens, extensions_used,
                            queued, params, think_close, extension):
@@ -445,7 +449,7 @@ class Engine:
             hit.append(found)
         return torch.tensor(hit, dtype=torch.bool, device=out_tokens.device)
 
-    def _collect(self, out_tokens, out_logprobs, out_forced, out_len, finish, n, params):
+    def _collect(self, out_tokens, out_logprobs, out_forced, out_len, finish, tool_calls, n, params):
         tokens, logprobs, forced, lens = (out_tokens.tolist(), out_logprobs.tolist(),
                                           out_forced.tolist(), out_len.tolist())
         stop_ids = set(self._stop_ids(params))
@@ -467,5 +471,5 @@ class Engine:
                     if cut >= 0:
                         text = text[:cut]
             completions.append(Completion(ids, logprobs[sample][:length], finish[sample], text,
-                                          forced[sample][:length]))
+                                          forced[sample][:length], tool_calls[sample]))
         return [completions[i:i + n] for i in range(0, len(completions), n)]

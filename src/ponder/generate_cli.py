@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ponder.engine import Engine, SamplingParams
 from ponder.evaluate.command import load_model
-from ponder.tools import PythonTool
+from ponder.tools import make_tool
 
 
 def main(args) -> int:
@@ -16,7 +16,7 @@ def main(args) -> int:
     params = SamplingParams(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
         top_p=args.top_p, stop_strings=tuple(args.stop), thinking_budget=args.thinking_budget,
-        tool=PythonTool() if args.python_tool else None, seed=args.seed)
+        tool=make_tool(args.tool), seed=args.seed)
     results = Engine(model, tokenizer).generate(prompts, n=args.n, params=params)
     for prompt, samples in zip(args.prompt, results):
         for i, c in enumerate(samples):

@@ -69,8 +69,8 @@ def write_result(result: EvalResult, out: str | Path, header: dict) -> tuple[Pat
 
 
 def main(args) -> int:
-    if getattr(args, "strategy", None) is not None and getattr(args, "python_tool", False):
-        raise ValueError("--python-tool works without --strategy")
+    if getattr(args, "strategy", None) is not None and getattr(args, "tool", "none") != "none":
+        raise ValueError("--tool/--python-tool works without --strategy")
     if getattr(args, "strategy", None) is not None:  # inference-time strategies live in ponder.scaling
         from ponder.scaling.command import main as strategy_main
 
@@ -78,7 +78,7 @@ def main(args) -> int:
     for name, default in _STRATEGY_ONLY.items():
         if getattr(args, name, default) != default:
             raise ValueError(f"--{name} needs --strategy")
-    from ponder.tools import PythonTool
+    from ponder.tools import make_tool
 
     started = time.time()
     problems = load_problems(args)
@@ -87,7 +87,7 @@ def main(args) -> int:
     # --n 0: greedy accuracy only (no sampling, so no pass@k / maj@k)
     result = evaluate(model, tokenizer, problems, n=args.n, k_values=args.k if args.n else (),
                       temperature=temperature, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                      tool=PythonTool() if getattr(args, "python_tool", False) else None)
+                      tool=make_tool(getattr(args, "tool", "none")))
     header = {"model": str(args.model), "task": args.task, "data": None if args.data is None else str(args.data),
               "split": getattr(args, "split", None),
               "limit": args.limit, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

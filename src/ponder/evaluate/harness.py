@@ -163,7 +163,7 @@ def evaluate(model, tokenizer, problems: Sequence[Problem], n: int = 1, k_values
        in k_values (pass@1 always), each needing k <= n.
     max_new_tokens: completion budget; None takes DEFAULT_MAX_NEW_TOKENS for the problems' kind.
     engine: anything with Engine's generate(prompts, n, params); default Engine(model, tokenizer).
-    tool: a ponder.tools.PythonTool to run the model's code blocks during generation (None: off).
+    tool: a ponder.tools tool (PythonTool, Calculator) to run the model's calls during generation (None: off).
     """
     if not problems:
         raise ValueError("no problems to evaluate")
@@ -199,7 +199,7 @@ def evaluate(model, tokenizer, problems: Sequence[Problem], n: int = 1, k_values
 
     settings = {"n": n, "k": ks, "greedy": greedy, "temperature": temperature if n else None,
                 "top_p": top_p, "top_k": top_k, "max_new_tokens": max_new_tokens, "seed": seed,
-                "python_tool": tool is not None,
+                "tool": getattr(tool, "name", None),
                 "prompt": {"math": MATH_INSTRUCTION, "chat_template": bool(getattr(tokenizer, "chat_template", None))}}
     return EvalResult(settings=settings, grader=grader_info(problems),
                       metrics=_metrics(records, ks, greedy, n, temperature), records=records)

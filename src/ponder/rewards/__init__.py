@@ -8,6 +8,7 @@ The problem is duck-typed (.answer, .kind, .meta); this package never imports po
     values = score(rewards, prompt, completion, problem, truncated=finish_reason == "length")
     total = weighted_sum(values, rewards)
 
+`tool_cost` charges a completion for each tool call it made (ponder.rewards.tools).
 `accuracy` dispatches on problem.kind (code -> ponder.rewards.code, else math).
 Math grading lives in ponder.rewards.math (extract_answer, equivalent, grade, grade_many).
 """
@@ -16,6 +17,7 @@ from ponder.rewards.format import (OverlongReward, Reward, format_reward, overlo
                                    weighted_sum)
 from ponder.rewards.math import (GraderSettings, describe, equivalent, extract_answer, grade,
                                  grade_many, math_accuracy)
+from ponder.rewards.tools import tool_calls, tool_cost
 
 
 
@@ -32,4 +34,4 @@ def accuracy(prompt: str, completion: str, problem, *, truncated: bool = False) 
 
 __all__ = ["GraderSettings", "OverlongReward", "Reward", "accuracy", "describe", "equivalent",
            "extract_answer", "format_reward", "grade", "grade_many", "math_accuracy",
-           "overlong_penalty", "score", "weighted_sum"]
+           "overlong_penalty", "score", "tool_calls", "tool_cost", "weighted_sum"]

@@ -44,7 +44,7 @@ class RLConfig(TrainConfig):
     top_k: int = 0  # 0: off
     top_p: float = 1.0  # 1: off
     stop_strings: list[str] = field(default_factory=list)  # extra stop strings besides the eos token
-    python_tool: bool = False  # tool-integrated reasoning: run the policy's ```python blocks in the sandbox, force their output (masked from the loss; ToRL, arXiv:2503.23383)
+    tool: Literal["none", "calculator", "python"] = "none"  # tool-integrated reasoning (ponder.tools): run the policy's <calc> (in-process) or ```python (sandbox) blocks and force their output, masked from the loss (ToRL, arXiv:2503.23383); held-out evaluation uses it too
 
     # --- advantages and loss ---
     advantage: Literal["grpo", "dr_grpo", "none", "batch"] = "grpo"  # grpo: group mean+std; dr_grpo/none: group mean only (Dr. GRPO, arXiv:2503.20783); batch: group mean, batch std (arXiv:2508.08221)

@@ -36,7 +36,7 @@ from ponder.rl.scoring import correct, overlong_penalty, resolve_reward, reward_
 from ponder.runtime import checkpoint, distributed
 from ponder.runtime.metrics import plot
 from ponder.runtime.training import TrainingRun, lr_at
-from ponder.tools import PythonTool
+from ponder.tools import Tool, make_tool, tool_metrics
 
 log = logging.getLogger("ponder.rl")
 
@@ -104,6 +104,7 @@ def collect(cfg: RLConfig, engine, tokenizer, problems: Sequence, stream, fns, s
     kept: list[tuple[list[int], list, torch.Tensor]] = []  # per group: prompt ids, completions, rewards
     kept_total = 0  # over every rank
     seen_rewards, seen_samples, lengths, truncated = [], [], [], []
+    seen_completions, seen_problems = [], []  # for the tool metrics
     groups_tried = groups_flat = 0
     t_gen = t_score = 0.0
     nonfinite: dict[str, int] = {}  # reward name -> NaN/inf values it returned this step
@@ -133,6 +134,8 @@ def collect(cfg: RLConfig, engine, tokenizer, problems: Sequence, stream, fns, s
         flat_groups = zero_variance_groups(combine(rewards, weights, g, cfg.reward_aggregation), g)
         t_score += time.perf_counter() - t0
         seen_rewards.append(rewards)
+        seen_completions += flat
+        seen_problems += [p for p in batch for _ in range(g)]
         if "correct" not in names:
             seen_samples += [(texts[i // g], c.text, batch[i // g]) for i, c in enumerate(flat)]
         lengths.append(lens)
@@ -162,11 +165,12 @@ def collect(cfg: RLConfig, engine, tokenizer, problems: Sequence, stream, fns, s
     sequences, tokens = distributed.all_sum([len(completions), sum(map(sum, loss_masks(cfg, completions)))])
     rollout = Rollout([p for p, _, _ in kept for _ in range(g)], completions, adv, int(sequences), int(tokens))
     return rollout, step_metrics(cfg, names, weights, seen_rewards, seen_samples, lengths, truncated,
-                                 groups_tried, groups_flat, kept_total, attempt, t_gen, t_score, nonfinite)
+                                 groups_tried, groups_flat, kept_total, attempt, t_gen, t_score, nonfinite,
+                                 seen_completions, seen_problems)
 
 
 def step_metrics(cfg, names, weights, seen_rewards, seen_samples, lengths, truncated, groups_tried, groups_flat,
-                 kept_total, attempt, t_gen, t_score, nonfinite) -> dict[str, Any]:
+                 kept_total, attempt, t_gen, t_score, nonfinite, seen_completions, seen_problems) -> dict[str, Any]:
     """The step's reward and sampling figures over every rank's samples."""
     g = cfg.group_size
     rewards = torch.cat(seen_rewards) if seen_rewards else torch.zeros(0, len(names), dtype=torch.float64)
@@ -190,6 +194,11 @@ def step_metrics(cfg, names, weights, seen_rewards, seen_samples, lengths, trunc
         metrics["accuracy"] = torch.nanmean(every[:, names.index("correct")]).item()
     else:  # accuracy by the task's verifier is worth seeing whatever the rewards are
         metrics["accuracy"] = sum(right) / max(len(right), 1)
+    if cfg.tool != "none":  # every rank's completions, in the rank order of `every`
+        completions = [c for part in distributed.gather(seen_completions) for c in part]
+        problems = [q for part in distributed.gather(seen_problems) for q in part]
+        verified = every[:, names.index("correct")].tolist() if "correct" in names else right
+        metrics.update(tool_metrics(completions, verified, problems))
     metrics.update({
         "zero_variance_frac": sum(p[5] for p in parts) / max(sum(p[4] for p in parts), 1),
         "groups": kept_total,
@@ -333,9 +342,9 @@ def routing_metrics(model, gamma: float) -> dict[str, float]:
     return {f"router/{k}": stats[k] for k in ("cv_mean", "cv_max", "max_share")}
 
 
-def sampling_tool(cfg: RLConfig) -> PythonTool | None:
+def sampling_tool(cfg: RLConfig) -> Tool | None:
     """The tool the policy samples with (the same for rollouts and held-out evaluation), or None."""
-    return PythonTool() if cfg.python_tool else None
+    return make_tool(cfg.tool)
 
 
 def evaluate_greedy(engine, tokenizer, problems: Sequence, *, max_new_tokens: int, chat: bool = False,

@@ -7,12 +7,18 @@ then the variable asked for). The scratchpad traces each assignment's new value:
 The gold answer is computed at generation time by ``run``, a tiny evaluator over Python's AST
 that accepts only integer assignments and + - * (never ``exec``), so a verifier can re-run a
 program safely too. The canonical content of a problem is its prompt.
+
+The same evaluator serves the calculator tool (ponder.tools) through ``arithmetic``: one
+expression, with / // % ** and parentheses as well, computed exactly over fractions, and bounded
+(MAX_DIGITS, MAX_EXPRESSION_CHARS) so that ``9**9**9`` is refused before it is computed.
 """
 
 from __future__ import annotations
 
 import ast
+import math
 import random
+from fractions import Fraction
 
 from ponder.tasks import synthetic
 from ponder.tasks.problem import Problem
@@ -22,21 +28,75 @@ VARIABLES = "abc"
 ALPHABET = "".join(sorted(set(VARIABLES + "0123456789=;+-*?,") | set(synthetic.FRAME_ALPHABET)))
 MIN_STATEMENTS, MAX_STATEMENTS = 3, 4
 MAX_ABS = 99  # every intermediate value stays within +-MAX_ABS, which keeps answers short
-_OPS = {ast.Add: lambda x, y: x + y, ast.Sub: lambda x, y: x - y, ast.Mult: lambda x, y: x * y}
+MAX_DIGITS = 100  # a value (numerator or denominator) may have at most this many digits
+MAX_EXPRESSION_CHARS = 200  # longer input is refused unparsed (deep nesting would exhaust the parser)
+_LIMIT = 10 ** MAX_DIGITS
 
 
-def _value(node: ast.AST, env: dict[str, int], program: str) -> int:
+def _bounded(x: Fraction, source: str) -> Fraction:
+    if max(abs(x.numerator), x.denominator) >= _LIMIT:
+        raise ValueError(f"{source!r}: a value exceeds {MAX_DIGITS} digits")
+    return x
+
+
+def _div(x: Fraction, y: Fraction, source: str, op: str) -> Fraction:
+    if y == 0:
+        raise ValueError(f"{source!r}: division by zero")
+    return {"/": x / y, "//": Fraction(x // y), "%": x % y}[op]
+
+
+def _pow(x: Fraction, y: Fraction, source: str) -> Fraction:
+    """x ** y for an integer y, refused before computing when the result would be too long."""
+    if y.denominator != 1:
+        raise ValueError(f"{source!r}: only whole exponents are allowed")
+    if x == 0 and y < 0:
+        raise ValueError(f"{source!r}: division by zero")
+    # digits of the result ~ |y| * digits of x's numerator and denominator
+    size = max(abs(x.numerator), x.denominator)
+    if size > 1 and abs(y) * math.log10(size) >= MAX_DIGITS:
+        raise ValueError(f"{source!r}: the result of ** would exceed {MAX_DIGITS} digits")
+    return x ** int(y)
+
+
+# What a program may use (the family's problems), and what the calculator adds.
+_OPS = {ast.Add: lambda x, y, s: x + y, ast.Sub: lambda x, y, s: x - y, ast.Mult: lambda x, y, s: x * y}
+_ARITHMETIC_OPS = {**_OPS, ast.Div: lambda x, y, s: _div(x, y, s, "/"),
+                   ast.FloorDiv: lambda x, y, s: _div(x, y, s, "//"), ast.Mod: lambda x, y, s: _div(x, y, s, "%"),
+                   ast.Pow: _pow}
+
+
+def _value(node: ast.AST, env: dict[str, Fraction] | None, source: str, ops: dict = _OPS) -> Fraction:
     if isinstance(node, ast.Constant) and type(node.value) is int:
-        return node.value
+        return _bounded(Fraction(node.value), source)
+    # programs hold integers only; the calculator also reads decimals
+    if isinstance(node, ast.Constant) and type(node.value) is float and ops is _ARITHMETIC_OPS:
+        return _bounded(Fraction(repr(node.value)), source)  # 0.1 is one tenth, not its binary neighbour
     if isinstance(node, ast.Name):
+        if env is None:
+            raise ValueError(f"{source!r}: names are not allowed ({node.id})")
         if node.id not in env:
-            raise ValueError(f"{program!r}: {node.id} used before assignment")
+            raise ValueError(f"{source!r}: {node.id} used before assignment")
         return env[node.id]
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-        return -_value(node.operand, env, program)
-    if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
-        return _OPS[type(node.op)](_value(node.left, env, program), _value(node.right, env, program))
-    raise ValueError(f"{program!r}: unsupported expression {ast.dump(node)[:60]}")
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        value = _value(node.operand, env, source, ops)
+        return -value if isinstance(node.op, ast.USub) else value
+    if isinstance(node, ast.BinOp) and type(node.op) in ops:
+        left, right = _value(node.left, env, source, ops), _value(node.right, env, source, ops)
+        return _bounded(ops[type(node.op)](left, right, source), source)
+    raise ValueError(f"{source!r}: unsupported expression {ast.dump(node)[:60]}")
+
+
+def arithmetic(expression: str) -> Fraction:
+    """The exact value of one arithmetic expression: numbers, + - * / // % **, unary minus and
+    parentheses, nothing else (no names, no calls). Raises ValueError for anything else, for a
+    division by zero, and for input or values beyond the bounds (MAX_EXPRESSION_CHARS, MAX_DIGITS)."""
+    if len(expression) > MAX_EXPRESSION_CHARS:
+        raise ValueError(f"expression longer than {MAX_EXPRESSION_CHARS} characters")
+    try:
+        tree = ast.parse(expression.strip(), mode="eval")
+    except SyntaxError as e:
+        raise ValueError(f"{expression!r}: not an arithmetic expression ({e.msg})") from e
+    return _value(tree.body, None, expression, _ARITHMETIC_OPS)
 
 
 def run(program: str) -> tuple[dict[str, int], list[tuple[str, int]]]:
@@ -48,7 +108,7 @@ def run(program: str) -> tuple[dict[str, int], list[tuple[str, int]]]:
         tree = ast.parse(program, mode="exec")
     except SyntaxError as e:
         raise ValueError(f"{program!r}: not a program ({e.msg})") from e
-    env: dict[str, int] = {}
+    env: dict[str, Fraction] = {}
     trace: list[tuple[str, int]] = []
     for stmt in tree.body:
         if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
@@ -56,8 +116,8 @@ def run(program: str) -> tuple[dict[str, int], list[tuple[str, int]]]:
             raise ValueError(f"{program!r}: only single assignments are allowed")
         name = stmt.targets[0].id
         env[name] = _value(stmt.value, env, program)
-        trace.append((name, env[name]))
-    return env, trace
+        trace.append((name, int(env[name])))  # + - * of integers stay integers
+    return {k: int(v) for k, v in env.items()}, trace
 
 
 def _random_statement(rng: random.Random, defined: list[str]) -> str:
