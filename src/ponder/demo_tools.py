@@ -30,7 +30,7 @@ from ponder.evaluate import evaluate
 from ponder.models import from_pretrained
 from ponder.rewards.tools import tool_calls
 from ponder.rl import RLConfig, train_rl
-from ponder.rl.metrics import plot
+from ponder.runtime.metrics import plot
 from ponder.tasks import family
 from ponder.tokenizer import Tokenizer
 from ponder.tools import Calculator
