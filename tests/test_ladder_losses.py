@@ -126,7 +126,8 @@ def test_dpo_step_prefers_the_chosen_completion():
         opt.step()
         opt.zero_grad()
     with torch.no_grad():
-        margin = (sequence_logps(model, chosen, cfg, "cpu") - ref_c) - (sequence_logps(model, rejected, cfg, "cpu") - ref_r)
+        margin = ((sequence_logps(model, chosen, cfg, "cpu") - ref_c)
+                  - (sequence_logps(model, rejected, cfg, "cpu") - ref_r))
     assert (margin > 0).all()
 
 

@@ -230,7 +230,8 @@ class ScalarModel(nn.Module):
         """Scalars [B, K] at `positions` [B, K] (never the [B, T, vocab] logits)."""
         def head(hidden, _logits_fn):
             picked = hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden.size(-1)))
-            return self.head(picked.float()).squeeze(-1)
+            with torch.autocast(device_type=picked.device.type, enabled=False):  # scalars in fp32, as log-probs
+                return self.head(picked.float()).squeeze(-1)
 
         return self.decoder(input_ids, head=head)
 

@@ -68,7 +68,8 @@ def rung(method: str, samples: int, seed: int, out: str, held_out: int) -> dict:
         from ponder.ladder.rft import RFTConfig, train_rft
 
         rounds = min(RFT_ROUNDS, steps)
-        summary = train_rft(RFTConfig(**common, output_dir=where, rounds=rounds, prompts_per_round=samples // (rounds * GROUP),
+        summary = train_rft(RFTConfig(**common, output_dir=where, rounds=rounds,
+                                      prompts_per_round=samples // (rounds * GROUP),
                                       lr=3e-4, epochs=2.0, batch_size=64, keep_per_prompt=4), **data)
     elif method in ("dpo", "dpo-online"):
         from ponder.ladder.dpo import DPOConfig, train_dpo
@@ -86,7 +87,8 @@ def rung(method: str, samples: int, seed: int, out: str, held_out: int) -> dict:
             from ponder.ladder.common import ScalarModel
             from ponder.ladder.reward_model import RewardModelConfig, train_reward_model
 
-            rm = train_reward_model(RewardModelConfig(**common, output_dir=where + "-reward-model", prompts_per_round=PROMPTS,
+            rm = train_reward_model(RewardModelConfig(**common, output_dir=where + "-reward-model",
+                                                      prompts_per_round=PROMPTS,
                                                       rounds=max(1, steps // 2), lr=1e-4, epochs=2.0),
                                     tokenizer=tokenizer, problems=problems, progress=False)
             reward_model = ScalarModel.load(rm["model_dir"])

@@ -122,7 +122,7 @@ def train_dpo(cfg: DPOConfig, *, model=None, tokenizer=None, problems=None, eval
         metrics.log(record)
         if progress and (step % 10 == 0 or step == cfg.steps):
             log.info(f"dpo step {step}/{cfg.steps}: loss {record['loss']:.4f}, "
-                  f"held-out {record.get('eval/accuracy', float('nan')):.3f}")
+                     f"held-out {record.get('eval/accuracy', float('nan')):.3f}")
     metrics.close()
     summary = run.finish(metrics.history, {"dpo_loss": ["loss"], "dpo_accuracy": ["accuracy", "eval/accuracy"]})
     return {**summary, "steps": cfg.steps, "samples": samples, "sampling_rounds": rounds,

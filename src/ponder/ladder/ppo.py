@@ -209,8 +209,8 @@ def train_ppo(cfg: PPOConfig, *, model=None, tokenizer=None, problems=None, eval
             record.update(run.evaluate(engine))
         metrics.log(record)
         if progress and (step % 10 == 0 or step == cfg.steps):
-            log.info(f"ppo step {step}/{cfg.steps}: sampled accuracy {record['accuracy']:.3f}, reward {record['reward']:.3f}, "
-                  f"held-out {record.get('eval/accuracy', float('nan')):.3f}")
+            log.info(f"ppo step {step}/{cfg.steps}: sampled accuracy {record['accuracy']:.3f}, "
+                     f"reward {record['reward']:.3f}, held-out {record.get('eval/accuracy', float('nan')):.3f}")
     metrics.close()
     series = {"ppo_reward": ["accuracy", "reward", "eval/accuracy"], "ppo_losses": ["policy_loss", "value_loss"]}
     summary = run.finish(metrics.history, series)

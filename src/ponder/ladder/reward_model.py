@@ -117,7 +117,8 @@ def train_reward_model(cfg: RewardModelConfig, *, model=None, tokenizer=None, pr
             losses = bradley_terry_loss(s[0::2], s[1::2])
             (losses.sum() / len(batch)).backward()
             loss_sum += losses.sum().item()
-        record = {"step": step, "loss": loss_sum / len(batch), "grad_norm": clip_and_step(params, optimizer, cfg.max_grad_norm)}
+        record = {"step": step, "loss": loss_sum / len(batch),
+                  "grad_norm": clip_and_step(params, optimizer, cfg.max_grad_norm)}
         if step == steps or (cfg.eval_every and step % cfg.eval_every == 0):
             if test_pairs:
                 record["eval/pair_accuracy"] = pair_accuracy(rm, test_pairs, cfg, run.device)[0]
@@ -135,7 +136,7 @@ def train_reward_model(cfg: RewardModelConfig, *, model=None, tokenizer=None, pr
     plot(metrics.history, run.out, {"rm_loss": ["loss"], "rm_pair_accuracy": ["eval/pair_accuracy"]})
     if progress:
         log.info(f"reward model: {len(train_pairs)} training pairs, pair accuracy {train_acc:.3f} (train), "
-              f"{held_out_acc if held_out_acc is None else round(held_out_acc, 3)} (held out)")
+                 f"{held_out_acc if held_out_acc is None else round(held_out_acc, 3)} (held out)")
     return {"pair_accuracy": held_out_acc, "train_pair_accuracy": train_acc, "pairs": len(train_pairs),
             "held_out_pairs": len(test_pairs), "samples": samples, "steps": steps, "model_dir": str(model_dir),
             "output_dir": str(run.out), "threshold": rm.extra["threshold"], "seconds": time.perf_counter() - t_start}

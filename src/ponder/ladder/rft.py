@@ -46,7 +46,8 @@ def keep_verified(groups, keep_per_prompt: int) -> list[Example]:
     for group in groups:
         seen = set()
         for s in group:
-            if s.reward > 0.5 and tuple(s.token_ids) not in seen and (not keep_per_prompt or len(seen) < keep_per_prompt):
+            room = not keep_per_prompt or len(seen) < keep_per_prompt
+            if s.reward > 0.5 and tuple(s.token_ids) not in seen and room:
                 seen.add(tuple(s.token_ids))
                 out.append(Example(s.prompt_ids, s.token_ids))
     return out
@@ -90,7 +91,7 @@ def train_rft(cfg: RFTConfig, *, model=None, tokenizer=None, problems=None, eval
         metrics.log(record)
         if progress:
             log.info(f"rft round {r}/{cfg.rounds}: sampled accuracy {record['accuracy']:.3f}, kept {len(kept)}, "
-                  f"held-out {record.get('eval/accuracy', float('nan')):.3f}")
+                     f"held-out {record.get('eval/accuracy', float('nan')):.3f}")
     metrics.close()
     summary = run.finish(metrics.history, {"rft": ["accuracy", "eval/accuracy"]})
     return {**summary, "rounds": cfg.rounds, "optimizer_steps": step, "samples": samples,
