@@ -24,7 +24,6 @@ from dataclasses import replace
 from pathlib import Path
 
 METHODS = ("grpo", "rft", "dpo", "dpo-online", "ppo", "ppo-rm")
-# What the story says each rung holds in memory during training (the counts the runs report).
 DESCRIPTIONS = {
     "grpo": "GRPO, verifier reward, group baseline",
     "rft": "rejection-sampling fine-tuning",
@@ -63,7 +62,8 @@ def rung(method: str, samples: int, seed: int, out: str, held_out: int) -> dict:
 
         cfg = replace(DEMO_CONFIG, model=base, steps=steps, seed=seed, output_dir=where, eval_every=0, save_every=0)
         summary = train_rl(cfg, **data)
-        summary.update(samples=steps * PROMPTS * GROUP, models_in_memory=1, eval_accuracy=summary["eval"][-1][1])
+        summary.update(samples=steps * PROMPTS * GROUP, models_in_memory=1 + (cfg.beta != 0),  # policy (+ reference)
+                       eval_accuracy=summary["eval"][-1][1])
     elif method == "rft":
         from ponder.ladder.rft import RFTConfig, train_rft
 

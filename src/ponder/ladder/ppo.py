@@ -40,7 +40,7 @@ class PPOConfig(LadderConfig):
     ppo_epochs: int = 1  # passes over each step's samples
     minibatch_size: int = 512  # samples per optimizer step of the policy and the value model
     gamma: float = 1.0  # GAE discount (1: the verifier's reward at the end counts in full at every token)
-    lam: float = 0.95  # GAE lambda: 1 is Monte-Carlo returns, 0 one-step TD
+    lam: float = 1.0  # GAE lambda: 1 is Monte-Carlo returns (verl's default), 0 one-step TD; below 1 an untrained value model shrinks early tokens' credit, which favours short completions
     clip: float = 0.2  # policy ratio clip: 1 +- clip
     value_clip: float = 0.2  # new values stay within +- value_clip of the values at sampling (clipped value loss)
     kl_coef: float = 0.0  # per-token penalty kl_coef * (logp - ref_logp) in the reward; 0: off, and no reference model is kept
