@@ -175,14 +175,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out/scale-curve")
     p.set_defaults(func=lambda a: __import__("ponder.scaling", fromlist=["main"]).main(a))
 
-    # --- train (ponder.sft, ponder.rl) ---
-    p = sub.add_parser("train", help="supervised fine-tuning or RL from verifiable rewards")
+    # --- train (ponder.sft, ponder.rl, ponder.ladder) ---
+    p = sub.add_parser("train", help="supervised fine-tuning, RL from verifiable rewards, and the ladder's "
+                                     "other methods (rft, dpo, ppo, rm: a reward model)")
     train = p.add_subparsers(dest="kind", required=True)
-    for kind in ("sft", "rl"):
+    for kind in ("sft", "rl", "rft", "dpo", "ppo", "rm"):
         t = train.add_parser(kind)
         t.add_argument("config", help="YAML config")
         t.add_argument("overrides", nargs="*", help="key=value overrides")
         t.set_defaults(func=run_training)
+
+    # --- ladder (ponder.ladder.compare) ---
+    p = sub.add_parser("ladder", help="RFT, DPO, PPO (verifier / reward model) and GRPO side by side on the demo")
+    p.add_argument("--methods", default=",".join(("grpo", "rft", "dpo", "dpo-online", "ppo", "ppo-rm")),
+                   help="comma-separated subset of grpo,rft,dpo,dpo-online,ppo,ppo-rm")
+    p.add_argument("--samples", type=int, default=25600, help="completions generated for training, per rung")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--held-out", type=int, default=200, help="held-out problems for greedy accuracy")
+    p.add_argument("--out", default="out/ladder")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=lambda a: __import__("ponder.ladder.compare", fromlist=["main"]).main(a))
 
     # --- demo (ponder.demo) ---
     p = sub.add_parser("demo", help="evaluate the embedded base model, run GRPO, evaluate again")
@@ -201,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_training(args) -> int:
-    """`ponder train sft|rl CONFIG.yaml key=value ...`: train, print the summary as JSON."""
+    """`ponder train sft|rl|rft|dpo|ppo|rm CONFIG.yaml key=value ...`: train, print the summary as JSON."""
     import json
     import logging
 
@@ -209,6 +221,14 @@ def run_training(args) -> int:
 
     if args.kind == "rl":
         from ponder.rl import RLConfig as config_class, train_rl as run
+    elif args.kind == "rft":
+        from ponder.ladder.rft import RFTConfig as config_class, train_rft as run
+    elif args.kind == "dpo":
+        from ponder.ladder.dpo import DPOConfig as config_class, train_dpo as run
+    elif args.kind == "ppo":
+        from ponder.ladder.ppo import PPOConfig as config_class, train_ppo as run
+    elif args.kind == "rm":
+        from ponder.ladder.reward_model import RewardModelConfig as config_class, train_reward_model as run
     else:
         from ponder.sft import SFTConfig as config_class, train_sft as run
     from ponder.runtime import distributed
