@@ -281,7 +281,8 @@ def test_rl_step_with_the_calculator_masks_its_output_charges_its_calls_and_logs
     and the step's metrics say who called and how it went."""
     from ponder.rl import RLConfig
     from ponder.rl.scoring import resolve_reward
-    from ponder.rl.trainer import ProblemStream, collect
+    from ponder.rl.trainer import collect
+    from ponder.runtime.training import ProblemStream
     from ponder.tasks.products import make
 
     # one-token prompts, which is what the scripted policy reads its script from

@@ -101,7 +101,8 @@ def _example(record: dict, tokenizer, max_length: int) -> Example:
 
 
 def batch_loss(run: TrainingRun, examples: list[Example], total_tokens: int) -> torch.Tensor:
-    """Summed target-token negative log-likelihood of `examples`, divided by `total_tokens`."""
+    """Summed target-token negative log-likelihood of `examples`, divided by `total_tokens`
+    (`run`: anything with a `device` and the `logprobs` of TrainingRun, e.g. the ladder's RFT)."""
     device = run.device
     rows = [e.prompt + e.target for e in examples]
     width = max(map(len, rows))

@@ -16,8 +16,9 @@ from ponder import config as config_io
 from ponder.models import token_logprobs
 from ponder.rl.scoring import correct
 from ponder.rl.trainer import evaluate_greedy, prompt_text
-from ponder.runtime.training import autocast, load_policy, pick_device
-
+from ponder.device import pick_device
+from ponder.runtime import distributed
+from ponder.runtime.training import autocast, load_model, load_tokenizer
 
 
 @dataclass
@@ -91,6 +92,11 @@ class Run:
     def optimizer(self, params=None, lr: float | None = None) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.model.parameters() if params is None else params, lr=lr or self.cfg.lr)
 
+    def logprobs(self, ids, starts, length: int, temperature: float = 1.0):
+        """The policy's log-probs of completion tokens (the chunked loss head, configured precision)."""
+        with autocast(self.device, self.cfg.dtype):
+            return token_logprobs(self.model, ids, starts, length, temperature)
+
     def evaluate(self, engine) -> dict[str, float]:
         """Held-out greedy accuracy by the task verifier (empty without held-out problems)."""
         if not self.eval_problems:
@@ -124,11 +130,14 @@ def start(cfg: LadderConfig, model=None, tokenizer=None, problems: Sequence | No
     """Load what `cfg` names (objects passed in win), seed torch, write config.yaml."""
     from ponder.tasks import load_task
 
+    if distributed.launched():
+        raise ValueError("the ladder's methods run in one process; launch them without torchrun")
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    model, tokenizer = load_policy(cfg, model, tokenizer)
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg)
+    model = model if model is not None else load_model(cfg)
     model.to(device).train()
     if problems is None:
         problems = load_task(cfg.task, cfg.task_path, cfg.task_limit)

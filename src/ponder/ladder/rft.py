@@ -80,7 +80,7 @@ def train_rft(cfg: RFTConfig, *, model=None, tokenizer=None, problems=None, eval
             tokens = sum(len(e.target) for e in batch)
             loss = 0.0
             for micro in chunks(batch, cfg.micro_batch_size):
-                part = batch_loss(run.model, micro, run.device, cfg.dtype, tokens)
+                part = batch_loss(run, micro, tokens)
                 part.backward()
                 loss += part.item()
             clip_and_step(params, optimizer, cfg.max_grad_norm)
