@@ -10,7 +10,8 @@ Named tasks:
   gsm8k      GSM8K records (question, answer with the gold after '####', commas stripped) -> "math"
   humaneval  HumanEval records (task_id, prompt, test, entry_point) -> kind "code", answer ""
   jsonl      any records with `prompt` or `problem` plus `answer` (file required) -> "math"
-  multiply, program   the synthetic families (see ponder.tasks.multiply / .program); append
+  multiply, program, trace   the synthetic families (see ponder.tasks.multiply / .program /
+             .trace: programs with loops, branches and functions, traced by sys.settrace); append
              ":train" or ":test" to pick the split (default: test, the held-out one).
 
 Data files are never shipped. Without `path`, a public set is looked for under its usual file
@@ -24,7 +25,7 @@ import logging
 import os
 from pathlib import Path
 
-from ponder.tasks import multiply, program
+from ponder.tasks import multiply, program, trace
 from ponder.tasks.loaders import TaskFileError, read_records
 from ponder.tasks.problem import Problem
 
@@ -34,7 +35,7 @@ __all__ = ["Problem", "load_task", "load_file", "family", "FAMILIES", "TaskFileE
 log = logging.getLogger("ponder.tasks")
 
 # Synthetic family modules by name; each exposes generate, sft_text, check, ALPHABET.
-FAMILIES = {multiply.NAME: multiply, program.NAME: program}
+FAMILIES = {multiply.NAME: multiply, program.NAME: program, trace.NAME: trace}
 SYNTHETIC_SIZE = 500  # problems load_task gives for a synthetic task when no limit is set
 SYNTHETIC_SEED = 0
 
