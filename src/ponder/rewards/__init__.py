@@ -10,12 +10,14 @@ The problem is duck-typed (.answer, .kind, .meta); this package never imports po
 
 `accuracy` dispatches on problem.kind (code -> ponder.rewards.code, else math).
 Math grading lives in ponder.rewards.math (extract_answer, equivalent, grade, grade_many).
+`trace_reward` scores a scratchpad's execution trace frame by frame (ponder.rewards.trace).
 """
 
 from ponder.rewards.format import (OverlongReward, Reward, format_reward, overlong_penalty, score,
                                    weighted_sum)
 from ponder.rewards.math import (GraderSettings, describe, equivalent, extract_answer, grade,
                                  grade_many, math_accuracy)
+from ponder.rewards.trace import trace_reward
 
 
 
@@ -32,4 +34,4 @@ def accuracy(prompt: str, completion: str, problem, *, truncated: bool = False) 
 
 __all__ = ["GraderSettings", "OverlongReward", "Reward", "accuracy", "describe", "equivalent",
            "extract_answer", "format_reward", "grade", "grade_many", "math_accuracy",
-           "overlong_penalty", "score", "weighted_sum"]
+           "overlong_penalty", "score", "trace_reward", "weighted_sum"]
