@@ -89,6 +89,7 @@ def test_generation_rejects_programs_past_a_cap(monkeypatch):
     ("a=1\ntry:\n while True:\n  a=a\nexcept BaseException:\n a=2\nb=3", "steps"),  # swallowing the stop does not help
     ("a=1.5", "integers only"),
     ("def f(x):\n return 1\na=f(1.5)", "integers only"),  # caught at the call, not after it
+    ("a=[i for i in range(3)][2]", r"returns \[0, 1, 2\], not an integer"),  # a comprehension's list
     ("a=1//0", "ZeroDivisionError"),
     ("a=(", "not a program"),
 ])

@@ -58,7 +58,9 @@ def trace_text(frames: list[Frame]) -> str:
 def _ints(scope: dict, max_abs: int) -> dict[str, int]:
     out = {}
     for name, value in scope.items():
-        if name.startswith("__") or isinstance(value, (types.FunctionType, types.ModuleType, type)):
+        # dunders, a comprehension's hidden ".0" iterator, functions, modules, classes: not state
+        if (name.startswith("__") or not name.isidentifier()
+                or isinstance(value, (types.FunctionType, types.ModuleType, type))):
             continue
         if type(value) is not int:
             raise TraceError(f"variable {name} holds a {type(value).__name__}; traces cover integers only")
