@@ -8,9 +8,10 @@ Two bases of the same size and initialisation, on the `trace` task (ponder.tasks
   B  first SFT on trace prediction ("given the program, predict its trace") for a disjoint set
      of train programs, then the same answer SFT and the same GRPO.
 After each stage, on held-out programs (the test split, never trained on): greedy accuracy, the
-share of greedy answers that trace, and trace correctness when the model is made to trace
-(its completion is started with ``<think>1``, the first frame's line, which every trace shares):
-share of frames right and share of traces exactly right; by program kind and by trace length.
+share of greedy answers that trace, and, when the model is made to trace (its completion is
+started with ``<think>1``, the first frame's line, which every trace shares), the accuracy of its
+answer, the share of frames right and the share of traces exactly right; by program kind and by
+trace length.
 Prints markdown tables and writes results.json under --out.
 """
 
@@ -100,15 +101,18 @@ def measure(model_dir: Path, held_out: list) -> dict:
     forced = [FORCED + c[0].text for c in engine.generate([p.prompt + FORCED for p in held_out], 1, params)]
     rows = []
     for p, g, f in zip(held_out, greedy, forced):
-        said, made = verify(g, p), verify(f, p).trace
+        said, made = verify(g, p), verify(f, p)
         rows.append({"kind": p.meta["kind"], "length": _bucket(p.meta["steps"]), "correct": said.answer_correct,
-                     "traced": said.trace is not None, "frames": made.frames_right if made else 0.0,
-                     "exact": bool(made and made.exact), "greedy": g, "forced": f})
+                     "traced": said.trace is not None, "forced_correct": made.answer_correct,
+                     "frames": made.trace.frames_right if made.trace else 0.0,
+                     "exact": bool(made.trace and made.trace.exact), "greedy": g, "forced": f})
 
     def summary(rs: list[dict]) -> dict:
         n = len(rs)
-        return {"n": n, "accuracy": sum(r["correct"] for r in rs) / n, "scratchpad": sum(r["traced"] for r in rs) / n,
-                "trace_frames": sum(r["frames"] for r in rs) / n, "trace_exact": sum(r["exact"] for r in rs) / n}
+        share = {key: sum(r[col] for r in rs) / n for key, col in
+                 (("accuracy", "correct"), ("scratchpad", "traced"), ("forced_accuracy", "forced_correct"),
+                  ("trace_frames", "frames"), ("trace_exact", "exact"))}
+        return {"n": n, **share}
 
     return {"all": summary(rows),
             "kind": {k: summary([r for r in rows if r["kind"] == k]) for k in trace.KINDS},
@@ -152,11 +156,11 @@ def tables(results: list[dict]) -> str:
         vals = [r["stages"][stage][group] if sub is None else r["stages"][stage][group][sub] for r in results]
         return sum(v[key] for v in vals) / len(vals)
 
-    lines = ["| stage | greedy accuracy | greedy answers that trace | frames right (made to trace) | traces exact (made to trace) |",
-             "|---|---|---|---|---|"]
+    lines = ["| stage | greedy accuracy | greedy answers that trace | made to trace: accuracy "
+             "| made to trace: frames right | made to trace: traces exact |", "|---|---|---|---|---|---|"]
     for s in names:
-        lines.append(f"| {s} | " + " | ".join(pct(mean(s, "all", k)) for k in
-                                                ("accuracy", "scratchpad", "trace_frames", "trace_exact")) + " |")
+        lines.append(f"| {s} | " + " | ".join(pct(mean(s, "all", k)) for k in (
+            "accuracy", "scratchpad", "forced_accuracy", "trace_frames", "trace_exact")) + " |")
     groups = [("kind", k) for k in trace.KINDS] + [("length", name) for name, _, _ in LENGTHS]
     lines += ["", "Greedy accuracy / traces exact, by program kind and by trace length (frames):", "",
               "| stage | " + " | ".join(sub for _, sub in groups) + " |", "|---|" + "---|" * len(groups)]
