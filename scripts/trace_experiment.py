@@ -10,8 +10,9 @@ Two bases of the same size and initialisation, on the `trace` task (ponder.tasks
 After each stage, on held-out programs (the test split, never trained on): greedy accuracy, the
 share of greedy answers that trace, and, when the model is made to trace (its completion is
 started with ``<think>1``, the first frame's line, which every trace shares), the accuracy of its
-answer, the share of frames right and the share of traces exactly right; by program kind and by
-trace length.
+answer, the share of frames right and the share of traces exactly right; the share of traces
+exactly right when asked for the trace itself (the trace-prediction prompt, also started with
+``<think>1``); by program kind and by trace length.
 Prints markdown tables and writes results.json under --out.
 """
 
@@ -99,19 +100,22 @@ def measure(model_dir: Path, held_out: list) -> dict:
     engine, params = Engine(model, tok), SamplingParams(max_new_tokens=MAX_NEW, temperature=0)
     greedy = [c[0].text for c in engine.generate([p.prompt for p in held_out], 1, params)]
     forced = [FORCED + c[0].text for c in engine.generate([p.prompt + FORCED for p in held_out], 1, params)]
+    asked = [FORCED + c[0].text for c in engine.generate(
+        [trace.trace_example(p)["prompt"] + FORCED for p in held_out], 1, params)]
     rows = []
-    for p, g, f in zip(held_out, greedy, forced):
-        said, made = verify(g, p), verify(f, p)
+    for p, g, f, a in zip(held_out, greedy, forced, asked):
+        said, made, world = verify(g, p), verify(f, p), verify(a, p).trace
         rows.append({"kind": p.meta["kind"], "length": _bucket(p.meta["steps"]), "correct": said.answer_correct,
                      "traced": said.trace is not None, "forced_correct": made.answer_correct,
                      "frames": made.trace.frames_right if made.trace else 0.0,
-                     "exact": bool(made.trace and made.trace.exact), "greedy": g, "forced": f})
+                     "exact": bool(made.trace and made.trace.exact), "asked_exact": bool(world and world.exact),
+                     "greedy": g, "forced": f, "asked": a})
 
     def summary(rs: list[dict]) -> dict:
         n = len(rs)
         share = {key: sum(r[col] for r in rs) / n for key, col in
                  (("accuracy", "correct"), ("scratchpad", "traced"), ("forced_accuracy", "forced_correct"),
-                  ("trace_frames", "frames"), ("trace_exact", "exact"))}
+                  ("trace_frames", "frames"), ("trace_exact", "exact"), ("asked_exact", "asked_exact"))}
         return {"n": n, **share}
 
     return {"all": summary(rows),
@@ -157,10 +161,11 @@ def tables(results: list[dict]) -> str:
         return sum(v[key] for v in vals) / len(vals)
 
     lines = ["| stage | greedy accuracy | greedy answers that trace | made to trace: accuracy "
-             "| made to trace: frames right | made to trace: traces exact |", "|---|---|---|---|---|---|"]
+             "| made to trace: frames right | made to trace: traces exact | asked `trace?`: traces exact |",
+             "|---|---|---|---|---|---|---|"]
     for s in names:
         lines.append(f"| {s} | " + " | ".join(pct(mean(s, "all", k)) for k in (
-            "accuracy", "scratchpad", "forced_accuracy", "trace_frames", "trace_exact")) + " |")
+            "accuracy", "scratchpad", "forced_accuracy", "trace_frames", "trace_exact", "asked_exact")) + " |")
     groups = [("kind", k) for k in trace.KINDS] + [("length", name) for name, _, _ in LENGTHS]
     lines += ["", "Greedy accuracy / traces exact, by program kind and by trace length (frames):", "",
               "| stage | " + " | ".join(sub for _, sub in groups) + " |", "|---|" + "---|" * len(groups)]
