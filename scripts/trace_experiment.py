@@ -153,7 +153,8 @@ def pct(x: float) -> str:
 
 
 def tables(results: list[dict]) -> str:
-    """Markdown: the stages (mean over seeds), then accuracy and exact traces by kind and length."""
+    """Markdown: the stages (mean over seeds; greedy accuracy per seed in brackets), then accuracy
+    and exact traces by kind and length."""
     names = list(results[0]["stages"])
 
     def mean(stage: str, group: str, key: str, sub: str | None = None) -> float:
@@ -164,8 +165,10 @@ def tables(results: list[dict]) -> str:
              "| made to trace: frames right | made to trace: traces exact | asked `trace?`: traces exact |",
              "|---|---|---|---|---|---|---|"]
     for s in names:
-        lines.append(f"| {s} | " + " | ".join(pct(mean(s, "all", k)) for k in (
-            "accuracy", "scratchpad", "forced_accuracy", "trace_frames", "trace_exact", "asked_exact")) + " |")
+        seeds = "" if len(results) == 1 else \
+            " (" + ", ".join(f"{100 * r['stages'][s]['all']['accuracy']:.1f}" for r in results) + ")"
+        lines.append(f"| {s} | {pct(mean(s, 'all', 'accuracy'))}{seeds} | " + " | ".join(pct(mean(s, "all", k)) for k in (
+            "scratchpad", "forced_accuracy", "trace_frames", "trace_exact", "asked_exact")) + " |")
     groups = [("kind", k) for k in trace.KINDS] + [("length", name) for name, _, _ in LENGTHS]
     lines += ["", "Greedy accuracy / traces exact, by program kind and by trace length (frames):", "",
               "| stage | " + " | ".join(sub for _, sub in groups) + " |", "|---|" + "---|" * len(groups)]
