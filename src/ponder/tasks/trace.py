@@ -182,8 +182,8 @@ def generate(split: str, n: int, seed: int = 0) -> list[Problem]:
 
 def from_source(source: str, query: str | None = None, limits=None) -> Problem:
     """A problem from a user's own program: it runs inside the code sandbox
-    (ponder.rewards.sandbox), which returns only its trace. Raises TraceError when the program
-    raises, passes a cap, or the sandbox stops it."""
+    (ponder.rewards.sandbox), which returns only its trace. `limits`: a sandbox.Limits (default
+    10 s, 512 MiB). Raises TraceError when the program raises, passes a cap, or the sandbox stops it."""
     from ponder.rewards import sandbox  # the sandbox is shared with the code verifier
 
     files = {"tracer.py": Path(tracer.__file__).read_text(encoding="utf-8"), "program.py": source}
