@@ -340,7 +340,10 @@ def test_sft_texts_verify_and_scratchpad_arithmetic_holds(name):
         assert not fam.check(f"<think></think>\\boxed{{{int(p.answer) + 1}}}", p)
         assert not fam.check("<think>no answer", p)
         assert set(p.prompt + with_pad) <= set(fam.ALPHABET)
-        assert len(p.prompt) <= 30 and len(with_pad) <= 80  # the demo's char model needs them short
+        # the demo's char model needs multiply and program short; a trace (programs with loops
+        # and calls) fits 96 tokens (`ponder eval --task trace --max-new-tokens 96`)
+        prompt_cap, completion_cap = (64, 100) if name == "trace" else (30, 80)
+        assert len(p.prompt) <= prompt_cap and len(with_pad) <= completion_cap
 
 
 def test_multiply_scratchpad_partial_products_are_true():

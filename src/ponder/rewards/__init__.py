@@ -11,6 +11,7 @@ The problem is duck-typed (.answer, .kind, .meta); this package never imports po
 `tool_cost` charges a completion for each tool call it made (ponder.rewards.tools).
 `accuracy` dispatches on problem.kind (code -> ponder.rewards.code, else math).
 Math grading lives in ponder.rewards.math (extract_answer, equivalent, grade, grade_many).
+`trace_reward` scores a scratchpad's execution trace frame by frame (ponder.rewards.trace).
 """
 
 from ponder.rewards.format import (OverlongReward, Reward, format_reward, overlong_penalty, score,
@@ -18,6 +19,7 @@ from ponder.rewards.format import (OverlongReward, Reward, format_reward, overlo
 from ponder.rewards.math import (GraderSettings, describe, equivalent, extract_answer, grade,
                                  grade_many, math_accuracy)
 from ponder.rewards.tools import tool_calls, tool_cost
+from ponder.rewards.trace import trace_reward
 
 
 
@@ -34,4 +36,4 @@ def accuracy(prompt: str, completion: str, problem, *, truncated: bool = False) 
 
 __all__ = ["GraderSettings", "OverlongReward", "Reward", "accuracy", "describe", "equivalent",
            "extract_answer", "format_reward", "grade", "grade_many", "math_accuracy",
-           "overlong_penalty", "score", "tool_calls", "tool_cost", "weighted_sum"]
+           "overlong_penalty", "score", "tool_calls", "tool_cost", "trace_reward", "weighted_sum"]

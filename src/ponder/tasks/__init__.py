@@ -11,8 +11,9 @@ Named tasks:
   humaneval  HumanEval records (task_id, prompt, test, entry_point) -> kind "code", answer ""
   jsonl      your own records: `prompt` or `problem` plus `answer`, or the fields that
              prompt_column / answer_column name (path required) -> "math"
-  multiply, program, products   the synthetic families (ponder.tasks.multiply, .program,
-             .products: easy and hard products, for the calculator tool); append
+  multiply, program, products, trace   the synthetic families (ponder.tasks.multiply, .program,
+             .products: easy and hard products, for the calculator tool; .trace: programs with
+             loops, branches and functions, traced by sys.settrace); append
              ":train" or ":test" to pick the split (default: test, the held-out one).
 
 Data files are never shipped. Without `path`, a public set is looked for under its usual file
@@ -35,7 +36,7 @@ import logging
 import os
 from pathlib import Path
 
-from ponder.tasks import multiply, products, program
+from ponder.tasks import multiply, products, program, trace
 from ponder.tasks.loaders import TaskFileError, is_saved_dataset, read_records
 from ponder.tasks.problem import Problem
 
@@ -45,7 +46,7 @@ __all__ = ["Problem", "load_task", "load_file", "family", "FAMILIES", "TaskFileE
 log = logging.getLogger("ponder.tasks")
 
 # Synthetic family modules by name; each exposes generate, sft_text, check, ALPHABET.
-FAMILIES = {multiply.NAME: multiply, program.NAME: program, products.NAME: products}
+FAMILIES = {multiply.NAME: multiply, program.NAME: program, products.NAME: products, trace.NAME: trace}
 SYNTHETIC_SIZE = 500  # problems load_task gives for a synthetic task when no limit is set
 SYNTHETIC_SEED = 0
 

@@ -12,7 +12,7 @@ class Problem:
     id: stable identifier (the dataset's own where it has one).
     prompt: the problem text as the dataset states it (no instruction or chat template added).
     answer: gold answer; "" when tests decide (code).
-    kind: "math", "code", or a synthetic family name ("multiply", "program").
+    kind: "math", "code", or a synthetic family name ("multiply", "program", "trace").
     meta: everything else: subject, level, solution, test, entry_point, family operands, split.
     """
 
