@@ -212,3 +212,24 @@ def test_resume_on_another_number_of_ranks_continues_the_run(root, rl_reference,
     assert_same_weights(weights(out), weights(rl_reference), initial(root, "dense"))
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in history] == [1, 2, 3]  # the record of steps 1-2 came along
+
+
+@pytest.fixture(scope="module")
+def lora_reference(root):
+    return train(root, "rl", lora_settings(root, root / "lora-one"), ranks=1)
+
+
+def lora_settings(root, out, **kw):
+    """LoRA on two projections, with a KL term whose reference is the model with its adapter off."""
+    return rl_settings(root, out, lora={"r": 4, "target_modules": ["q_proj", "v_proj"]}, beta=0.1, **kw)
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_lora_on_two_ranks_equals_one_process(root, lora_reference, parallel):
+    out = train(root, "rl", lora_settings(root, root / f"lora-{parallel}", parallel=parallel), ranks=2)
+    assert_same_weights(weights(out), weights(lora_reference), initial(root, "dense"))
+    assert_same_records(out, lora_reference, ("reward/total/mean", "loss", "grad_norm", "kl"))
+    adapter = out / "model" / "adapter" / "adapter_model.safetensors"
+    theirs = load_file(str(lora_reference / "model" / "adapter" / "adapter_model.safetensors"))
+    ours = load_file(str(adapter))
+    assert ours.keys() == theirs.keys() and all(torch.allclose(ours[n], theirs[n], atol=1e-5) for n in ours)

@@ -146,7 +146,7 @@ def test_sft_accepts_the_memory_options(base, tmp_path):
     data = tmp_path / "pc.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"{a}*3=", "completion": f"{3 * a}"}) + "\n" for a in range(10, 30)))
     cfg = SFTConfig(model=str(base / "base"), data=str(data), steps=2, batch_size=4, micro_batch_size=2,
-                    output_dir=str(tmp_path / "sft"), gradient_checkpointing=True, loss_chunk_tokens=3,
+                    output_dir=str(tmp_path / "sft"), gradient_checkpointing=True, loss_chunk_mb=0.001,
                     lora=LoRAConfig(r=2, target_modules=["o_proj"]))
     summary = train_sft(cfg, progress=False)
     assert summary["steps"] == 2 and (tmp_path / "sft" / "model" / "adapter" / "adapter_config.json").exists()

@@ -7,8 +7,9 @@ in its own process, one after the other, and reports its peak resident memory (r
 optimizer state, generation and update together) and its seconds per step:
 
     trl        TRL's GRPOTrainer on the same weights and config (transformers' model and generate)
-    full       ponder with the loss head in one piece (loss_chunk_tokens=0): [B, T, vocab] logits
-    chunked    ponder's default: the loss head in chunks of 512 positions, recomputed in backward
+    full       ponder with the loss head in one piece (loss_chunk_mb=0): [B, T, vocab] logits
+    chunked    ponder's default: the loss head in chunks of 64 MB of logits (110 positions here),
+               recomputed in backward
     ckpt       chunked + activation checkpointing
     lora       chunked + LoRA r=16 on every projection (the base frozen, no AdamW state for it)
 
@@ -84,7 +85,7 @@ def run_ponder(root: Path, variant: str, args) -> dict:
     cfg = RLConfig(model=str(root / "base"), output_dir=str(root / variant), prompts_per_step=args.prompts,
                    group_size=args.group, max_new_tokens=args.max_new_tokens, steps=args.steps, lr=LR,
                    micro_batch_size=args.prompts * args.group, eval_every=0, save_every=0, rollback=False,
-                   device=args.device, seed=0, loss_chunk_tokens=0 if variant == "full" else 512,
+                   device=args.device, seed=0, loss_chunk_mb=0 if variant == "full" else 64,
                    gradient_checkpointing=variant == "ckpt", lora=LoRAConfig(r=16) if variant == "lora" else None)
     train_rl(cfg, problems=prompts(args.prompts * args.steps), rewards=[reward], progress=False)
     rows = [json.loads(x) for x in (root / variant / "metrics.jsonl").read_text().splitlines()]
@@ -121,6 +122,7 @@ def child(args) -> int:
 
 def head_child(args) -> int:
     from ponder.models import from_pretrained, token_logprobs
+    from ponder.runtime.training import chunk_positions
 
     cuda = args.device.startswith("cuda")
     model = from_pretrained(Path(args.root) / "base", device=args.device)
@@ -129,7 +131,7 @@ def head_child(args) -> int:
     starts = torch.full((bsz,), 64, device=args.device)
     before = torch.cuda.memory_allocated() / 2**30 if cuda else rss_gib()
     logp, ent = token_logprobs(model, ids, starts, length, 1.0, with_entropy=True,
-                               chunk_tokens=0 if args.variant == "full" else 512)
+                               chunk_tokens=0 if args.variant == "full" else chunk_positions(64, VOCAB))
     logp.sum().backward()
     print(json.dumps({"variant": args.variant, "batch": bsz, "length": length,
                       "extra_gib": peak_gib(args.device) - before,

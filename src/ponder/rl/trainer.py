@@ -318,7 +318,7 @@ def reference_logprobs(cfg: RLConfig, run: TrainingRun, ref_model, ids, starts, 
     from ponder.runtime.training import autocast
 
     with autocast(run.device, cfg.dtype):
-        return token_logprobs(ref_model, ids, starts, length, cfg.temperature, chunk_tokens=cfg.loss_chunk_tokens)[0]
+        return token_logprobs(ref_model, ids, starts, length, cfg.temperature, chunk_tokens=run.chunk_tokens)[0]
 
 
 def routing_metrics(model, gamma: float) -> dict[str, float]:

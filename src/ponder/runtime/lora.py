@@ -157,15 +157,19 @@ def adapter_disabled(model: nn.Module) -> Iterator[nn.Module]:
             p.requires_grad_(flag)
 
 
-def save_adapter(model: nn.Module, path: str | Path) -> None:
+def save_adapter(model: nn.Module, path: str | Path, state: dict[str, torch.Tensor] | None = None) -> None:
     """Write the adapter in PEFT's layout (adapter_config.json + adapter_model.safetensors):
-    `peft.PeftModel.from_pretrained(<transformers model of the same base>, path)` loads it."""
+    `peft.PeftModel.from_pretrained(<transformers model of the same base>, path)` loads it.
+    `state`: the model's full state dict when its live tensors are shards (FSDP2)."""
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
-    state = get_peft_model_state_dict(model, adapter_name=ADAPTER, save_embedding_layers=False)
+    if state is None:
+        state = get_peft_model_state_dict(model, adapter_name=ADAPTER, save_embedding_layers=False)
+    else:  # PEFT's files leave the adapter's name out of tensor names
+        state = {name.replace(f".{ADAPTER}.", "."): t for name, t in state.items() if ".lora_" in name}
     save_file({PEFT_PREFIX + name: t.detach().contiguous().cpu() for name, t in state.items()},
               str(folder / ADAPTER_WEIGHTS), metadata={"format": "pt"})
     # sets (target names) as sorted lists, so the same adapter always writes the same file
@@ -198,27 +202,31 @@ def load_adapter(model: nn.Module, path: str | Path) -> None:
 
 
 @torch.no_grad()
-def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+def merged_state_dict(model: nn.Module, state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """The model's state dict under its plain names with each adapter merged (W + alpha / r * B @ A,
     summed in fp32). The live weights are not touched: merged tensors are new, the others are the
-    live tensors themselves (detached, not copied)."""
+    live tensors themselves (detached, not copied). `state`: the model's full state dict to merge
+    instead of the live one (under FSDP2 the live tensors are shards)."""
     from peft.tuners.lora import LoraLayer
 
-    state = {name.replace(".base_layer.", "."): t for name, t in model.state_dict().items()
-             if ".lora_" not in name}
+    source = model.state_dict() if state is None else state
+    merged = {name.replace(".base_layer.", "."): t for name, t in source.items() if ".lora_" not in name}
     for name, layer in model.named_modules():
         if isinstance(layer, LoraLayer):
-            weight = state[f"{name}.weight"]
-            state[f"{name}.weight"] = (weight.float() + layer.get_delta_weight(ADAPTER).float()).to(weight.dtype)
-    return state
+            weight = merged[f"{name}.weight"]
+            a, b = source[f"{name}.lora_A.{ADAPTER}.weight"], source[f"{name}.lora_B.{ADAPTER}.weight"]
+            delta = (b.float() @ a.float()) * layer.scaling[ADAPTER]  # what peft's get_delta_weight computes
+            merged[f"{name}.weight"] = (weight.float() + delta).to(weight.dtype)
+    return merged
 
 
-def save_merged(model: nn.Module, path: str | Path) -> None:
+def save_merged(model: nn.Module, path: str | Path, state: dict[str, torch.Tensor] | None = None) -> None:
     """Write base + adapter as one plain HF checkpoint (config.json + model.safetensors) that
-    `ponder.models.from_pretrained` and transformers load; `model` is left as it is."""
+    `ponder.models.from_pretrained` and transformers load; `model` is left as it is. `state`: as
+    for merged_state_dict."""
     from ponder.models import Decoder
 
     with torch.device("meta"):
         plain = Decoder(model.config)  # names and shapes only; the tensors come from the merge
-    plain.load_state_dict(merged_state_dict(model), strict=True, assign=True)
+    plain.load_state_dict(merged_state_dict(model, state), strict=True, assign=True)
     plain.save_pretrained(path)

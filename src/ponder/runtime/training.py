@@ -98,6 +98,11 @@ def lr_at(cfg, step: int, total_steps: int, scale: float = 1.0) -> float:
     return cfg.lr * scale
 
 
+def chunk_positions(megabytes: float, vocab_size: int) -> int:
+    """How many positions' fp32 logits fit in `megabytes` (at least one); 0 MB: 0, one chunk."""
+    return 0 if megabytes == 0 else max(1, int(megabytes * 2**20) // (4 * vocab_size))
+
+
 def autocast(device: torch.device, dtype: str):
     """bf16 autocast for the forward where asked; fp32 (no autocast) otherwise."""
     if dtype == "bfloat16":
@@ -131,7 +136,7 @@ class TrainConfig:
 
     # --- memory ---
     gradient_checkpointing: bool = False  # recompute each decoder layer in the backward pass (less activation memory, ~20-30% more step time)
-    loss_chunk_tokens: int = 512  # positions per chunk of the loss head: extra memory is one chunk's logits, never [B, T, vocab]; 0: one chunk
+    loss_chunk_mb: float = 64  # memory of one chunk's fp32 logits in the loss head (~100 positions at a 151,936 vocabulary; a small vocabulary fits in one chunk, no recomputation); never [B, T, vocab]; 0: one chunk
     lora: LoRAConfig | None = None  # train LoRA adapters (peft) instead of every weight: {r, alpha, dropout, target_modules}; None: full fine-tuning
 
     # --- many devices ---
@@ -148,7 +153,7 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.micro_batch_size < 1:
             raise ValueError(f"micro_batch_size must be >= 1, got {self.micro_batch_size}")
-        for name in ("save_every", "save_total_limit", "warmup_steps", "loss_chunk_tokens"):
+        for name in ("save_every", "save_total_limit", "warmup_steps", "loss_chunk_mb"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -258,11 +263,16 @@ class TrainingRun:
         return path.read_text().strip() if path.exists() else None
 
     # ---- forward, backward, step ------------------------------------------------------------
+    @property
+    def chunk_tokens(self) -> int:
+        """Positions per chunk of the loss head, from loss_chunk_mb and the vocabulary (0: one chunk)."""
+        return chunk_positions(self.cfg.loss_chunk_mb, self.model.config.vocab_size)
+
     def logprobs(self, ids, starts, length: int, temperature: float = 1.0, with_entropy: bool = False):
         """Log-probs (and entropy) of completion tokens through `net`, under the configured precision."""
         with autocast(self.device, self.cfg.dtype):
             return token_logprobs(self.net, ids, starts, length, temperature, with_entropy=with_entropy,
-                                  chunk_tokens=self.cfg.loss_chunk_tokens)
+                                  chunk_tokens=self.chunk_tokens)
 
     def reference(self):
         """Inside: forwards compute the reference policy. With LoRA it is the same model with the
@@ -313,21 +323,19 @@ class TrainingRun:
         """The model in HF layout (+ tokenizer) from gathered weights, written by rank 0 (a
         collective). With LoRA: the adapter merged in, and the adapter alone in PEFT's layout
         under adapter/ (peft loads it onto the transformers model of the same base)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
         folder = Path(folder)
-        if self.cfg.lora is not None:
-            from ponder.runtime.lora import save_adapter, save_merged
-
-            with distributed.gathered(self.model):  # FSDP2: whole weights on every rank for the merge
-                if distributed.is_main():
-                    save_merged(self.model, folder)
-                    save_adapter(self.model, folder / "adapter")
-        else:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-            full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-            if distributed.is_main():
-                save_checkpoint(self.model, folder, state=full)
+        # A collective: under FSDP2 every rank sends its shards; rank 0 gets whole tensors.
+        full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if distributed.is_main():
+            if self.cfg.lora is not None:
+                from ponder.runtime.lora import save_adapter, save_merged
+
+                save_merged(self.model, folder, state=full)
+                save_adapter(self.model, folder / "adapter", state=full)
+            else:
+                save_checkpoint(self.model, folder, state=full)
             self.tokenizer.save_pretrained(folder)
         distributed.barrier()
         return folder
