@@ -10,9 +10,10 @@ Same math as `model(tokens[:, None], cache)[:, -1]` (tests hold the two together
   - QK-norm and RoPE run once over the query and key heads together;
   - on the CPU, the residual add + norm, and the QK-norm + RoPE + cache write, are each one call
     of a small C kernel (decode_kernels.c, compiled at first use; torch ops where no compiler works);
-  - on CPUs with MKL, weights are held packed for the row count (PackedLinear): a decode
-    step's matmuls take 1.2x less time than with `F.linear` here (scripts/decode_breakdown.py),
-    with the same result.
+  - on CPUs with AMX, weights are held packed by MKL for the row count (PackedLinear): there a
+    decode step's matmuls take 1.2x less time than with `F.linear` (scripts/decode_breakdown.py),
+    with the same result; on CPUs without AMX (AMD Zen 4 measured) packing is slower than
+    `F.linear`, so `decode_path` keeps the weights unpacked there.
 
 Why a second forward: at decode time a row is one token, so the matmuls are tiny and the cost
 is the number of ops; training and the prefill keep the readable `Decoder.forward`. The packed
@@ -21,6 +22,9 @@ They are a second copy of the weights: `DecodeStep.fits` says whether the device
 """
 
 from __future__ import annotations
+
+import functools
+import os
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +37,42 @@ from .moe import SparseMoE
 
 # MKL's packed GEMM (what torch.compile's CPU backend uses for frozen fp32 linears).
 _HAS_MKL_PACK = torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
+
+
+DECODE_PATHS = ("fused", "unpacked", "plain")
+
+
+@functools.cache
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles (Linux /proc/cpuinfo's amx_tile flag; False where unknown)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "amx_tile" in line.split()
+    except OSError:
+        pass
+    return False
+
+
+def decode_path(model) -> str:
+    """How the engine runs a decode step of `model`: "fused" (DecodeStep with MKL-packed weights),
+    "unpacked" (DecodeStep with `F.linear`) or "plain" (`Decoder.forward`).
+
+    $PONDER_DECODE picks one; a model DecodeStep does not support always gets "plain". Otherwise
+    the choice is by CPU feature, never by a timing, so the same seed on the same machine always
+    takes the same path: packing only pays with AMX (Intel Sapphire Rapids measured; on AMD Zen 4,
+    AVX-512 without AMX, packed matmuls were slower than `F.linear`, see the README).
+    """
+    chosen = os.environ.get("PONDER_DECODE", "").strip().lower()
+    if chosen and chosen not in DECODE_PATHS:
+        raise ValueError(f"PONDER_DECODE={chosen!r}: expected one of {', '.join(DECODE_PATHS)}")
+    if not DecodeStep.supports(model):
+        return "plain"
+    can_pack = _HAS_MKL_PACK and model.device.type == "cpu"
+    if chosen:
+        return "unpacked" if chosen == "fused" and not can_pack else chosen
+    return "fused" if can_pack and cpu_has_amx() else "unpacked"
 
 
 class PackedLinear:
@@ -133,14 +173,17 @@ class DecodeStep:
                 and not has_adapters(model))
 
     @torch.no_grad()
-    def __init__(self, model):
+    def __init__(self, model, pack: bool | None = None):
+        """`pack`: hold the weights MKL-packed (CPU with MKL only); None: as `decode_path` says."""
         if not self.supports(model):
             raise ValueError("DecodeStep needs an fp32 decoder with grouped-query attention (not MLA) and no adapters")
         config = model.config
         self.model, self.eps = model, config.rms_norm_eps
         self.heads, self.kv_heads, self.head_dim = (config.num_attention_heads, config.num_key_value_heads,
                                                     config.head_dim)
-        pack = _HAS_MKL_PACK and model.device.type == "cpu"
+        if pack is None:
+            pack = decode_path(model) == "fused"
+        self.pack = pack = pack and _HAS_MKL_PACK and model.device.type == "cpu"
         self.layers = []
         for layer in model.model.layers:
             attn, mlp = layer.self_attn, layer.mlp
