@@ -205,14 +205,13 @@ class Engine:
             weights = [(id(p), p._version) for p in self.model.parameters()]
         except RuntimeError:  # a model built under inference_mode keeps no version counters
             weights = None
-        pack = path == "fused"
-        if weights is None or weights != self._decode_weights or self._decode_step.pack != pack:
+        if weights is None or weights != self._decode_weights or self._decode_step.path != path:
             self._decode_step = self._decode_weights = None  # free the old copy before making a new one
             if not DecodeStep.fits(self.model):
                 warnings.warn("ponder: no memory for the fast decode step's copy of the weights; decoding "
                               "with the model's forward (slower, same results)", stacklevel=3)
                 return self._forward_step
-            self._decode_step, self._decode_weights = DecodeStep(self.model, pack=pack), weights
+            self._decode_step, self._decode_weights = DecodeStep(self.model, path), weights
         return self._decode_step
 
     def _forward_step(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:

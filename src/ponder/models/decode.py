@@ -10,11 +10,11 @@ Same math as `model(tokens[:, None], cache)[:, -1]` (tests hold the two together
   - QK-norm and RoPE run once over the query and key heads together;
   - on the CPU, the residual add + norm, and the QK-norm + RoPE + cache write, are each one call
     of a small C kernel (decode_kernels.c, compiled at first use; torch ops where no compiler works);
-  - on CPUs with AMX, weights are held packed by MKL for the row count (PackedLinear): there a
-    decode step's matmuls take 1.2x less time than with `F.linear` (scripts/decode_breakdown.py),
-    with the same result; on CPUs without AMX (AMD Zen 4 measured) packing is slower than
-    `F.linear`, so `decode_path` keeps the weights unpacked there.
-
+  - on the CPU, weights are held packed for the row count (PackedLinear), by MKL where the CPU has
+    AMX and by oneDNN elsewhere (`decode_path`): MKL's GEMM, packed or not, takes a slow path on
+    AMD CPUs (Zen 4 measured: oneDNN's packed matmuls 2-4x faster than `F.linear`, MKL-packed ones
+    slower than it), while on Intel with AMX MKL's packed matmuls were the fastest (1.2x less
+    time than `F.linear`; scripts/decode_breakdown.py shows the split), with the same result.
 Why a second forward: at decode time a row is one token, so the matmuls are tiny and the cost
 is the number of ops; training and the prefill keep the readable `Decoder.forward`. The packed
 copies are made from the weights of the time: build a new DecodeStep after the weights change.
@@ -39,7 +39,10 @@ from .moe import SparseMoE
 _HAS_MKL_PACK = torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
 
 
-DECODE_PATHS = ("fused", "unpacked", "plain")
+# oneDNN's packed fp32 linear (what torch.compile's CPU backend uses where MKL is absent).
+_HAS_ONEDNN_PACK = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+
+DECODE_PATHS = ("mkl", "onednn", "unpacked", "plain")
 
 
 @functools.cache
@@ -56,37 +59,47 @@ def cpu_has_amx() -> bool:
 
 
 def decode_path(model) -> str:
-    """How the engine runs a decode step of `model`: "fused" (DecodeStep with MKL-packed weights),
-    "unpacked" (DecodeStep with `F.linear`) or "plain" (`Decoder.forward`).
+    """How the engine runs a decode step of `model`: DecodeStep with its weights packed by "mkl" or
+    "onednn", or "unpacked" (`F.linear`), or "plain" (`Decoder.forward`).
 
-    $PONDER_DECODE picks one; a model DecodeStep does not support always gets "plain". Otherwise
-    the choice is by CPU feature, never by a timing, so the same seed on the same machine always
-    takes the same path: packing only pays with AMX (Intel Sapphire Rapids measured; on AMD Zen 4,
-    AVX-512 without AMX, packed matmuls were slower than `F.linear`, see the README).
+    $PONDER_DECODE picks one (a packing this machine lacks falls back to "unpacked"; a model that
+    DecodeStep does not mirror always gets "plain"). Otherwise the choice is by CPU feature, never
+    by a timing, so the same seed on the same machine always takes the same path: MKL packing
+    where the CPU has AMX (Intel Sapphire Rapids measured), oneDNN packing on other CPUs (AMD Zen 4
+    measured, where MKL's GEMM is slow), `F.linear` off the CPU.
     """
     chosen = os.environ.get("PONDER_DECODE", "").strip().lower()
     if chosen and chosen not in DECODE_PATHS:
         raise ValueError(f"PONDER_DECODE={chosen!r}: expected one of {', '.join(DECODE_PATHS)}")
     if not DecodeStep.supports(model):
         return "plain"
-    can_pack = _HAS_MKL_PACK and model.device.type == "cpu"
+    available = _packings(model.device) | {"unpacked", "plain"}
     if chosen:
-        return "unpacked" if chosen == "fused" and not can_pack else chosen
-    return "fused" if can_pack and cpu_has_amx() else "unpacked"
+        return chosen if chosen in available else "unpacked"
+    if "mkl" in available and cpu_has_amx():
+        return "mkl"
+    return "onednn" if "onednn" in available else "unpacked"
+
+
+def _packings(device: torch.device) -> set[str]:
+    """The weight packings PackedLinear can use on `device`."""
+    if device.type != "cpu":
+        return set()
+    return {name for name, there in (("mkl", _HAS_MKL_PACK), ("onednn", _HAS_ONEDNN_PACK)) if there}
 
 
 class PackedLinear:
     """x @ W.T + bias, where W = make_weight() is a model weight or several fused ones.
 
-    With MKL on the CPU, W is kept only in MKL's packed form for the current number of rows, and
-    re-packed (from the model's parameters) when that number changes: packed small-batch matmuls
-    are faster than `F.linear` (see the module's notes), with the same result, and no second copy
-    of W is held.
-    Elsewhere W is built once and used with `F.linear`.
+    With `pack` ("mkl" or "onednn", CPU only), W is kept only in that library's packed form for
+    the current number of rows, and re-packed (from the model's parameters) when that number
+    changes: packed small-batch matmuls are faster than `F.linear` (see the module's notes), with
+    the same result, and no second copy of W is held. With `pack` None, W is built once and used
+    with `F.linear`.
     """
 
-    def __init__(self, make_weight, bias: torch.Tensor | None, pack: bool):
-        self.make_weight, self.bias, self.rows = make_weight, bias, 0
+    def __init__(self, make_weight, bias: torch.Tensor | None, pack: str | None):
+        self.make_weight, self.bias, self.pack, self.rows = make_weight, bias, pack, 0
         self.weight = None if pack else make_weight().contiguous()
         self.packed = self.shape_only = None
 
@@ -96,11 +109,17 @@ class PackedLinear:
         if x.shape[0] != self.rows:  # the first call, or finished rows were dropped
             self.packed = None  # free the old packing before building the new one
             weight = self.make_weight().contiguous()
-            self.packed = torch.ops.mkl._mkl_reorder_linear_weight(weight, x.shape[0])
-            # With the row count it was packed for, _mkl_linear reads only the shape of its
-            # plain-weight argument: a zero-stride stand-in that holds no memory.
-            self.shape_only, self.rows = weight.new_empty(()).expand(weight.shape), x.shape[0]
-        return torch.ops.mkl._mkl_linear(x, self.packed, self.shape_only, self.bias, self.rows)
+            if self.pack == "mkl":
+                self.packed = torch.ops.mkl._mkl_reorder_linear_weight(weight, x.shape[0])
+                # With the row count it was packed for, _mkl_linear reads only the shape of its
+                # plain-weight argument: a zero-stride stand-in that holds no memory.
+                self.shape_only = weight.new_empty(()).expand(weight.shape)
+            else:
+                self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, x.shape[0])
+            self.rows = x.shape[0]
+        if self.pack == "mkl":
+            return torch.ops.mkl._mkl_linear(x, self.packed, self.shape_only, self.bias, self.rows)
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
 
 def _fused(weights: list[torch.Tensor], norm_weight: torch.Tensor | None = None):
@@ -173,17 +192,23 @@ class DecodeStep:
                 and not has_adapters(model))
 
     @torch.no_grad()
-    def __init__(self, model, pack: bool | None = None):
-        """`pack`: hold the weights MKL-packed (CPU with MKL only); None: as `decode_path` says."""
+    def __init__(self, model, path: str | None = None):
+        """`path`: "mkl", "onednn" (packed weights, CPU only) or "unpacked"; None: as `decode_path`
+        says."""
         if not self.supports(model):
             raise ValueError("DecodeStep needs an fp32 decoder with grouped-query attention (not MLA) and no adapters")
         config = model.config
         self.model, self.eps = model, config.rms_norm_eps
         self.heads, self.kv_heads, self.head_dim = (config.num_attention_heads, config.num_key_value_heads,
                                                     config.head_dim)
-        if pack is None:
-            pack = decode_path(model) == "fused"
-        self.pack = pack = pack and _HAS_MKL_PACK and model.device.type == "cpu"
+        if path is None:
+            path = decode_path(model)
+        if path in ("mkl", "onednn") and path not in _packings(model.device):
+            path = "unpacked"
+        if path not in ("mkl", "onednn", "unpacked"):
+            raise ValueError(f"DecodeStep path {path!r}: expected mkl, onednn or unpacked")
+        self.path = path
+        pack = None if path == "unpacked" else path
         self.layers = []
         for layer in model.model.layers:
             attn, mlp = layer.self_attn, layer.mlp
