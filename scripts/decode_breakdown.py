@@ -61,7 +61,7 @@ def matmuls_and_attention(fast: DecodeStep):
             x = o_proj(out.view(B, -1))
             x = mlp.down(mlp.gate_up(x).chunk(2, dim=-1)[0])
         cache.advance(1)
-        return F.linear(x, fast.head_weight)
+        return fast.head_linear(x, fast.head_weight)
 
     return step
 
@@ -75,7 +75,7 @@ def matmuls_only(fast: DecodeStep):
     def step(tokens, cache):
         for linear, x in zip(linears, inputs):
             linear(x)
-        F.linear(head_input, fast.head_weight)  # the head is never packed
+        fast.head_linear(head_input, fast.head_weight)  # the head is never packed
 
     return step
 
