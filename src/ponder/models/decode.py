@@ -10,11 +10,11 @@ Same math as `model(tokens[:, None], cache)[:, -1]` (tests hold the two together
   - QK-norm and RoPE run once over the query and key heads together;
   - on the CPU, the residual add + norm, and the QK-norm + RoPE + cache write, are each one call
     of a small C kernel (decode_kernels.c, compiled at first use; torch ops where no compiler works);
-  - on the CPU, weights are held packed for the row count (PackedLinear), by MKL where the CPU has
-    AMX and by oneDNN elsewhere (`decode_path`): MKL's GEMM, packed or not, takes a slow path on
-    AMD CPUs (Zen 4 measured: oneDNN's packed matmuls 2-4x faster than `F.linear`, MKL-packed ones
-    slower than it), while on Intel with AMX MKL's packed matmuls were the fastest (1.2x less
-    time than `F.linear`; scripts/decode_breakdown.py shows the split), with the same result.
+  - on the CPU, weights are held packed for the row count (PackedLinear), by MKL where the CPU
+    has AMX and by oneDNN elsewhere (`decode_path`), with the same result: on Intel with AMX,
+    MKL's packed matmuls took 1.2x less time than `F.linear`; on AMD Zen 4, MKL's GEMM (packed
+    or not) is slow, and oneDNN's packed matmuls took about 2x less time than `F.linear`
+    (scripts/decode_breakdown.py shows the split).
 
 Why a second forward: at decode time a row is one token, so the matmuls are tiny and the cost
 is the number of ops; training and the prefill keep the readable `Decoder.forward`. The packed
