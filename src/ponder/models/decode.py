@@ -241,7 +241,7 @@ class DecodeStep:
         # vocab x hidden matrix, 0.6 GB at Qwen3's 151,936 x 1024, for a multiply of B x hidden.
         self.head_weight = model.model.embed_tokens.weight if model.lm_head is None else model.lm_head.weight
         # oneDNN reads the plain weight directly (no packed copy) and, where MKL is slow, still
-        # runs 5x faster than F.linear (AMD Zen 4, 8192 x 512 head at batch 64).
+        # runs several times faster than F.linear (AMD Zen 4, 8192 x 512 head at batch 64).
         self.head_linear = _onednn_linear if self.path == "onednn" else F.linear
         self.final_norm = model.model.norm.weight
         self.eps_tensor = torch.tensor(self.eps, device=model.device)
