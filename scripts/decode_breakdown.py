@@ -1,8 +1,9 @@
-"""Where a decode step's time goes: the engine's DecodeStep whole, without attention, with only
-its matmuls and attention (every norm, RoPE, SiLU and residual add removed), its matmuls alone
-(packed, and unpacked with F.linear). Prints ms per step (batch 64, 63 steps after a 16-token
-prompt), the resident memory DecodeStep's packed weights add, and a ceiling for `ponder bench
-generate`'s share of the matmul rate: the prefill plus 63 steps of matmuls and attention alone,
+"""Where a decode step's time goes: the decode paths the engine can take (Decoder.forward, and
+DecodeStep with MKL-packed, oneDNN-packed or unpacked weights; which one this machine takes),
+then the chosen DecodeStep without attention, with only its matmuls and attention (every norm,
+RoPE, SiLU and residual add removed), its matmuls alone (MKL-packed, oneDNN-packed, and unpacked
+with F.linear). Prints ms per step (batch 64, 63 steps after a 16-token prompt), the resident memory
+the chosen DecodeStep's weights add, and a ceiling for `ponder bench generate`'s share of the matmul rate: the prefill plus 63 steps of matmuls and attention alone,
 as if every other op were free.
 
     .venv/bin/python scripts/decode_breakdown.py [--hidden 512 --layers 8 --heads 8 --kv-heads 4]
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 
 from ponder.bench.generate import build_config, flops_per_token, matmul_gflops
 from ponder.models import Decoder, KVCache
-from ponder.models.decode import DecodeStep
+from ponder.models.decode import DecodeStep, _packings, cpu_has_amx, decode_path
 from ponder.models.layers import attend
 
 ROWS, PROMPT, STEPS = 64, 16, 63
@@ -60,25 +61,21 @@ def matmuls_and_attention(fast: DecodeStep):
             x = o_proj(out.view(B, -1))
             x = mlp.down(mlp.gate_up(x).chunk(2, dim=-1)[0])
         cache.advance(1)
-        return F.linear(x, fast.head_weight)
+        return fast.head_linear(x, fast.head_weight)
 
     return step
 
 
-def matmuls_only(fast: DecodeStep, packed: bool = True):
-    """The step's weight matmuls alone: DecodeStep's packed ones, or F.linear on the same weights."""
+def matmuls_only(fast: DecodeStep):
+    """The step's weight matmuls alone, as `fast` runs them (packed or `F.linear`)."""
     linears = [linear for qkv, _, o, mlp in fast.layers for linear in (qkv, o, mlp.gate_up, mlp.down)]
-    weights = [linear.make_weight().contiguous() for linear in linears]
-    inputs = {w.shape[1]: torch.randn(ROWS, w.shape[1]) for w in weights + [fast.head_weight]}
+    inputs = [torch.randn(ROWS, linear.make_weight().shape[1]) for linear in linears]
+    head_input = torch.randn(ROWS, fast.head_weight.shape[1])
 
     def step(tokens, cache):
-        for linear, weight in zip(linears, weights):
-            x = inputs[weight.shape[1]]
-            if packed:
-                linear(x)
-            else:
-                F.linear(x, weight)
-        F.linear(inputs[fast.head_weight.shape[1]], fast.head_weight)  # the head is never packed
+        for linear, x in zip(linears, inputs):
+            linear(x)
+        fast.head_linear(head_input, fast.head_weight)  # the head is never packed
 
     return step
 
@@ -118,18 +115,24 @@ def main() -> None:
     with torch.inference_mode():  # touch the cache and warm the allocator, so neither is counted below
         model(torch.zeros(ROWS, 1, dtype=torch.long), cache)
     before = resident_mb() if os.path.exists("/proc/self/statm") else None
-    fast = DecodeStep(model)
+    path = decode_path(model)
+    fast = DecodeStep(model, "unpacked" if path == "plain" else path)
     fast(torch.zeros(ROWS, dtype=torch.long), cache)  # the first call packs the weights
     if before is not None:
-        print(f"DecodeStep's packed weights: +{resident_mb() - before:.0f} MB resident "
+        print(f"DecodeStep's weights ({fast.path}): +{resident_mb() - before:.0f} MB resident "
               f"(the model's weights: {model_mb:.0f} MB)")
+    steps = {name: fast if name == fast.path else DecodeStep(model, name)
+             for name in ["unpacked", *sorted(_packings(model.device))]}
 
     def model_step(tokens, cache):
         return model(tokens[:, None], cache)[:, -1]
 
-    print(f"Decoder.forward (unfused)  {best_ms_per_step(model_step, config):6.2f} ms/step")
-    whole = best_ms_per_step(fast, config)
-    print(f"DecodeStep                 {whole:6.2f} ms/step")
+    print(f"the engine's decode path here: {path} (CPU has AMX: {cpu_has_amx()}; "
+          f"PONDER_DECODE={os.environ.get('PONDER_DECODE', '')!r})")
+    print(f"Decoder.forward (plain)    {best_ms_per_step(model_step, config):6.2f} ms/step")
+    for name, step in steps.items():
+        print(f"DecodeStep {name:15s} {best_ms_per_step(step, config):6.2f} ms/step")
+    print(f"the {fast.path} DecodeStep:")
     sdpa = F.scaled_dot_product_attention
     F.scaled_dot_product_attention = lambda q, k, v, **kw: q[..., :v.shape[-1]].clone()
     try:
@@ -138,9 +141,8 @@ def main() -> None:
         F.scaled_dot_product_attention = sdpa
     floor = best_ms_per_step(matmuls_and_attention(fast), config)
     print(f"  matmuls + attention only {floor:6.2f} ms/step")
-    print(f"  matmuls alone            {best_ms_per_step(matmuls_only(fast), config):6.2f} ms/step")
-    print(f"  matmuls alone, F.linear  {best_ms_per_step(matmuls_only(fast, packed=False), config):6.2f}"
-          " ms/step (the same weights unpacked)")
+    for name, step in steps.items():
+        print(f"  matmuls alone, {name:9s} {best_ms_per_step(matmuls_only(step), config):6.2f} ms/step")
     prefill = best_prefill_ms(model, config)
     tokens = ROWS * (STEPS + 1)
     flops = flops_per_token(config, model, PROMPT + (STEPS + 1) / 2) * tokens

@@ -1,6 +1,7 @@
-"""DecodeStep (the engine's fused, packed decode step) computes what Decoder.forward computes,
-for every dense family, ragged rows included, with its C kernels and with their torch-op
-fallback; the engine rebuilds it when the weights change."""
+"""DecodeStep (the engine's fused decode step) computes what Decoder.forward computes, for every
+dense family, ragged rows included, packed and unpacked, with its C kernels and with their
+torch-op fallback; the engine picks its decode path deterministically (PONDER_DECODE overrides)
+and rebuilds the step when the weights change."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import torch
 from ponder.engine import Engine, SamplingParams
 from ponder.models import Decoder, KVCache, MLAConfig, ModelConfig, MoEConfig
 from ponder.models.cpu_kernels import kernels
-from ponder.models.decode import DecodeStep
+from ponder.models import decode
+from ponder.models.decode import DecodeStep, decode_path
 
 from test_models import CONFIGS, ours, random_ids  # tests/ is on sys.path under pytest
 
@@ -46,12 +48,15 @@ def test_the_c_kernels_compile_where_there_is_a_compiler():
 
 @pytest.mark.parametrize("name", STEP_CONFIGS)
 @pytest.mark.parametrize("with_kernels", [True, False], ids=["c-kernels", "torch-ops"])
-def test_decode_step_equals_the_model_on_ragged_rows(name, with_kernels):
+@pytest.mark.parametrize("path", ["mkl", "onednn", "unpacked"])
+def test_decode_step_equals_the_model_on_ragged_rows(name, with_kernels, path):
     """Three ragged rows for three steps, then two of them (reordered, as after the engine drops a
     finished row: the weights are re-packed for the new row count) for two more."""
     cfg = STEP_CONFIGS[name]
     model = ours(cfg, seed=11)  # norm weights and biases randomized: folding them is exercised
-    step = DecodeStep(model)
+    step = DecodeStep(model, path)
+    if step.path != path:
+        pytest.skip(f"no {path} packing here")
     if with_kernels and step.kernels is None:
         pytest.skip("the C kernels did not compile here")
     if not with_kernels:
@@ -172,3 +177,53 @@ def test_free_memory_reads_the_machine():
         assert free is not None and 0 < free < os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     else:
         assert free is None
+
+
+def test_the_decode_path_is_chosen_by_cpu_features_not_by_timing(monkeypatch):
+    """Same machine, same path: MKL packing where the CPU has AMX, oneDNN packing on other CPUs,
+    plain where DecodeStep does not mirror the model; asked twice, the same answer."""
+    monkeypatch.delenv("PONDER_DECODE", raising=False)
+    model = ours(CONFIGS["qwen3-gqa2-hd24-tied"], seed=3)
+    assert decode_path(model) == decode_path(model)
+    monkeypatch.setattr(decode, "cpu_has_amx", lambda: False)
+    assert decode_path(model) == ("onednn" if decode._HAS_ONEDNN_PACK else "unpacked")
+    assert DecodeStep(model).path == decode_path(model)
+    monkeypatch.setattr(decode, "cpu_has_amx", lambda: True)
+    assert decode_path(model) == ("mkl" if decode._HAS_MKL_PACK else "unpacked")
+    assert DecodeStep(model).path == decode_path(model)
+    assert decode_path(model.to(torch.bfloat16)) == "plain"
+
+
+def test_ponder_decode_overrides_the_choice(monkeypatch):
+    model = ours(CONFIGS["qwen3-gqa2-hd24-tied"], seed=3)
+    packings = decode._packings(model.device)
+    for path in decode.DECODE_PATHS:
+        monkeypatch.setenv("PONDER_DECODE", path)
+        assert decode_path(model) == (path if path in packings | {"unpacked", "plain"} else "unpacked")
+    monkeypatch.setenv("PONDER_DECODE", "mkl")
+    assert decode_path(model.to(torch.bfloat16)) == "plain"  # DecodeStep cannot run it
+    monkeypatch.setenv("PONDER_DECODE", "fast")
+    with pytest.raises(ValueError, match="PONDER_DECODE='fast'"):
+        decode_path(model)
+
+
+def test_every_decode_path_samples_the_same_tokens(monkeypatch):
+    """Sampling at temperature 1 (so a changed logit would change tokens), two samples per prompt,
+    rows finishing at different steps (re-packing for fewer rows): every path agrees with plain
+    `Decoder.forward`, and each really ran."""
+    model = ours(CONFIGS["qwen3-gqa2-hd24-tied"], seed=3)
+    params = SamplingParams(max_new_tokens=12, temperature=1.0, seed=4, stop_token_ids=(0, 62, 91))
+    prompts = [[1, 2, 3], [4, 5], [6]]
+    paths = ["plain", "unpacked", *sorted(decode._packings(model.device))]
+    results = {}
+    for path in paths:
+        monkeypatch.setenv("PONDER_DECODE", path)
+        engine = Engine(model)
+        results[path] = [c for group in engine.generate(prompts, n=2, params=params) for c in group]
+        assert (engine._decode_step is None) if path == "plain" else (engine._decode_step.path == path)
+    want = results["plain"]
+    assert len({len(c.token_ids) for c in want}) > 1, "no row stopped early: dropping rows is not exercised"
+    for path in paths[1:]:
+        assert [c.token_ids for c in results[path]] == [c.token_ids for c in want], path
+        for a, b in zip(results[path], want):
+            torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5, rtol=0)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ponder.models import KVCache
-from ponder.models.decode import DecodeStep
+from ponder.models.decode import DecodeStep, decode_path
 
 if TYPE_CHECKING:
     from ponder.tools import Tool, ToolCall
@@ -193,22 +193,25 @@ class Engine:
         return int(max(1, min(1024, (2 << 30) // max(bytes_per_row, 1))))
 
     def _decoder(self):
-        """What runs a decode step: `DecodeStep` where the model supports it and its copy of the
-        weights fits in memory, rebuilt whenever the weights have changed since (an optimizer
-        step bumps each parameter's version); else the model's own forward."""
-        if not DecodeStep.supports(self.model):
+        """What runs a decode step, as `decode_path` says: `DecodeStep` (packed or not) where the
+        model supports it and its copy of the weights fits in memory, rebuilt whenever the weights
+        have changed since (an optimizer step bumps each parameter's version); else the model's
+        own forward."""
+        path = decode_path(self.model)
+        if path == "plain":
+            self._decode_step = self._decode_weights = None
             return self._forward_step
         try:
             weights = [(id(p), p._version) for p in self.model.parameters()]
         except RuntimeError:  # a model built under inference_mode keeps no version counters
             weights = None
-        if weights is None or weights != self._decode_weights:
+        if weights is None or weights != self._decode_weights or self._decode_step.path != path:
             self._decode_step = self._decode_weights = None  # free the old copy before making a new one
             if not DecodeStep.fits(self.model):
                 warnings.warn("ponder: no memory for the fast decode step's copy of the weights; decoding "
                               "with the model's forward (slower, same results)", stacklevel=3)
                 return self._forward_step
-            self._decode_step, self._decode_weights = DecodeStep(self.model), weights
+            self._decode_step, self._decode_weights = DecodeStep(self.model, path), weights
         return self._decode_step
 
     def _forward_step(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:

@@ -11,6 +11,7 @@ import torch
 
 from ponder.engine import Engine, SamplingParams
 from ponder.models import Decoder, KVCache, ModelConfig
+from ponder.models.decode import decode_path
 
 
 def matmul_gflops(size: int = 2048, dtype=torch.float32, repeats: int = 10) -> float:
@@ -21,6 +22,20 @@ def matmul_gflops(size: int = 2048, dtype=torch.float32, repeats: int = 10) -> f
     for _ in range(repeats):
         a @ b
     return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def cpu_name() -> str:
+    """The CPU as `lscpu` names it (model name, family, model), for the figures to say where they
+    were taken; "unknown" off Linux."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        return "unknown"
+    return f"{fields.get('model name', 'unknown')} (family {fields.get('cpu family', '?')} model {fields.get('model', '?')})"
 
 
 def flops_per_token(config: ModelConfig, model: torch.nn.Module, context: float) -> float:
@@ -123,6 +138,7 @@ def main(args) -> int:
                   "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2)},
         "batch": args.batch, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
         "dtype": args.dtype, "threads": torch.get_num_threads(),
+        "decode_path": decode_path(model), "cpu": cpu_name(),
         "cache_bytes_per_token": KVCache.bytes_per_token(config, dtype),
         "ponder_tok_s": round(tokens / ponder_s, 1),
         "transformers_tok_s": round(tokens / peer_s, 1) if peer_s else None,
@@ -141,6 +157,7 @@ def main(args) -> int:
               f"vocab {s['vocab']}, {s['params_M']}M params; batch {args.batch}, prompt {args.prompt_len}, "
               f"{args.new_tokens} new tokens, {args.dtype}, {result['threads']} threads; "
               f"KV cache {result['cache_bytes_per_token']:,} bytes/token")
+        print(f"CPU: {result['cpu']}; decode path: {result['decode_path']} (PONDER_DECODE overrides)")
         print(f"ponder        {result['ponder_tok_s']:>10,.0f} tok/s  ({result['ponder_gflops']} GFLOP/s, "
               f"{100 * result['fraction_of_matmul']:.0f}% of {result['matmul_gflops']} GFLOP/s matmul)")
         if peer_s:

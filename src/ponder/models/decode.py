@@ -10,9 +10,11 @@ Same math as `model(tokens[:, None], cache)[:, -1]` (tests hold the two together
   - QK-norm and RoPE run once over the query and key heads together;
   - on the CPU, the residual add + norm, and the QK-norm + RoPE + cache write, are each one call
     of a small C kernel (decode_kernels.c, compiled at first use; torch ops where no compiler works);
-  - on CPUs with MKL, weights are held packed for the row count (PackedLinear): a decode
-    step's matmuls take 1.2x less time than with `F.linear` here (scripts/decode_breakdown.py),
-    with the same result.
+  - on the CPU, weights are held packed for the row count (PackedLinear), by MKL where the CPU
+    has AMX and by oneDNN elsewhere (`decode_path`), with the same result: on Intel with AMX,
+    MKL's packed matmuls took 1.2x less time than `F.linear`; on AMD Zen 4, MKL's GEMM (packed
+    or not) is slow, and oneDNN's packed matmuls took about 2x less time than `F.linear`
+    (scripts/decode_breakdown.py shows the split).
 
 Why a second forward: at decode time a row is one token, so the matmuls are tiny and the cost
 is the number of ops; training and the prefill keep the readable `Decoder.forward`. The packed
@@ -21,6 +23,9 @@ They are a second copy of the weights: `DecodeStep.fits` says whether the device
 """
 
 from __future__ import annotations
+
+import functools
+import os
 
 import torch
 import torch.nn.functional as F
@@ -35,18 +40,67 @@ from .moe import SparseMoE
 _HAS_MKL_PACK = torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
 
 
+# oneDNN's packed fp32 linear (what torch.compile's CPU backend uses where MKL is absent).
+_HAS_ONEDNN_PACK = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+
+DECODE_PATHS = ("mkl", "onednn", "unpacked", "plain")
+
+
+@functools.cache
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles (Linux /proc/cpuinfo's amx_tile flag; False where unknown)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "amx_tile" in line.split()
+    except OSError:
+        pass
+    return False
+
+
+def decode_path(model) -> str:
+    """How the engine runs a decode step of `model`: DecodeStep with its weights packed by "mkl" or
+    "onednn", or "unpacked" (`F.linear`), or "plain" (`Decoder.forward`).
+
+    $PONDER_DECODE picks one (a packing this machine lacks falls back to "unpacked"; a model that
+    DecodeStep does not mirror always gets "plain"). Otherwise the choice is by CPU feature, never
+    by a timing, so the same seed on the same machine always takes the same path: MKL packing
+    where the CPU has AMX (Intel Sapphire Rapids measured), oneDNN packing on other CPUs (AMD Zen 4
+    measured, where MKL's GEMM is slow), `F.linear` off the CPU.
+    """
+    chosen = os.environ.get("PONDER_DECODE", "").strip().lower()
+    if chosen and chosen not in DECODE_PATHS:
+        raise ValueError(f"PONDER_DECODE={chosen!r}: expected one of {', '.join(DECODE_PATHS)}")
+    if not DecodeStep.supports(model):
+        return "plain"
+    available = _packings(model.device) | {"unpacked", "plain"}
+    if chosen:
+        return chosen if chosen in available else "unpacked"
+    if "mkl" in available and cpu_has_amx():
+        return "mkl"
+    return "onednn" if "onednn" in available else "unpacked"
+
+
+def _packings(device: torch.device) -> set[str]:
+    """The weight packings PackedLinear can use on `device`."""
+    if device.type != "cpu":
+        return set()
+    return {name for name, there in (("mkl", _HAS_MKL_PACK), ("onednn", _HAS_ONEDNN_PACK)) if there}
+
+
 class PackedLinear:
     """x @ W.T + bias, where W = make_weight() is a model weight or several fused ones.
 
-    With MKL on the CPU, W is kept only in MKL's packed form for the current number of rows, and
-    re-packed (from the model's parameters) when that number changes: packed small-batch matmuls
-    are faster than `F.linear` (see the module's notes), with the same result, and no second copy
-    of W is held.
-    Elsewhere W is built once and used with `F.linear`.
+    With `pack` ("mkl" or "onednn", CPU only), W is kept only in that library's packed form for
+    the current number of rows, and re-packed (from the model's parameters) when that number
+    changes: packed small-batch matmuls are faster than `F.linear` (see the module's notes), with
+    the same result, and no second copy of W is held. With `pack` None, W is built once and used
+    with `F.linear`.
     """
 
-    def __init__(self, make_weight, bias: torch.Tensor | None, pack: bool):
-        self.make_weight, self.bias, self.rows = make_weight, bias, 0
+    def __init__(self, make_weight, bias: torch.Tensor | None, pack: str | None):
+        self.make_weight, self.bias, self.pack, self.rows = make_weight, bias, pack, 0
         self.weight = None if pack else make_weight().contiguous()
         self.packed = self.shape_only = None
 
@@ -56,11 +110,22 @@ class PackedLinear:
         if x.shape[0] != self.rows:  # the first call, or finished rows were dropped
             self.packed = None  # free the old packing before building the new one
             weight = self.make_weight().contiguous()
-            self.packed = torch.ops.mkl._mkl_reorder_linear_weight(weight, x.shape[0])
-            # With the row count it was packed for, _mkl_linear reads only the shape of its
-            # plain-weight argument: a zero-stride stand-in that holds no memory.
-            self.shape_only, self.rows = weight.new_empty(()).expand(weight.shape), x.shape[0]
-        return torch.ops.mkl._mkl_linear(x, self.packed, self.shape_only, self.bias, self.rows)
+            if self.pack == "mkl":
+                self.packed = torch.ops.mkl._mkl_reorder_linear_weight(weight, x.shape[0])
+                # With the row count it was packed for, _mkl_linear reads only the shape of its
+                # plain-weight argument: a zero-stride stand-in that holds no memory.
+                self.shape_only = weight.new_empty(()).expand(weight.shape)
+            else:
+                self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, x.shape[0])
+            self.rows = x.shape[0]
+        if self.pack == "mkl":
+            return torch.ops.mkl._mkl_linear(x, self.packed, self.shape_only, self.bias, self.rows)
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+
+
+def _onednn_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x @ weight.T by oneDNN on a plain (unpacked) weight."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
 
 
 def _fused(weights: list[torch.Tensor], norm_weight: torch.Tensor | None = None):
@@ -133,14 +198,23 @@ class DecodeStep:
                 and not has_adapters(model))
 
     @torch.no_grad()
-    def __init__(self, model):
+    def __init__(self, model, path: str | None = None):
+        """`path`: "mkl", "onednn" (packed weights, CPU only) or "unpacked"; None: as `decode_path`
+        says."""
         if not self.supports(model):
             raise ValueError("DecodeStep needs an fp32 decoder with grouped-query attention (not MLA) and no adapters")
         config = model.config
         self.model, self.eps = model, config.rms_norm_eps
         self.heads, self.kv_heads, self.head_dim = (config.num_attention_heads, config.num_key_value_heads,
                                                     config.head_dim)
-        pack = _HAS_MKL_PACK and model.device.type == "cpu"
+        if path is None:
+            path = decode_path(model)
+        if path in ("mkl", "onednn") and path not in _packings(model.device):
+            path = "unpacked"
+        if path not in ("mkl", "onednn", "unpacked"):
+            raise ValueError(f"DecodeStep path {path!r}: expected mkl, onednn or unpacked")
+        self.path = path
+        pack = None if path == "unpacked" else path
         self.layers = []
         for layer in model.model.layers:
             attn, mlp = layer.self_attn, layer.mlp
@@ -166,6 +240,9 @@ class DecodeStep:
         # rows instead of folded in: a folded (or packed) copy of it would be a second
         # vocab x hidden matrix, 0.6 GB at Qwen3's 151,936 x 1024, for a multiply of B x hidden.
         self.head_weight = model.model.embed_tokens.weight if model.lm_head is None else model.lm_head.weight
+        # oneDNN reads the plain weight directly (no packed copy) and, where MKL is slow, still
+        # runs several times faster than F.linear (AMD Zen 4, 8192 x 512 head at batch 64).
+        self.head_linear = _onednn_linear if self.path == "onednn" else F.linear
         self.final_norm = model.model.norm.weight
         self.eps_tensor = torch.tensor(self.eps, device=model.device)
         # the fused C kernels (fp32, CPU); None: the same steps as torch ops
@@ -223,4 +300,4 @@ class DecodeStep:
             x, h = self._add_norm(x, o_proj(out.view(B, -1)))
             x, h = self._add_norm(x, feed_forward(h))
         cache.advance(1)
-        return F.linear(h * self.final_norm, self.head_weight)
+        return self.head_linear(h * self.final_norm, self.head_weight)
