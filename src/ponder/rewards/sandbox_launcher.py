@@ -121,7 +121,8 @@ def _minimal_view(workdir: str, reveal: list[str], uid: int | None, disk_mb: int
             _bind_read_only(path, root + path)
         _make_dev(root)
         for name in ("proc", "tmp", OLD_ROOT.strip("/")):
-            os.mkdir(os.path.join(root, name), 0o755)
+            # exist_ok: an interpreter under /tmp (a venv in a clone there) made /tmp already
+            os.makedirs(os.path.join(root, name), 0o755, exist_ok=True)
         # the only writable place: a size-capped tmpfs holding a copy of the run's files, so
         # nothing the script writes reaches the host's disk
         work = root + WORK
