@@ -236,9 +236,9 @@ def update(cfg: RLConfig, run: TrainingRun, ref_model, rollout: Rollout,
 
     def tensors(b):
         if b >= len(micro):  # a zero-weight stand-in: one token after one token, masked out
-            one = torch.zeros(1, 2, dtype=torch.long, device=device)
-            return one, torch.ones(1, dtype=torch.long, device=device), 1, torch.zeros(1, 1, device=device), \
-                torch.zeros(1, 1, device=device), torch.zeros(1, device=device)
+            zero = torch.zeros(1, 1, device=device)
+            ids = torch.zeros(1, 2, dtype=torch.long, device=device)
+            return ids, torch.ones(1, dtype=torch.long, device=device), 1, zero, zero, zero[0]
         idx = micro[b]
         ids = _pad([rollout.prompt_ids[i] + comps[i].token_ids for i in idx]).to(device)
         starts = torch.tensor([len(rollout.prompt_ids[i]) for i in idx], device=device)
@@ -279,7 +279,7 @@ def update(cfg: RLConfig, run: TrainingRun, ref_model, rollout: Rollout,
                             with run.reference():
                                 ref = run.logprobs(ids, starts, length, cfg.temperature)[0]
                         else:
-                            ref = reference_logprobs(cfg, run, ref_model, ids, starts, length)
+                            ref = run.logprobs(ids, starts, length, cfg.temperature, model=ref_model)[0]
                 loss, stats = losses.policy_loss(
                     logp, old_logps.get(b), adv, mask, loss_type=cfg.loss_type,
                     level=cfg.importance_sampling, epsilon_low=cfg.epsilon_low, epsilon_high=cfg.epsilon_high,
@@ -310,15 +310,6 @@ def update(cfg: RLConfig, run: TrainingRun, ref_model, rollout: Rollout,
     return {"loss": totals["loss"], "entropy": totals["entropy"] / tokens if totals["tokens"] else float("nan"),
             "kl": totals["kl"] / tokens, "clip_low": totals["clip_low"] / tokens,
             "clip_high": totals["clip_high"] / tokens, "grad_norm": grad_norm, "loss_tokens": rollout.tokens}
-
-
-def reference_logprobs(cfg: RLConfig, run: TrainingRun, ref_model, ids, starts, length):
-    """Log-probs under the frozen initial policy (a plain module on every rank: no collectives)."""
-    from ponder.models import token_logprobs
-    from ponder.runtime.training import autocast
-
-    with autocast(run.device, cfg.dtype):
-        return token_logprobs(ref_model, ids, starts, length, cfg.temperature, chunk_tokens=run.chunk_tokens)[0]
 
 
 def routing_metrics(model, gamma: float) -> dict[str, float]:
@@ -509,9 +500,8 @@ def train_rl(cfg: RLConfig, *, model=None, tokenizer=None, problems: Sequence | 
     model_dir = run.export(out / "model")
     if cfg.keep_best and (run.checkpoints / "BEST").exists():
         best_path = run.checkpoints / (run.checkpoints / "BEST").read_text().strip()
-        run.restore(best_path)
+        run.restore(best_path)  # the run is over: its live state is not needed after this
         run.export(out / "best-model")
-        run.restore(checkpoint.latest(run.checkpoints))
     plots = []
     if distributed.is_main():
         plots = plot(st["history"], out, {"reward": ["reward/total/mean", "reward/*/mean", "accuracy"],

@@ -15,22 +15,19 @@ from __future__ import annotations
 import logging
 import os
 from contextlib import contextmanager, nullcontext
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
 log = logging.getLogger("ponder.runtime")
 
-Parallel = Literal["auto", "none", "ddp", "fsdp"]
-
-
 def launched() -> bool:
     """Started by torchrun (or anything that sets its environment) with more than one rank."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def setup(parallel: Parallel, device: torch.device) -> tuple[torch.device, str]:
+def setup(parallel: str, device: torch.device) -> tuple[torch.device, str]:
     """Start the process group where torchrun launched several ranks; returns this rank's device
     and the engine in use ("none", "ddp" or "fsdp"). Backend: nccl on CUDA, gloo on CPU."""
     if parallel == "none" or not launched():
@@ -68,26 +65,24 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_sum(values, device: torch.device | None = None) -> torch.Tensor:
-    """Element-wise sum over ranks of a list of numbers (float64; the identity in one process)."""
+def _all_reduce(values, op) -> torch.Tensor:
+    """Element-wise reduction over ranks of a list of numbers (float64, on the CPU; the identity
+    in one process)."""
     t = torch.as_tensor(values, dtype=torch.float64)
     if dist.is_initialized():
-        # nccl reduces CUDA tensors only; gloo reduces CPU ones.
-        on = device if device is not None and dist.get_backend() == "nccl" else torch.device("cpu")
-        t = t.to(on)
-        dist.all_reduce(t)
+        on_gpu = dist.get_backend() == "nccl"  # nccl reduces CUDA tensors only, gloo CPU ones
+        t = t.cuda() if on_gpu else t
+        dist.all_reduce(t, op=op)
         t = t.cpu()
     return t
 
 
+def all_sum(values) -> torch.Tensor:
+    return _all_reduce(values, dist.ReduceOp.SUM)
+
+
 def all_max(value: int) -> int:
-    if not dist.is_initialized():
-        return value
-    t = torch.tensor([value], dtype=torch.float64)
-    if dist.get_backend() == "nccl":
-        t = t.cuda()
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return int(t.item())
+    return int(_all_reduce([value], dist.ReduceOp.MAX).item())
 
 
 def gather(obj: Any) -> list[Any]:

@@ -1,9 +1,9 @@
 """The training runtime: what every trainer's loop shares, below the methods that use it.
 
-Device and precision, loading the policy a config names, the learning-rate schedule, the seeded
-data stream, and restoring a train-state checkpoint (weights, optimizer, every RNG, data position)
-so that a resumed run continues exactly. RL, SFT and the other methods import from here; nothing
-here knows which method runs.
+`TrainConfig` holds the options every trainer has; `TrainingRun`, made from it, owns the device
+and precision, the distributed launch, the memory options, the optimizer, the seeded data stream,
+train-state checkpoints that resume exactly, metrics and the final export. RL, SFT and the other
+methods import from here; nothing here knows which method runs.
 """
 
 from __future__ import annotations
@@ -249,13 +249,13 @@ class TrainingRun:
         """Write the train state of `step` with the method's `record` (a collective). `best`:
         this step has the best held-out score so far (kept besides the newest with keep_best)."""
         record = {**record, "step": step, "stream": self.stream.state(), "config": config_io.to_dict(self.cfg)}
-        best_name = self._pointer("BEST")
-        if best and self.cfg.keep_best:
-            best_name = f"step-{step:06d}"
+        protect = None  # the best checkpoint, kept however old it gets
+        if self.cfg.keep_best:
+            protect = f"step-{step:06d}" if best else self._pointer("BEST")
         path = checkpoint.save(self.checkpoints, step, self.model, self.optimizer, record,
-                               keep=self.cfg.save_total_limit, protect=best_name if self.cfg.keep_best else None)
+                               keep=self.cfg.save_total_limit, protect=protect)
         if best and self.cfg.keep_best and distributed.is_main():
-            checkpoint.write_pointer(self.checkpoints, "BEST", best_name)
+            checkpoint.write_pointer(self.checkpoints, "BEST", protect)
         return path
 
     def _pointer(self, name: str) -> str | None:
@@ -268,11 +268,13 @@ class TrainingRun:
         """Positions per chunk of the loss head, from loss_chunk_mb and the vocabulary (0: one chunk)."""
         return chunk_positions(self.cfg.loss_chunk_mb, self.model.config.vocab_size)
 
-    def logprobs(self, ids, starts, length: int, temperature: float = 1.0, with_entropy: bool = False):
-        """Log-probs (and entropy) of completion tokens through `net`, under the configured precision."""
+    def logprobs(self, ids, starts, length: int, temperature: float = 1.0, with_entropy: bool = False,
+                 model=None):
+        """Log-probs (and entropy) of completion tokens through `net` (or another `model`, such as
+        a frozen reference), under the configured precision."""
         with autocast(self.device, self.cfg.dtype):
-            return token_logprobs(self.net, ids, starts, length, temperature, with_entropy=with_entropy,
-                                  chunk_tokens=self.chunk_tokens)
+            return token_logprobs(self.net if model is None else model, ids, starts, length, temperature,
+                                  with_entropy=with_entropy, chunk_tokens=self.chunk_tokens)
 
     def reference(self):
         """Inside: forwards compute the reference policy. With LoRA it is the same model with the
