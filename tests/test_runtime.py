@@ -150,3 +150,46 @@ def test_sft_accepts_the_memory_options(base, tmp_path):
                     lora=LoRAConfig(r=2, target_modules=["o_proj"]))
     summary = train_sft(cfg, progress=False)
     assert summary["steps"] == 2 and (tmp_path / "sft" / "model" / "adapter" / "adapter_config.json").exists()
+
+
+def test_a_checkpoint_of_a_fresh_optimizer_leaves_the_first_step_a_first_step(tmp_path):
+    """Saving before any update (the RL trainer's step-0 checkpoint) builds the optimizer's state
+    through DCP; the first real update must still be AdamW's first (lr x sign(grad))."""
+    from ponder.runtime.training import adamw
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    optimizer = adamw(model.parameters(), 0.1, weight_decay=0.0)
+    checkpoint.save(tmp_path, 0, model, optimizer, {})
+    before = model.weight.detach().clone()
+    model(torch.randn(5, 4)).pow(2).sum().backward()
+    optimizer.step()
+    assert torch.allclose(model.weight - before, -0.1 * model.weight.grad.sign(), atol=1e-6)
+
+
+def test_the_engine_samples_from_the_weights_an_optimizer_step_wrote():
+    """The fused AdamW kernel writes weights in place without bumping their versions; the engine
+    must not keep sampling from its copies of the old ones."""
+    from ponder.engine import Engine, SamplingParams
+    from ponder.models import Decoder, ModelConfig
+    from ponder.runtime.training import adamw
+    from ponder.tasks import multiply
+    from ponder.tokenizer import build_char_tokenizer
+
+    tok = build_char_tokenizer(multiply.ALPHABET)
+    torch.manual_seed(0)
+    model = Decoder(ModelConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                num_attention_heads=4, num_key_value_heads=2, head_dim=8))
+    engine = Engine(model, tok)
+    params = SamplingParams(max_new_tokens=6, temperature=0.0)
+    prompt = tok.encode("12*34=")
+    first = engine.generate([prompt], 1, params)[0][0]
+    optimizer = adamw(model.parameters(), 0.05)
+    model(torch.tensor([prompt + first.token_ids])).logsumexp(-1).sum().backward()  # any loss: every weight moves
+    optimizer.step()
+    after = engine.generate([prompt], 1, params)[0][0]
+    with torch.no_grad():  # the new weights' own log-probs of what was decoded
+        logprobs = torch.log_softmax(model(torch.tensor([prompt + after.token_ids]))[0, len(prompt) - 1:-1], -1)
+    expected = logprobs.gather(1, torch.tensor(after.token_ids)[:, None]).squeeze(1)
+    assert torch.allclose(torch.tensor(after.logprobs), expected, atol=1e-5)
+    assert after.logprobs != first.logprobs

@@ -18,7 +18,7 @@ from ponder.rl.scoring import correct
 from ponder.rl.trainer import evaluate_greedy, prompt_text
 from ponder.device import pick_device
 from ponder.runtime import distributed
-from ponder.runtime.training import autocast, load_model, load_tokenizer
+from ponder.runtime.training import adamw, autocast, load_model, load_tokenizer
 
 
 @dataclass
@@ -90,7 +90,7 @@ class Run:
         return Engine(self.model, self.tokenizer)
 
     def optimizer(self, params=None, lr: float | None = None) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.model.parameters() if params is None else params, lr=lr or self.cfg.lr)
+        return adamw(self.model.parameters() if params is None else params, lr or self.cfg.lr)
 
     def logprobs(self, ids, starts, length: int, temperature: float = 1.0):
         """The policy's log-probs of completion tokens (the chunked loss head, configured precision)."""

@@ -28,7 +28,7 @@ import torch
 from ponder.ladder.common import (LadderConfig, ScalarModel, chunks, clip_and_step, completion_logprobs, copy_decoder,
                                   padded, round_seed, sample_groups, start)
 from ponder.runtime.metrics import MetricsLog
-from ponder.runtime.training import ProblemStream, autocast
+from ponder.runtime.training import ProblemStream, adamw, autocast
 
 log = logging.getLogger("ponder.ladder")
 
@@ -135,7 +135,7 @@ def train_ppo(cfg: PPOConfig, *, model=None, tokenizer=None, problems=None, eval
     policy_params = [p for p in run.model.parameters() if p.requires_grad]
     optimizer = run.optimizer(policy_params)
     critic = ScalarModel(copy_decoder(run.model)).to(device).train()
-    critic_optimizer = torch.optim.AdamW(critic.parameters(), lr=cfg.value_lr)
+    critic_optimizer = adamw(critic.parameters(), cfg.value_lr)
     reference = copy_decoder(run.model).eval().requires_grad_(False) if cfg.kl_coef else None
     if cfg.reward == "model" and reward_model is None:
         reward_model = ScalarModel.load(cfg.reward_model)

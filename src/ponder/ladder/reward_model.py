@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from ponder.ladder.common import (LadderConfig, ScalarModel, chunks, clip_and_step, copy_decoder, padded, pairs_of,
                                   round_seed, sample_groups, start)
 from ponder.runtime.metrics import MetricsLog
-from ponder.runtime.training import ProblemStream, autocast
+from ponder.runtime.training import ProblemStream, adamw, autocast
 
 log = logging.getLogger("ponder.ladder")
 
@@ -104,7 +104,7 @@ def train_reward_model(cfg: RewardModelConfig, *, model=None, tokenizer=None, pr
         raise RuntimeError("no prompt had both a right and a wrong completion: no pair to train the reward model on")
 
     rm = ScalarModel(copy_decoder(run.model)).to(run.device).train()
-    optimizer = torch.optim.AdamW(rm.parameters(), lr=cfg.lr)
+    optimizer = adamw(rm.parameters(), cfg.lr)
     params = list(rm.parameters())
     metrics = MetricsLog(run.out, [], tensorboard=False)
     order = ProblemStream(len(train_pairs), cfg.seed)

@@ -60,6 +60,23 @@ class ProblemStream:
         return {"size": self.size, "seed": self.seed, "epoch": self.epoch, "index": self.index}
 
 
+def adamw(params, lr: float, **options) -> torch.optim.AdamW:
+    """AdamW as every trainer here builds it: the fused kernel, TRL's default ("adamw_torch_fused").
+    The default multi-tensor path holds temporaries about the size of the weights during the step
+    and runs far slower on a CPU: for 186M parameters on 2 cores, 3.82 vs 3.12 GiB peak and 0.90
+    vs 0.07 s per step."""
+    params = list(params)
+    optimizer = torch.optim.AdamW(params, lr=lr, fused=True, **options)
+
+    def weights_changed(*_):
+        # The fused kernel writes the weights without bumping their version counters, which is
+        # how the engine learns that its packed copies are stale (it would sample from old weights).
+        torch.autograd.graph.increment_version([p for p in params if p.grad is not None])
+
+    optimizer.register_step_post_hook(weights_changed)
+    return optimizer
+
+
 def load_tokenizer(cfg):
     """The tokenizer a config names: `cfg.tokenizer`, else the model folder's."""
     from ponder.tokenizer import Tokenizer
@@ -195,8 +212,8 @@ class TrainingRun:
         self.model = model
         self.net = distributed.wrap(model, self.parallel, self.device)
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                           weight_decay=cfg.weight_decay)
+        self.optimizer = adamw(self.params, cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                               weight_decay=cfg.weight_decay)
         self.stream = ProblemStream(data_size, cfg.seed)
         self.checkpoints = self.out / "checkpoints"
 
