@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
-# The CUDA path on a machine with one or more NVIDIA GPUs, in one go (under 10 minutes on one
-# H100-class GPU): the memory benchmark on Qwen3-0.6B's real shape (28 layers, random weights)
-# against TRL, the loss head alone, bf16, and with two or more GPUs the distributed tests over
-# NCCL and step times on 1 and 2 ranks. Figures go to stdout and to $OUT (default out/gpu-check).
+# The CUDA path on a machine with NVIDIA GPUs, in one go (about 6 minutes on one H200):
+#   1. tests/test_cuda.py: engine, loss head and RL training (bf16, checkpointing, LoRA) on the GPU
+#   2. one GRPO step on Qwen3-0.6B's real shape (28 layers, random weights), peak CUDA memory and
+#      s/step, ponder's variants against TRL's GRPOTrainer (ponder bench memory)
+#   3. the loss head alone, chunked vs [B, T, vocab], up to 16 x 512 tokens
+#   4. `ponder train rl` under torchrun over NCCL, FSDP2 and DDP, bf16 (all GPUs there; the NCCL
+#      tests of tests/test_distributed.py too when there are two or more)
+#   5. the engine against transformers' generate, fp32 and bf16, at bench generate's 25.7M shape
+# Each part has its own time limit and the script goes on when one fails. Figures go to stdout
+# and to $OUT (default out/gpu-check).
 #
-#   bash scripts/gpu_check.sh            # after `make test` has built .venv
+#   bash scripts/gpu_check.sh                 # after `make test` has built .venv
+#   PY=python3 PYTHONPATH=src bash scripts/gpu_check.sh   # with another Python that has torch
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -15,42 +22,38 @@ if [ "$GPUS" -lt 1 ] || ! $PY -c "import torch, sys; sys.exit(not torch.cuda.is_
     echo "no CUDA GPU visible to torch: nothing to check here" >&2
     exit 2
 fi
-run() {  # name, command...: run it, keep its output, go on if it fails
-    local name=$1; shift
+export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
+run() {  # name, seconds, command...: run it under a time limit, keep its output, go on if it fails
+    local name=$1 limit=$2; shift 2
+    local start=$SECONDS
     echo "=== $name: $*"
-    "$@" 2>&1 | tee "$OUT/$name.txt"
-    echo "=== $name: exit ${PIPESTATUS[0]}"
+    timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.txt"
+    echo "=== $name: exit ${PIPESTATUS[0]} after $((SECONDS - start)) s"
 }
-nvidia-smi | tee "$OUT/nvidia-smi.txt"
+nvidia-smi -L
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'bf16', torch.cuda.is_bf16_supported())"
 
-# 1. Peak CUDA memory and step time of one GRPO step, Qwen3-0.6B (28 layers), ponder vs TRL.
-run memory $PY -m ponder bench memory --device cuda --layers 28 --prompts 2 --group 8 --max-new-tokens 256 --steps 2
-# 2. The loss head alone: chunked vs [B, T, vocab] at 16 x 512 tokens.
-run head $PY -m ponder bench memory --device cuda --layers 28 --head
-# 3. The engine on the GPU against transformers, fp32 and bf16, at the 25.7M bench shape.
-run generate_fp32 $PY -m ponder bench generate --device cuda --hidden 512 --layers 8 --heads 8 --kv-heads 4 --repeats 3
-run generate_bf16 $PY -m ponder bench generate --device cuda --hidden 512 --layers 8 --heads 8 --kv-heads 4 --repeats 3 --dtype bfloat16
+run cuda_tests 120 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py
+run memory 210 $PY -m ponder bench memory --device cuda --layers 28 --prompts 2 --group 8 --max-new-tokens 256 --steps 2
+run head 90 $PY -m ponder bench memory --device cuda --layers 28 --head
 
-# 4. Many GPUs: the gloo tests again, now on NCCL (device auto = cuda:LOCAL_RANK), and step
-#    times of the same RL run (Qwen3-0.6B, 28 layers, bf16 autocast) on 1 and 2 ranks.
+MODEL=/tmp/qwen3-0.6b-random
+$PY -c "from pathlib import Path; from ponder.bench.memory import build; build(Path('/tmp/qwen3-build'), 28)" \
+    && rm -rf "$MODEL" && mv /tmp/qwen3-build/base "$MODEL"
+for parallel in fsdp ddp; do
+    run "rl_${GPUS}gpu_${parallel}" 90 $PY -m torch.distributed.run --standalone --nproc_per_node "$GPUS" \
+        -m ponder train rl /dev/null model="$MODEL" task=multiply:train prompts_per_step=16 group_size=8 \
+        max_new_tokens=128 steps=3 eval_every=0 save_every=3 dtype=bfloat16 micro_batch_size=32 \
+        gradient_checkpointing=true parallel=$parallel 'rewards=[ponder.bench.memory:reward]' \
+        "output_dir=/tmp/rl-$parallel"
+    $PY -c "import json; rows=[json.loads(l) for l in open('/tmp/rl-$parallel/metrics.jsonl')]; \
+print('$parallel', [{k: round(r[k], 3) for k in ('time/step', 'time/train', 'loss', 'grad_norm') if k in r} for r in rows if 'event' not in r])" \
+        | tee -a "$OUT/rl_${GPUS}gpu_${parallel}.txt"
+done
 if [ "$GPUS" -ge 2 ]; then
-    run distributed_tests $PY -m pytest -q tests/test_distributed.py
-    MODEL="$OUT/qwen3-0.6b-random"
-    $PY -c "from pathlib import Path; from ponder.bench.memory import build; build(Path('$OUT/qwen3-0.6b-random').parent / 'tmp-build', 28)" \
-        && rm -rf "$MODEL" && mv "$OUT/tmp-build/base" "$MODEL" && rm -rf "$OUT/tmp-build"
-    for ranks in 1 2; do
-        for parallel in ddp fsdp; do
-            [ "$ranks" = 1 ] && [ "$parallel" = fsdp ] && continue
-            run "rl_${ranks}rank_${parallel}" $PY -m torch.distributed.run --standalone --nproc_per_node "$ranks" \
-                -m ponder train rl /dev/null model="$MODEL" task=multiply:train prompts_per_step=16 group_size=8 \
-                max_new_tokens=128 steps=3 eval_every=0 save_every=0 dtype=bfloat16 micro_batch_size=16 \
-                gradient_checkpointing=true parallel=$parallel "output_dir=$OUT/rl-${ranks}-${parallel}"
-            $PY -c "import json,sys; rows=[json.loads(l) for l in open('$OUT/rl-${ranks}-${parallel}/metrics.jsonl')]; \
-print('time/step', [round(r['time/step'], 2) for r in rows if 'time/step' in r])" | tee -a "$OUT/rl_${ranks}rank_${parallel}.txt"
-        done
-    done
-else
-    echo "one GPU: the NCCL tests and the 2-rank step times need two"
+    run distributed_tests 300 $PY -m pytest -q -p no:cacheprovider tests/test_distributed.py
 fi
+
+run generate_fp32 45 $PY -m ponder bench generate --device cuda --hidden 512 --layers 8 --heads 8 --kv-heads 4 --repeats 3
+run generate_bf16 45 $PY -m ponder bench generate --device cuda --hidden 512 --layers 8 --heads 8 --kv-heads 4 --repeats 3 --dtype bfloat16
 echo "figures in $OUT"

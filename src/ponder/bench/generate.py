@@ -85,6 +85,8 @@ def best_times(fns, repeats: int) -> list[float]:
         for i, fn in enumerate(fns):
             start = time.perf_counter()
             fn()
+            if torch.cuda.is_initialized():  # GPU work is asynchronous: wait for it before reading the clock
+                torch.cuda.synchronize()
             best[i] = min(best[i], time.perf_counter() - start)
     return best
 

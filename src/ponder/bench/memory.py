@@ -15,7 +15,9 @@ optimizer state, generation and update together) and its seconds per step:
 
 `--head` measures the loss head alone instead: log-probs + entropy + backward of B completions of
 T tokens after a 64-token prompt, as extra peak memory above the weights, for the full and the
-chunked path (the full path at the issue's 16 x 512 would need ~22 GB: it runs at a smaller size).
+chunked path (the full path at 16 x 512 would need ~22 GB on a CPU: it runs there at a smaller
+size), and for "body", the same forward and backward with no head, so that what the head itself
+adds is the difference (the layers' activations and the embedding's gradient are not the head's).
 """
 
 from __future__ import annotations
@@ -129,9 +131,12 @@ def head_child(args) -> int:
     ids = torch.randint(0, VOCAB, (bsz, 64 + length), device=args.device)
     starts = torch.full((bsz,), 64, device=args.device)
     before = torch.cuda.memory_allocated() / 2**30 if cuda else rss_gib()
-    logp, ent = token_logprobs(model, ids, starts, length, 1.0, with_entropy=True,
-                               chunk_tokens=0 if args.variant == "full" else chunk_positions(64, VOCAB))
-    logp.sum().backward()
+    if args.variant == "body":  # the same forward and backward with no head at all: what the head adds is the rest
+        model(ids, head=lambda hidden, logits_fn: hidden[:, 63:-1].float().pow(2).mean()).backward()
+    else:
+        logp, ent = token_logprobs(model, ids, starts, length, 1.0, with_entropy=True,
+                                   chunk_tokens=0 if args.variant == "full" else chunk_positions(64, VOCAB))
+        logp.sum().backward()
     print(json.dumps({"variant": args.variant, "batch": bsz, "length": length,
                       "extra_gib": peak_gib(args.device) - before,
                       "logits_gib": bsz * length * VOCAB * 4 / 2**30}))
@@ -155,36 +160,52 @@ def main(args) -> int:
         root = Path(name)
         build(root, args.layers)
         if args.head:
-            sizes = [("chunked", b, t) for b, t in ((16, 512), (8, 256))] + [("full", 8, 256)]
+            sizes = [(v, b, t) for b, t in ((16, 512), (8, 256)) for v in ("body", "chunked")] + [("full", 8, 256)]
             if args.device.startswith("cuda"):  # a GPU has room for the full path at 16 x 512 too
                 sizes.append(("full", 16, 512))
             rows = [spawn(root, args, v, ["--head", "--batch", str(b), "--length", str(t)]) for v, b, t in sizes]
         else:
-            rows = [spawn(root, args, v, []) for v in args.variants.split(",")]
+            return step_table(root, args)
     if args.json:
         print(json.dumps({"layers": args.layers, "rows": rows}))
         return 0
-    if args.head:
-        print(f"loss head alone: log-probs + entropy + backward, Qwen3-0.6B width, vocab {VOCAB}, "
-              f"{args.layers} layers, 64-token prompts; extra peak RSS above the weights")
-        print(f"{'path':8} {'B x T':>9} {'extra GiB':>10} {'one fp32 logits tensor GiB':>27}")
-        for r in rows:
-            if "error" in r:
-                print(f"{r['variant']:8} failed: {r['error']}")
-                continue
-            print(f"{r['variant']:8} {r['batch']:>4} x {r['length']:<4} {r['extra_gib']:10.2f} {r['logits_gib']:27.2f}")
-        return 0
-    where = args.device if args.device.startswith("cuda") else f"cpu, {torch.get_num_threads()} threads"
-    memory = "peak allocated CUDA memory" if args.device.startswith("cuda") else "peak resident memory"
-    print(f"one GRPO step, Qwen3-0.6B width, vocab {VOCAB}, {args.layers} layers, {args.prompts} prompts x "
-          f"{args.group} completions of {args.max_new_tokens} tokens, fp32, {where}; each variant in its own "
-          f"process; {memory}; s/step is the mean over steps 2..{args.steps} (all steps when 1)")
-    print(f"{'variant':8} {'peak GiB':>9} {'s/step':>8} {'update s':>9}")
-    trl = next((r for r in rows if r["variant"] == "trl" and "error" not in r), None)
+    print(f"loss head alone: log-probs + entropy + backward, Qwen3-0.6B width, vocab {VOCAB}, {args.layers} layers, "
+          f"64-token prompts; extra peak memory above the weights; 'head adds' is the extra over 'body', the same "
+          f"forward and backward with no head")
+    print(f"{'path':8} {'B x T':>9} {'extra GiB':>10} {'head adds GiB':>14} {'one fp32 logits tensor GiB':>27}")
+    body = {(r["batch"], r["length"]): r["extra_gib"] for r in rows if r.get("variant") == "body" and "error" not in r}
     for r in rows:
         if "error" in r:
             print(f"{r['variant']:8} failed: {r['error']}")
             continue
+        base = body.get((r["batch"], r["length"]))
+        adds = "" if r["variant"] == "body" or base is None else f"{r['extra_gib'] - base:.2f}"
+        print(f"{r['variant']:8} {r['batch']:>4} x {r['length']:<4} {r['extra_gib']:10.2f} {adds:>14} "
+              f"{r['logits_gib']:27.2f}")
+    return 0
+
+
+def step_table(root: Path, args) -> int:
+    """Each variant's row as soon as it is measured, so a run cut short keeps the rows it has."""
+    rows = []
+    if not args.json:
+        where = args.device if args.device.startswith("cuda") else f"cpu, {torch.get_num_threads()} threads"
+        memory = "peak allocated CUDA memory" if args.device.startswith("cuda") else "peak resident memory"
+        print(f"one GRPO step, Qwen3-0.6B width, vocab {VOCAB}, {args.layers} layers, {args.prompts} prompts x "
+              f"{args.group} completions of {args.max_new_tokens} tokens, fp32, {where}; each variant in its own "
+              f"process; {memory}; s/step is the mean over steps 2..{args.steps} (all steps when 1)")
+        print(f"{'variant':8} {'peak GiB':>9} {'s/step':>8} {'update s':>9}", flush=True)
+    for variant in args.variants.split(","):
+        r = spawn(root, args, variant, [])
+        rows.append(r)
+        if args.json:
+            continue
+        trl = next((x for x in rows if x["variant"] == "trl" and "error" not in x), None)
+        if "error" in r:
+            print(f"{r['variant']:8} failed: {r['error']}", flush=True)
+            continue
         ratio = f"   TRL peak / this: {trl['peak_gib'] / r['peak_gib']:.2f}x" if trl and r is not trl else ""
-        print(f"{r['variant']:8} {r['peak_gib']:9.2f} {r['s_per_step']:8.2f} {r['train_s']:9.2f}{ratio}")
+        print(f"{r['variant']:8} {r['peak_gib']:9.2f} {r['s_per_step']:8.2f} {r['train_s']:9.2f}{ratio}", flush=True)
+    if args.json:
+        print(json.dumps({"layers": args.layers, "rows": rows}))
     return 0
