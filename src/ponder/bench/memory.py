@@ -6,12 +6,13 @@ random. The tokenizer maps every id to one character, so any sampled id decodes.
 in its own process, one after the other, and reports its peak resident memory (ru_maxrss: weights,
 optimizer state, generation and update together) and its seconds per step:
 
-    trl        TRL's GRPOTrainer on the same weights and config (transformers' model and generate)
+    trl        TRL's GRPOTrainer on the same weights and config (transformers' model and generate),
+               with its defaults: activation checkpointing on, fused AdamW
     full       ponder with the loss head in one piece (loss_chunk_mb=0): [B, T, vocab] logits
     chunked    ponder's default: the loss head in chunks of 64 MB of logits (110 positions here),
                recomputed in backward
     ckpt       chunked + activation checkpointing
-    lora       chunked + LoRA r=16 on every projection (the base frozen, no AdamW state for it)
+    lora       ckpt + LoRA r=16 on every projection (the base frozen: no gradient or AdamW state for it)
 
 `--head` measures the loss head alone instead: log-probs + entropy + backward of B completions of
 T tokens after a 64-token prompt, as extra peak memory above the weights, for the full and the
@@ -87,7 +88,7 @@ def run_ponder(root: Path, variant: str, args) -> dict:
                    group_size=args.group, max_new_tokens=args.max_new_tokens, steps=args.steps, lr=LR,
                    micro_batch_size=args.prompts * args.group, eval_every=0, save_every=0, rollback=False,
                    device=args.device, seed=0, loss_chunk_mb=0 if variant == "full" else 64,
-                   gradient_checkpointing=variant == "ckpt", lora=LoRAConfig(r=16) if variant == "lora" else None)
+                   gradient_checkpointing=variant in ("ckpt", "lora"), lora=LoRAConfig(r=16) if variant == "lora" else None)
     train_rl(cfg, problems=prompts(args.prompts * args.steps), rewards=[reward], progress=False)
     rows = [json.loads(x) for x in (root / variant / "metrics.jsonl").read_text().splitlines()]
     return {"step_s": [r["time/step"] for r in rows if "event" not in r],

@@ -159,7 +159,7 @@ def table(result: dict) -> str:
         samples = f"{r['samples']}" + (f" (+{r['reward_model_samples']} for the reward model)"
                                        if r.get("reward_model_samples") else "")
         lines.append(f"| {r['method']}: {DESCRIPTIONS[r['method']]} | {100 * r['accuracy']:.1f}% | {samples} | "
-                     f"{r['models_in_memory']} | {r['seconds']:.0f} s | {r['peak_memory_gb']:.2f} GB | {rm} | {gap} |")
+                     f"{r['models_in_memory']} | {r['seconds']:.0f} s | {r['peak_memory_gb']:.2f} GiB | {rm} | {gap} |")
     return "\n".join(lines)
 
 
