@@ -32,7 +32,7 @@ def two_caches(cfg, model, lens):
     prompt = random_ids(cfg, (len(lens), max(lens)), seed=4)
     caches = []
     for _ in range(2):
-        cache = KVCache(cfg, batch=len(lens), max_len=max(lens) + 5)
+        cache = KVCache(cfg, batch=len(lens), max_len=max(lens) + 5, dtype=model.dtype)
         with torch.no_grad():
             model(prompt, cache)
         cache.lengths = torch.tensor(lens)
@@ -77,11 +77,39 @@ def test_decode_step_equals_the_model_on_ragged_rows(name, with_kernels, path):
         torch.testing.assert_close(got_cache.v[layer], want_cache.v[layer], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("name", ["qwen3-gqa2-hd24-tied", "qwen3-moe-step2"])
+@pytest.mark.parametrize("path", ["onednn", "unpacked"])
+def test_decode_step_in_bf16_is_as_close_to_fp32_as_the_models_own_bf16_forward(name, path):
+    """In bf16 the step folds the norm weights into bf16 matmul weights, so it rounds differently
+    from Decoder.forward: it must stay as close to the fp32 computation as the bf16 forward is."""
+    cfg = STEP_CONFIGS[name]
+    reference = ours(cfg, seed=11)
+    model = ours(cfg, seed=11).to(torch.bfloat16)
+    step = DecodeStep(model, path)
+    if step.path != path:
+        pytest.skip(f"no bf16 {path} packing here")
+    assert step.kernels is None  # the C kernels are fp32: bf16 runs the torch ops
+    caches = {"fp32": two_caches(cfg, reference, [4, 1, 6])[0]}
+    caches["forward"], caches["step"] = two_caches(cfg, model, [4, 1, 6])
+    for t in range(4):
+        tokens = random_ids(cfg, (3,), seed=20 + t)
+        with torch.no_grad():
+            want = reference(tokens[:, None], caches["fp32"])[:, -1]
+            plain = model(tokens[:, None], caches["forward"])[:, -1].float()
+        got = step(tokens, caches["step"]).float()
+        assert got.dtype == plain.dtype and torch.isfinite(got).all()
+        plain_error, step_error = (plain - want).norm(), (got - want).norm()
+        assert plain_error > 0  # bf16 really rounded
+        assert step_error <= 2 * plain_error, (t, step_error.item(), plain_error.item())
+        assert (got - plain).norm() <= 0.02 * want.norm()
+
+
 def test_decode_step_is_only_used_where_it_mirrors_the_model():
     dense = CONFIGS["qwen3-gqa2-hd24-tied"]
     assert DecodeStep.supports(ours(dense))
     assert DecodeStep.supports(ours(QWEN3_MOE))
-    assert not DecodeStep.supports(ours(dense).to(torch.bfloat16))
+    assert DecodeStep.supports(ours(dense).to(torch.bfloat16))
+    assert not DecodeStep.supports(ours(dense).to(torch.float16))
 
     class Edited(Decoder):  # a subclass may change the forward DecodeStep mirrors
         pass
@@ -191,7 +219,9 @@ def test_the_decode_path_is_chosen_by_cpu_features_not_by_timing(monkeypatch):
     monkeypatch.setattr(decode, "cpu_has_amx", lambda: True)
     assert decode_path(model) == ("mkl" if decode._HAS_MKL_PACK else "unpacked")
     assert DecodeStep(model).path == decode_path(model)
-    assert decode_path(model.to(torch.bfloat16)) == "plain"
+    bf16 = ours(CONFIGS["qwen3-gqa2-hd24-tied"], seed=3).to(torch.bfloat16)
+    assert decode_path(bf16) == ("onednn" if "onednn" in decode._packings(bf16.device, torch.bfloat16) else "unpacked")
+    assert decode_path(bf16.to(torch.float16)) == "plain"
 
 
 def test_ponder_decode_overrides_the_choice(monkeypatch):
@@ -201,7 +231,8 @@ def test_ponder_decode_overrides_the_choice(monkeypatch):
         monkeypatch.setenv("PONDER_DECODE", path)
         assert decode_path(model) == (path if path in packings | {"unpacked", "plain"} else "unpacked")
     monkeypatch.setenv("PONDER_DECODE", "mkl")
-    assert decode_path(model.to(torch.bfloat16)) == "plain"  # DecodeStep cannot run it
+    assert decode_path(ours(CONFIGS["qwen3-gqa2-hd24-tied"]).to(torch.bfloat16)) == "unpacked"  # MKL packs fp32 only
+    assert decode_path(model.to(torch.float16)) == "plain"  # DecodeStep cannot run it
     monkeypatch.setenv("PONDER_DECODE", "fast")
     with pytest.raises(ValueError, match="PONDER_DECODE='fast'"):
         decode_path(model)

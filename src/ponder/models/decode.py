@@ -74,7 +74,7 @@ def decode_path(model) -> str:
         raise ValueError(f"PONDER_DECODE={chosen!r}: expected one of {', '.join(DECODE_PATHS)}")
     if not DecodeStep.supports(model):
         return "plain"
-    available = _packings(model.device) | {"unpacked", "plain"}
+    available = _packings(model.device, model.dtype) | {"unpacked", "plain"}
     if chosen:
         return chosen if chosen in available else "unpacked"
     if "mkl" in available and cpu_has_amx():
@@ -82,10 +82,13 @@ def decode_path(model) -> str:
     return "onednn" if "onednn" in available else "unpacked"
 
 
-def _packings(device: torch.device) -> set[str]:
-    """The weight packings PackedLinear can use on `device`."""
+def _packings(device: torch.device, dtype: torch.dtype = torch.float32) -> set[str]:
+    """The weight packings PackedLinear can use on `device` for weights of `dtype`: MKL's is fp32
+    only; oneDNN's takes bf16 where the CPU has bf16 instructions."""
     if device.type != "cpu":
         return set()
+    if dtype == torch.bfloat16:
+        return {"onednn"} if _HAS_ONEDNN_PACK and torch.ops.mkldnn._is_mkldnn_bf16_supported() else set()
     return {name for name, there in (("mkl", _HAS_MKL_PACK), ("onednn", _HAS_ONEDNN_PACK)) if there}
 
 
@@ -194,7 +197,7 @@ class DecodeStep:
         out); the others keep `Decoder.forward`. Mixture-of-experts MLPs run as their own modules
         inside the step."""
         config = model.config
-        return (type(model) is Decoder and config.mla is None and model.dtype == torch.float32
+        return (type(model) is Decoder and config.mla is None and model.dtype in (torch.float32, torch.bfloat16)
                 and not has_adapters(model))
 
     @torch.no_grad()
@@ -202,14 +205,15 @@ class DecodeStep:
         """`path`: "mkl", "onednn" (packed weights, CPU only) or "unpacked"; None: as `decode_path`
         says."""
         if not self.supports(model):
-            raise ValueError("DecodeStep needs an fp32 decoder with grouped-query attention (not MLA) and no adapters")
+            raise ValueError("DecodeStep needs an fp32 or bf16 decoder with grouped-query attention (not MLA) "
+                             "and no adapters")
         config = model.config
         self.model, self.eps = model, config.rms_norm_eps
         self.heads, self.kv_heads, self.head_dim = (config.num_attention_heads, config.num_key_value_heads,
                                                     config.head_dim)
         if path is None:
             path = decode_path(model)
-        if path in ("mkl", "onednn") and path not in _packings(model.device):
+        if path in ("mkl", "onednn") and path not in _packings(model.device, model.dtype):
             path = "unpacked"
         if path not in ("mkl", "onednn", "unpacked"):
             raise ValueError(f"DecodeStep path {path!r}: expected mkl, onednn or unpacked")
@@ -246,19 +250,25 @@ class DecodeStep:
         self.final_norm = model.model.norm.weight
         self.eps_tensor = torch.tensor(self.eps, device=model.device)
         # the fused C kernels (fp32, CPU); None: the same steps as torch ops
-        self.kernels = kernels() if model.device.type == "cpu" else None
+        self.kernels = kernels() if model.device.type == "cpu" and model.dtype == torch.float32 else None
 
     def _rms(self, x: torch.Tensor) -> torch.Tensor:
-        """1 / sqrt(mean(x^2) + eps) over the last axis, from a single fused reduction."""
-        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+        """1 / sqrt(mean(x^2) + eps) over the last axis, from a single fused reduction (in fp32)."""
+        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32)
         return torch.addcmul(self.eps_tensor, norm, norm, value=1.0 / x.shape[-1]).rsqrt_()
+
+    def _normed(self, x: torch.Tensor) -> torch.Tensor:
+        """x RMS-normalised without a weight; in bf16 normalised in fp32 and cast back, as RMSNorm does."""
+        if x.dtype == torch.float32:
+            return x * self._rms(x)
+        return (x.float() * self._rms(x)).to(x.dtype)
 
     def _add_norm(self, x: torch.Tensor, delta: torch.Tensor | None):
         """The residual sum x + delta (x when delta is None; the kernel adds in place) and that
         sum RMS-normalised, without the norm's weight (it is folded into the next matmul)."""
         if self.kernels is None:
             x = x if delta is None else x + delta
-            return x, x * self._rms(x)
+            return x, self._normed(x)
         h = torch.empty_like(x)
         self.kernels.add_rms(x.data_ptr(), None if delta is None else delta.data_ptr(), h.data_ptr(),
                              x.shape[0], x.shape[1], self.eps)
@@ -275,7 +285,7 @@ class DecodeStep:
             qkv = qkv.view(B, Hq + 2 * Hkv, D)
             qk = qkv[:, :Hq + Hkv]
             if qk_norm is not None:
-                qk = qk * self._rms(qk) * qk_norm
+                qk = self._normed(qk) * qk_norm
             qk = apply_rope(qk, cos[:, None], sin[:, None])
             return attend(qk[:, None, :Hq], qk[:, None, Hq:], qkv[:, None, Hq + Hkv:], layer, cache, step)
         positions = step.positions.contiguous()  # held here: the kernel reads it through a pointer
