@@ -140,3 +140,77 @@ def test_ladder_json_last_line(tmp_path, capsys):
     assert 0.0 <= r["accuracy"] <= 1.0 and r["seconds"] > 0 and r["peak_memory_gb"] > 0
     assert (tmp_path / "ladder.png").exists() and "rft" in (tmp_path / "ladder.md").read_text()
     assert main(["ladder", "--methods", "rft,sft", "--out", str(tmp_path)]) == 2
+
+
+class Crash(Exception):
+    pass
+
+
+def weights_of(folder) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(next(iter(sorted(folder.glob("*.safetensors"))))))
+
+
+RESUMABLE = {
+    "rft": lambda out: (train_rft, RFTConfig(model=base(), output_dir=out, rounds=3, save_every=1, **TINY)),
+    "dpo-online": lambda out: (train_dpo, DPOConfig(model=base(), output_dir=out, steps=4, refresh_every=3,
+                                                    pairs_per_step=8, save_every=1, **TINY)),
+    "ppo": lambda out: (train_ppo, PPOConfig(model=base(), output_dir=out, steps=3, minibatch_size=12, kl_coef=0.05,
+                                             save_every=1, **TINY)),
+    "rm": lambda out: (train_reward_model, RewardModelConfig(model=base(), output_dir=out, rounds=1, epochs=3.0,
+                                                             pairs_per_step=4, save_every=1, **TINY)),
+}
+
+
+@pytest.mark.parametrize("method", RESUMABLE)
+def test_a_crash_then_a_rerun_ends_as_the_uninterrupted_run(method, tmp_path, data, monkeypatch):
+    """Killed after checkpoint 2 (for DPO: inside its first set of pairs, so they must come back
+    from the checkpoint), the same command again resumes there and ends where a run without the
+    crash ends: same weights, same metrics."""
+    from ponder.ladder.common import Run
+
+    def run(out):
+        train, cfg = RESUMABLE[method](str(out))
+        kwargs = {k: v for k, v in data.items() if method != "rm" or k != "eval_problems"}
+        return train(cfg, **kwargs)
+
+    whole = run(tmp_path / "whole")
+    saved = Run.save
+
+    def crash_after_two(self, step, *args):
+        saved(self, step, *args)
+        if step == 2:
+            raise Crash
+
+    monkeypatch.setattr(Run, "save", crash_after_two)
+    with pytest.raises(Crash):
+        run(tmp_path / "cut")
+    after = []
+
+    def counting(self, step, *args):
+        after.append(step)
+        saved(self, step, *args)
+
+    monkeypatch.setattr(Run, "save", counting)
+    again = run(tmp_path / "cut")
+    assert after[0] == 3  # it resumed after checkpoint 2 rather than starting again
+
+    a, b = weights_of(tmp_path / "whole" / "model"), weights_of(tmp_path / "cut" / "model")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    start = from_pretrained(base()).state_dict()
+    assert any(not torch.equal(a[k], start[k]) for k in start if k in a)  # training moved the weights
+    if method == "rm":
+        assert again["pair_accuracy"] == whole["pair_accuracy"] and again["samples"] == whole["samples"]
+    else:
+        assert again["samples"] == whole["samples"] and again["eval"] == whole["eval"]
+    lines = [(tmp_path / name / "metrics.jsonl").read_text() for name in ("whole", "cut")]
+    assert lines[0] == lines[1]
+
+
+def test_a_rerun_with_other_settings_is_refused(tmp_path, data):
+    from ponder.config import ConfigError
+
+    train_rft(RFTConfig(model=base(), output_dir=str(tmp_path), rounds=1, save_every=1, **TINY), **data)
+    with pytest.raises(ConfigError, match=r"lr: 0.0001 -> 0.001"):
+        train_rft(RFTConfig(model=base(), output_dir=str(tmp_path), rounds=1, save_every=1, lr=1e-3, **TINY), **data)

@@ -1,6 +1,6 @@
 """What every rung of the ladder shares: the config fields, sampling scored by the task's verifier,
 padded batches for the log-prob head, a decoder with a scalar head (PPO's value model and the
-reward model), and the set-up and wrap-up of a run."""
+reward model), and the set-up, checkpoints and wrap-up of a run."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from ponder.models import token_logprobs
 from ponder.rl.scoring import correct
 from ponder.rl.trainer import evaluate_greedy, prompt_text
 from ponder.device import pick_device
-from ponder.runtime import distributed
+from ponder.runtime import checkpoint, distributed
 from ponder.runtime.training import adamw, autocast, load_model, load_tokenizer
 
 
@@ -51,6 +51,7 @@ class LadderConfig:
     device: str = "auto"  # "auto": cuda when available, else cpu
     seed: int = 0  # seeds the data order and every generation round's sampling seed
     eval_every: int = 10  # held-out greedy evaluation every N steps (and at the end); 0: only at the end
+    save_every: int = 10  # resumable checkpoint every N steps (RFT: rounds); a re-run of the same config resumes; 0: none
 
     def __post_init__(self) -> None:
         for name in ("prompts_per_round", "group_size", "max_new_tokens", "micro_batch_size"):
@@ -58,8 +59,8 @@ class LadderConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.temperature <= 0:
             raise ValueError("lr and temperature must be > 0")
-        if self.eval_every < 0:
-            raise ValueError(f"eval_every must be >= 0, got {self.eval_every}")
+        if self.eval_every < 0 or self.save_every < 0:
+            raise ValueError("eval_every and save_every must be >= 0")
 
 
 @dataclass
@@ -111,6 +112,28 @@ class Run:
     def due(self, step: int, steps: int) -> bool:
         """Whether held-out evaluation runs after `step`."""
         return bool(self.eval_problems) and ((self.cfg.eval_every and step % self.cfg.eval_every == 0) or step == steps)
+
+    def resume(self, models: dict[str, nn.Module], optimizers: list) -> dict | None:
+        """Load the newest checkpoint of output_dir into `models` and `optimizers` (and the RNGs) and
+        return the loop's record; None on a fresh start. A checkpoint of other settings is an error."""
+        found = checkpoint.latest(self.out / "checkpoints")
+        if found is None:
+            return None
+        record = checkpoint.load_state(found)
+        now = config_io.to_dict(self.cfg)
+        changed = [f"{k}: {record['config'].get(k)!r} -> {v!r}" for k, v in now.items() if record["config"].get(k) != v]
+        if changed:
+            raise config_io.ConfigError(f"{self.out} holds a run (at {found.name}) trained with other settings: "
+                                        f"{'; '.join(changed)}. Start it in another output_dir")
+        checkpoint.load_train_state(found, nn.ModuleDict(models), optimizers)
+        return record
+
+    def save(self, step: int, models: dict[str, nn.Module], optimizers: list, record: dict) -> None:
+        """Checkpoint the loop after `step` when save_every says so: weights, optimizer states, RNGs
+        and the loop's own `record` (its counters, data positions and metrics history)."""
+        if self.cfg.save_every and step % self.cfg.save_every == 0:
+            checkpoint.save(self.out / "checkpoints", step, nn.ModuleDict(models), optimizers,
+                            {**record, "config": config_io.to_dict(self.cfg)})
 
     def finish(self, history: list[dict], series: dict[str, list[str]]) -> dict:
         """Save the final model and the plots; the summary fields every method returns."""

@@ -53,8 +53,8 @@ def rung(method: str, samples: int, seed: int, out: str, held_out: int) -> dict:
     where = str(Path(out) / f"seed-{seed}" / method)
     for old in (where, where + "-reward-model"):  # every rung starts fresh (GRPO would resume a checkpoint)
         shutil.rmtree(old, ignore_errors=True)
-    common = dict(model=base, seed=seed, eval_every=0, max_new_tokens=DEMO_CONFIG.max_new_tokens, group_size=GROUP,
-                  micro_batch_size=DEMO_CONFIG.micro_batch_size)
+    common = dict(model=base, seed=seed, eval_every=0, save_every=0, max_new_tokens=DEMO_CONFIG.max_new_tokens,
+                  group_size=GROUP, micro_batch_size=DEMO_CONFIG.micro_batch_size)
     data = dict(tokenizer=tokenizer, problems=problems, eval_problems=eval_problems, progress=False)
     extra: dict = {}
     if method == "grpo":

@@ -76,14 +76,21 @@ def train_dpo(cfg: DPOConfig, *, model=None, tokenizer=None, problems=None, eval
         reference = copy_decoder(run.model).eval().requires_grad_(False)
     prompts = ProblemStream(len(run.problems), cfg.seed)
     rng = random.Random(cfg.seed)
-    metrics = MetricsLog(run.out, [], tensorboard=False)
-    if run.eval_problems:
-        metrics.log({"step": 0, **run.evaluate(engine)})
-
     pairs: list = []
     order = None
-    samples = rounds = 0
-    for step in range(1, cfg.steps + 1):
+    saved = run.resume({"policy": run.model}, [optimizer])
+    if saved is None:
+        metrics = MetricsLog(run.out, [], tensorboard=False)
+        if run.eval_problems:
+            metrics.log({"step": 0, **run.evaluate(engine)})
+        done = samples = rounds = 0
+    else:  # the pairs in use and their order come back too: a refresh need not fall on a checkpoint
+        metrics = MetricsLog(run.out, saved["history"], tensorboard=False)
+        prompts, pairs = ProblemStream(**saved["prompts"]), saved["pairs"]
+        order = ProblemStream(**saved["order"]) if saved["order"] else None
+        rng.setstate(saved["rng"])
+        done, samples, rounds = saved["step"], saved["samples"], saved["rounds"]
+    for step in range(done + 1, cfg.steps + 1):
         record: dict[str, Any] = {"step": step}
         if step == 1 or (cfg.refresh_every and (step - 1) % cfg.refresh_every == 0):
             rounds += 1
@@ -120,6 +127,9 @@ def train_dpo(cfg: DPOConfig, *, model=None, tokenizer=None, problems=None, eval
         if run.due(step, cfg.steps):
             record.update(run.evaluate(engine))
         metrics.log(record)
+        run.save(step, {"policy": run.model}, [optimizer], {
+            "step": step, "samples": samples, "rounds": rounds, "prompts": prompts.state(), "pairs": pairs,
+            "order": order.state() if order else None, "rng": rng.getstate(), "history": metrics.history})
         if progress and (step % 10 == 0 or step == cfg.steps):
             log.info(f"dpo step {step}/{cfg.steps}: loss {record['loss']:.4f}, "
                      f"held-out {record.get('eval/accuracy', float('nan')):.3f}")

@@ -144,12 +144,19 @@ def train_ppo(cfg: PPOConfig, *, model=None, tokenizer=None, problems=None, eval
     models = 2 + (reference is not None) + (cfg.reward == "model")
     prompts = ProblemStream(len(run.problems), cfg.seed)
     shuffle = torch.Generator().manual_seed(cfg.seed)
-    metrics = MetricsLog(run.out, [], tensorboard=False)
-    if run.eval_problems:
-        metrics.log({"step": 0, **run.evaluate(engine)})
-
-    samples = 0
-    for step in range(1, cfg.steps + 1):
+    trained = {"policy": run.model, "critic": critic}  # the reference and the reward model stay as loaded
+    saved = run.resume(trained, [optimizer, critic_optimizer])
+    if saved is None:
+        metrics = MetricsLog(run.out, [], tensorboard=False)
+        if run.eval_problems:
+            metrics.log({"step": 0, **run.evaluate(engine)})
+        done = samples = 0
+    else:
+        metrics = MetricsLog(run.out, saved["history"], tensorboard=False)
+        prompts = ProblemStream(**saved["prompts"])
+        shuffle.set_state(saved["shuffle"])
+        done, samples = saved["step"], saved["samples"]
+    for step in range(done + 1, cfg.steps + 1):
         flat = [s for g in sample_groups(run, engine, prompts.take(cfg.prompts_per_round), round_seed(cfg.seed, step))
                 for s in g]
         samples += len(flat)
@@ -208,6 +215,9 @@ def train_ppo(cfg: PPOConfig, *, model=None, tokenizer=None, problems=None, eval
         if run.due(step, cfg.steps):
             record.update(run.evaluate(engine))
         metrics.log(record)
+        run.save(step, trained, [optimizer, critic_optimizer], {
+            "step": step, "samples": samples, "prompts": prompts.state(), "shuffle": shuffle.get_state(),
+            "history": metrics.history})
         if progress and (step % 10 == 0 or step == cfg.steps):
             log.info(f"ppo step {step}/{cfg.steps}: sampled accuracy {record['accuracy']:.3f}, "
                      f"reward {record['reward']:.3f}, held-out {record.get('eval/accuracy', float('nan')):.3f}")

@@ -89,27 +89,36 @@ def train_reward_model(cfg: RewardModelConfig, *, model=None, tokenizer=None, pr
     Returns a summary: held-out and training pair accuracy, pairs, samples, seconds, model folder."""
     t_start = time.perf_counter()
     run = start(cfg, model, tokenizer, problems, [])
-    engine = run.engine()
-    stream = ProblemStream(len(run.problems), cfg.seed)
-    rng = random.Random(cfg.seed)
-    groups = []
-    for r in range(1, cfg.rounds + 1):
-        groups += sample_groups(run, engine, stream.take(cfg.prompts_per_round), round_seed(cfg.seed, 10_000 + r))
-    samples = sum(map(len, groups))
-    rng.shuffle(groups)  # prompts, not pairs, are held out: no held-out prompt is ever trained on
-    cut = round(len(groups) * cfg.held_out)
-    test_pairs = pairs_of(groups[:cut], cfg.pairs_per_prompt, rng)
-    train_pairs = pairs_of(groups[cut:], cfg.pairs_per_prompt, rng)
-    if not train_pairs:
-        raise RuntimeError("no prompt had both a right and a wrong completion: no pair to train the reward model on")
-
     rm = ScalarModel(copy_decoder(run.model)).to(run.device).train()
     optimizer = adamw(rm.parameters(), cfg.lr)
     params = list(rm.parameters())
-    metrics = MetricsLog(run.out, [], tensorboard=False)
-    order = ProblemStream(len(train_pairs), cfg.seed)
+    saved = run.resume({"reward_model": rm}, [optimizer])
+    if saved is None:
+        engine = run.engine()
+        stream = ProblemStream(len(run.problems), cfg.seed)
+        rng = random.Random(cfg.seed)
+        groups = []
+        for r in range(1, cfg.rounds + 1):
+            groups += sample_groups(run, engine, stream.take(cfg.prompts_per_round), round_seed(cfg.seed, 10_000 + r))
+        samples = sum(map(len, groups))
+        rng.shuffle(groups)  # prompts, not pairs, are held out: no held-out prompt is ever trained on
+        cut = round(len(groups) * cfg.held_out)
+        test_pairs = pairs_of(groups[:cut], cfg.pairs_per_prompt, rng)
+        train_pairs = pairs_of(groups[cut:], cfg.pairs_per_prompt, rng)
+        if not train_pairs:
+            raise RuntimeError("no prompt had both a right and a wrong completion: no pair to train the reward "
+                               "model on")
+        metrics = MetricsLog(run.out, [], tensorboard=False)
+        order = ProblemStream(len(train_pairs), cfg.seed)
+        done = 0
+    else:  # the pairs come back with the checkpoint: no sampling again
+        samples, test_pairs, train_pairs = saved["samples"], saved["test_pairs"], saved["train_pairs"]
+        metrics = MetricsLog(run.out, saved["history"], tensorboard=False)
+        order = ProblemStream(**saved["order"])
+        done = saved["step"]
+
     steps = max(1, round(cfg.epochs * len(train_pairs) / cfg.pairs_per_step))
-    for step in range(1, steps + 1):
+    for step in range(done + 1, steps + 1):
         batch = [train_pairs[i] for i in order.take(cfg.pairs_per_step)]
         loss_sum = 0.0
         for micro in chunks(batch, cfg.micro_batch_size):
@@ -123,6 +132,9 @@ def train_reward_model(cfg: RewardModelConfig, *, model=None, tokenizer=None, pr
             if test_pairs:
                 record["eval/pair_accuracy"] = pair_accuracy(rm, test_pairs, cfg, run.device)[0]
         metrics.log(record)
+        run.save(step, {"reward_model": rm}, [optimizer], {
+            "step": step, "samples": samples, "test_pairs": test_pairs, "train_pairs": train_pairs,
+            "order": order.state(), "history": metrics.history})
     rm.eval()
     train_acc, mean_chosen, mean_rejected = pair_accuracy(rm, train_pairs, cfg, run.device)
     rm.extra = {"threshold": (mean_chosen + mean_rejected) / 2}

@@ -63,11 +63,17 @@ def train_rft(cfg: RFTConfig, *, model=None, tokenizer=None, problems=None, eval
     optimizer = run.optimizer()
     params = [p for p in run.model.parameters() if p.requires_grad]
     stream = ProblemStream(len(run.problems), cfg.seed)
-    metrics = MetricsLog(run.out, [], tensorboard=False)
-    if run.eval_problems:
-        metrics.log({"step": 0, **run.evaluate(engine)})
-    step = samples = 0
-    for r in range(1, cfg.rounds + 1):
+    saved = run.resume({"policy": run.model}, [optimizer])
+    if saved is None:
+        metrics = MetricsLog(run.out, [], tensorboard=False)
+        if run.eval_problems:
+            metrics.log({"step": 0, **run.evaluate(engine)})
+        done = step = samples = 0
+    else:
+        metrics = MetricsLog(run.out, saved["history"], tensorboard=False)
+        stream = ProblemStream(**saved["stream"])
+        done, step, samples = saved["round"], saved["optimizer_steps"], saved["samples"]
+    for r in range(done + 1, cfg.rounds + 1):
         groups = sample_groups(run, engine, stream.take(cfg.prompts_per_round), round_seed(cfg.seed, r))
         samples += sum(map(len, groups))
         kept = keep_verified(groups, cfg.keep_per_prompt)
@@ -89,6 +95,8 @@ def train_rft(cfg: RFTConfig, *, model=None, tokenizer=None, problems=None, eval
         if run.due(r, cfg.rounds):
             record.update(run.evaluate(engine))
         metrics.log(record)
+        run.save(r, {"policy": run.model}, [optimizer], {"round": r, "optimizer_steps": step, "samples": samples,
+                                                         "stream": stream.state(), "history": metrics.history})
         if progress:
             log.info(f"rft round {r}/{cfg.rounds}: sampled accuracy {record['accuracy']:.3f}, kept {len(kept)}, "
                      f"held-out {record.get('eval/accuracy', float('nan')):.3f}")

@@ -76,18 +76,24 @@ def _one_process_is_fine():
 
 
 def _train_state(model, optimizer) -> dict[str, Any]:
-    """Weights and optimizer state keyed by parameter name, sharded as the model is (DDP, FSDP2 or none)."""
+    """Weights and optimizer state keyed by parameter name, sharded as the model is (DDP, FSDP2 or
+    none). `optimizer` may be a list (one model trained by several, such as a policy and its critic)."""
     # The optimizer's first: on an FSDP2 model whose optimizer has no state yet, torch 2.13
     # crashes (SIGSEGV in AdamW's zero-gradient initialising step) when the model's state dict
     # was taken before.
-    fresh = not optimizer.state
+    optimizers = list(optimizer) if isinstance(optimizer, (list, tuple)) else [optimizer]
+    fresh = [o for o in optimizers if not o.state]
     optimizer_state = get_optimizer_state_dict(model, optimizer)
-    if fresh:
-        # DCP builds the state of a fresh optimizer by stepping it once on zero gradients with lr 0,
-        # which leaves AdamW's step count at 1: the first real update would then be bias-corrected
-        # as a second one (0.74 x lr). Put the count back to 0, in the optimizer and in what is saved.
-        for state in [*optimizer.state.values(), *optimizer_state["state"].values()]:
-            if "step" in state and torch.is_tensor(state["step"]):
+    # DCP builds the state of a fresh optimizer by stepping it once on zero gradients with lr 0,
+    # which leaves AdamW's step count at 1: the first real update would then be bias-corrected
+    # as a second one (0.74 x lr). Put the count back to 0, in the optimizer and in what is saved.
+    for o in fresh:
+        for state in o.state.values():
+            if torch.is_tensor(state.get("step")):
+                state["step"].zero_()
+    if len(fresh) == len(optimizers):  # the saved dict may hold copies (sharded models)
+        for state in optimizer_state["state"].values():
+            if torch.is_tensor(state.get("step")):
                 state["step"].zero_()
     return {"model": get_model_state_dict(model), "optimizer": optimizer_state}
 
