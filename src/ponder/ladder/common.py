@@ -128,6 +128,18 @@ class Run:
         checkpoint.load_train_state(found, nn.ModuleDict(models), optimizers)
         return record
 
+    def metrics(self, engine, saved: dict | None):
+        """The run's metrics log: a resumed run's history, or a new log opened with the held-out
+        evaluation of the starting policy (step 0)."""
+        from ponder.runtime.metrics import MetricsLog
+
+        if saved is not None:
+            return MetricsLog(self.out, saved["history"], tensorboard=False)
+        metrics = MetricsLog(self.out, [], tensorboard=False)
+        if self.eval_problems:
+            metrics.log({"step": 0, **self.evaluate(engine)})
+        return metrics
+
     def save(self, step: int, models: dict[str, nn.Module], optimizers: list, record: dict) -> None:
         """Checkpoint the loop after `step` when save_every says so: weights, optimizer states, RNGs
         and the loop's own `record` (its counters, data positions and metrics history)."""

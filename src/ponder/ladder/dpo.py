@@ -25,7 +25,6 @@ import torch.nn.functional as F
 
 from ponder.ladder.common import (LadderConfig, chunks, clip_and_step, completion_logprobs, copy_decoder, pairs_of,
                                   round_seed, sample_groups, start)
-from ponder.runtime.metrics import MetricsLog
 from ponder.runtime.training import ProblemStream
 
 log = logging.getLogger("ponder.ladder")
@@ -79,13 +78,10 @@ def train_dpo(cfg: DPOConfig, *, model=None, tokenizer=None, problems=None, eval
     pairs: list = []
     order = None
     saved = run.resume({"policy": run.model}, [optimizer])
+    metrics = run.metrics(engine, saved)
     if saved is None:
-        metrics = MetricsLog(run.out, [], tensorboard=False)
-        if run.eval_problems:
-            metrics.log({"step": 0, **run.evaluate(engine)})
         done = samples = rounds = 0
     else:  # the pairs in use and their order come back too: a refresh need not fall on a checkpoint
-        metrics = MetricsLog(run.out, saved["history"], tensorboard=False)
         prompts, pairs = ProblemStream(**saved["prompts"]), saved["pairs"]
         order = ProblemStream(**saved["order"]) if saved["order"] else None
         rng.setstate(saved["rng"])

@@ -27,7 +27,6 @@ import torch
 
 from ponder.ladder.common import (LadderConfig, ScalarModel, chunks, clip_and_step, completion_logprobs, copy_decoder,
                                   padded, round_seed, sample_groups, start)
-from ponder.runtime.metrics import MetricsLog
 from ponder.runtime.training import ProblemStream, adamw, autocast
 
 log = logging.getLogger("ponder.ladder")
@@ -146,13 +145,10 @@ def train_ppo(cfg: PPOConfig, *, model=None, tokenizer=None, problems=None, eval
     shuffle = torch.Generator().manual_seed(cfg.seed)
     trained = {"policy": run.model, "critic": critic}  # the reference and the reward model stay as loaded
     saved = run.resume(trained, [optimizer, critic_optimizer])
+    metrics = run.metrics(engine, saved)
     if saved is None:
-        metrics = MetricsLog(run.out, [], tensorboard=False)
-        if run.eval_problems:
-            metrics.log({"step": 0, **run.evaluate(engine)})
         done = samples = 0
     else:
-        metrics = MetricsLog(run.out, saved["history"], tensorboard=False)
         prompts = ProblemStream(**saved["prompts"])
         shuffle.set_state(saved["shuffle"])
         done, samples = saved["step"], saved["samples"]

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from ponder.ladder.common import LadderConfig, chunks, clip_and_step, round_seed, sample_groups, start
-from ponder.runtime.metrics import MetricsLog
 from ponder.runtime.training import ProblemStream
 from ponder.sft import Example, batch_loss
 
@@ -64,13 +63,10 @@ def train_rft(cfg: RFTConfig, *, model=None, tokenizer=None, problems=None, eval
     params = [p for p in run.model.parameters() if p.requires_grad]
     stream = ProblemStream(len(run.problems), cfg.seed)
     saved = run.resume({"policy": run.model}, [optimizer])
+    metrics = run.metrics(engine, saved)
     if saved is None:
-        metrics = MetricsLog(run.out, [], tensorboard=False)
-        if run.eval_problems:
-            metrics.log({"step": 0, **run.evaluate(engine)})
         done = step = samples = 0
     else:
-        metrics = MetricsLog(run.out, saved["history"], tensorboard=False)
         stream = ProblemStream(**saved["stream"])
         done, step, samples = saved["round"], saved["optimizer_steps"], saved["samples"]
     for r in range(done + 1, cfg.rounds + 1):
