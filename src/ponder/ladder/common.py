@@ -18,7 +18,7 @@ from ponder.rl.scoring import correct
 from ponder.rl.trainer import evaluate_greedy, prompt_text
 from ponder.device import pick_device
 from ponder.runtime import checkpoint, distributed
-from ponder.runtime.training import adamw, autocast, load_model, load_tokenizer
+from ponder.runtime.training import adamw, autocast, changed_settings, describe_changes, load_model, load_tokenizer
 
 
 @dataclass
@@ -120,11 +120,10 @@ class Run:
         if found is None:
             return None
         record = checkpoint.load_state(found)
-        now = config_io.to_dict(self.cfg)
-        changed = [f"{k}: {record['config'].get(k)!r} -> {v!r}" for k, v in now.items() if record["config"].get(k) != v]
+        changed = changed_settings(self.cfg, record["config"])
         if changed:
             raise config_io.ConfigError(f"{self.out} holds a run (at {found.name}) trained with other settings: "
-                                        f"{'; '.join(changed)}. Start it in another output_dir")
+                                        f"{describe_changes(changed)}. Start it in another output_dir")
         checkpoint.load_train_state(found, nn.ModuleDict(models), optimizers)
         return record
 

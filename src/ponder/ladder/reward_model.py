@@ -27,7 +27,6 @@ import torch.nn.functional as F
 
 from ponder.ladder.common import (LadderConfig, ScalarModel, chunks, clip_and_step, copy_decoder, padded, pairs_of,
                                   round_seed, sample_groups, start)
-from ponder.runtime.metrics import MetricsLog
 from ponder.runtime.training import ProblemStream, adamw, autocast
 
 log = logging.getLogger("ponder.ladder")
@@ -108,14 +107,13 @@ def train_reward_model(cfg: RewardModelConfig, *, model=None, tokenizer=None, pr
         if not train_pairs:
             raise RuntimeError("no prompt had both a right and a wrong completion: no pair to train the reward "
                                "model on")
-        metrics = MetricsLog(run.out, [], tensorboard=False)
         order = ProblemStream(len(train_pairs), cfg.seed)
         done = 0
     else:  # the pairs come back with the checkpoint: no sampling again
         samples, test_pairs, train_pairs = saved["samples"], saved["test_pairs"], saved["train_pairs"]
-        metrics = MetricsLog(run.out, saved["history"], tensorboard=False)
         order = ProblemStream(**saved["order"])
         done = saved["step"]
+    metrics = run.metrics(None, saved)  # no held-out problems: nothing evaluated at step 0
 
     steps = max(1, round(cfg.epochs * len(train_pairs) / cfg.pairs_per_step))
     for step in range(done + 1, steps + 1):

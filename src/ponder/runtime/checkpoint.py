@@ -82,17 +82,14 @@ def _train_state(model, optimizer) -> dict[str, Any]:
     # crashes (SIGSEGV in AdamW's zero-gradient initialising step) when the model's state dict
     # was taken before.
     optimizers = list(optimizer) if isinstance(optimizer, (list, tuple)) else [optimizer]
-    fresh = [o for o in optimizers if not o.state]
+    fresh = not any(o.state for o in optimizers)
     optimizer_state = get_optimizer_state_dict(model, optimizer)
-    # DCP builds the state of a fresh optimizer by stepping it once on zero gradients with lr 0,
-    # which leaves AdamW's step count at 1: the first real update would then be bias-corrected
-    # as a second one (0.74 x lr). Put the count back to 0, in the optimizer and in what is saved.
-    for o in fresh:
-        for state in o.state.values():
-            if torch.is_tensor(state.get("step")):
-                state["step"].zero_()
-    if len(fresh) == len(optimizers):  # the saved dict may hold copies (sharded models)
-        for state in optimizer_state["state"].values():
+    if fresh:
+        # DCP builds the state of a fresh optimizer by stepping it once on zero gradients with lr 0,
+        # which leaves AdamW's step count at 1: the first real update would then be bias-corrected
+        # as a second one (0.74 x lr). Put the count back to 0, in the optimizers and in what is
+        # saved (a sharded model's saved state may hold copies).
+        for state in [*(s for o in optimizers for s in o.state.values()), *optimizer_state["state"].values()]:
             if torch.is_tensor(state.get("step")):
                 state["step"].zero_()
     return {"model": get_model_state_dict(model), "optimizer": optimizer_state}

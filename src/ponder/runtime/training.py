@@ -179,6 +179,18 @@ class TrainConfig:
 RESUMABLE_CHANGES = ("device", "parallel", "output_dir", "allow_config_change")
 
 
+def changed_settings(cfg, saved_config: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{key: (saved value, value now)} for every setting of `cfg` that differs from a checkpoint's
+    and matters to what is trained (RESUMABLE_CHANGES may differ)."""
+    now = config_io.to_dict(cfg)
+    return {k: (saved_config.get(k), v) for k, v in now.items()
+            if k not in RESUMABLE_CHANGES and saved_config.get(k) != v}
+
+
+def describe_changes(changed: dict[str, tuple[Any, Any]]) -> str:
+    return "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+
+
 class TrainingRun:
     """The machinery a training run shares with every method, set up from its TrainConfig:
 
@@ -233,19 +245,15 @@ class TrainingRun:
         return self.restore(found, saved)
 
     def _check_config(self, saved: dict[str, Any], found: Path) -> None:
-        now = config_io.to_dict(self.cfg)
-        before = saved["config"]
-        changed = {k: (before.get(k), v) for k, v in now.items()
-                   if k not in RESUMABLE_CHANGES and before.get(k) != v}
+        changed = changed_settings(self.cfg, saved["config"])
         if not changed:
             return
-        listing = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
         if not self.cfg.allow_config_change:
             raise config_io.ConfigError(
-                f"{self.out} holds a run (at {found.name}) trained with other settings: {listing}. "
+                f"{self.out} holds a run (at {found.name}) trained with other settings: {describe_changes(changed)}. "
                 "Start a new run with another output_dir, or continue this one with the new settings "
                 "by adding allow_config_change=true (the change is recorded in config-changes.jsonl)")
-        log.warning("continuing %s with changed settings: %s", self.out, listing)
+        log.warning("continuing %s with changed settings: %s", self.out, describe_changes(changed))
         if distributed.is_main():
             with open(self.out / "config-changes.jsonl", "a") as f:
                 f.write(json.dumps({"step": saved["step"], "changed": {k: {"from": a, "to": b}
