@@ -33,6 +33,30 @@ def shape(hidden: int) -> dict:
                 num_attention_heads=hidden // 32, num_key_value_heads=2, head_dim=32)
 
 
+def sft_base(work: Path, tokenizer, max_positions: int, hidden: int, examples: list[tuple[str, str]],
+             sft_config: Path, overrides: list[str], out: Path) -> dict:
+    """A seeded random model of `shape(hidden)` with `tokenizer`, fine-tuned on the (prompt,
+    completion) `examples` with `sft_config` (+ key=value `overrides`), copied to `out`; the SFT
+    summary. `work` holds the initial model, the data and the SFT run."""
+    shutil.rmtree(work, ignore_errors=True)
+    init = work / "init"
+    init.mkdir(parents=True)
+    tokenizer.save_pretrained(init)
+    config = ModelConfig.from_hf_dict({
+        "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "vocab_size": tokenizer.vocab_size,
+        "max_position_embeddings": max_positions, "rope_theta": 10000.0, "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": True, "eos_token_id": tokenizer.eos_token_id, **shape(hidden)})
+    torch.manual_seed(0)
+    Decoder(config).save_pretrained(init)
+    data = work / "sft.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p, "completion": c}) + "\n" for p, c in examples))
+    cfg = load_config(SFTConfig, sft_config, [f"model={init}", f"data={data}", f"output_dir={work / 'sft'}", *overrides])
+    summary = train_sft(cfg)
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(summary["model_dir"], out)
+    return summary
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT / "src/ponder/assets/demo-base"))
@@ -43,33 +67,12 @@ def main() -> int:
     args = ap.parse_args()
 
     fam = family("multiply")
-    work = Path(args.work)
-    shutil.rmtree(work, ignore_errors=True)
-    init = work / "init"
-    init.mkdir(parents=True)
-    tokenizer = build_char_tokenizer(fam.ALPHABET)
-    tokenizer.save_pretrained(init)
-    config = ModelConfig.from_hf_dict({
-        "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "vocab_size": tokenizer.vocab_size,
-        "max_position_embeddings": 256, "rope_theta": 10000.0, "rms_norm_eps": 1e-6,
-        "tie_word_embeddings": True, "eos_token_id": tokenizer.eos_token_id, **shape(args.hidden)})
-    torch.manual_seed(0)
-    Decoder(config).save_pretrained(init)
-
     rng = random.Random(0)
     problems, _, _ = problem_sets()  # held-out problems are never fine-tuned on
-    data = work / "sft.jsonl"
-    with data.open("w") as f:
-        for p in problems:
-            scratch = rng.random() < args.scratch_fraction
-            f.write(json.dumps({"prompt": p.prompt, "completion": fam.sft_text(p, scratch)}) + "\n")
-
-    cfg = load_config(SFTConfig, ROOT / "configs/demo-base-sft.yaml",
-                      [f"model={init}", f"data={data}", f"output_dir={work / 'sft'}", *args.overrides])
-    summary = train_sft(cfg)
+    examples = [(p.prompt, fam.sft_text(p, rng.random() < args.scratch_fraction)) for p in problems]
     out = Path(args.out)
-    shutil.rmtree(out, ignore_errors=True)
-    shutil.copytree(summary["model_dir"], out)
+    summary = sft_base(Path(args.work), build_char_tokenizer(fam.ALPHABET), 256, args.hidden, examples,
+                       ROOT / "configs/demo-base-sft.yaml", args.overrides, out)
 
     from ponder.engine import Engine, SamplingParams
     from ponder.models import from_pretrained

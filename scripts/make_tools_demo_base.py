@@ -14,17 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shutil
 import sys
 from pathlib import Path
 
-import torch
-
-from make_demo_base import shape  # the plain demo's model shape (scripts/ is on the path when run)
-from ponder.config import load_config
+from make_demo_base import sft_base  # the plain demo's model shape and recipe (scripts/ is on the path when run)
 from ponder.demo_tools import SFT_CALL_SHARE, TASK, measure, problem_sets
-from ponder.models import Decoder, ModelConfig
-from ponder.sft import SFTConfig, train_sft
 from ponder.tasks import family
 from ponder.tokenizer import build_char_tokenizer
 
@@ -41,33 +35,12 @@ def main() -> int:
     args = ap.parse_args()
 
     fam = family(TASK)
-    work = Path(args.work)
-    shutil.rmtree(work, ignore_errors=True)
-    init = work / "init"
-    init.mkdir(parents=True)
-    tokenizer = build_char_tokenizer(fam.ALPHABET, fam.SPECIAL_TOKENS)
-    tokenizer.save_pretrained(init)
-    config = ModelConfig.from_hf_dict({
-        "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "vocab_size": tokenizer.vocab_size,
-        "max_position_embeddings": 128, "rope_theta": 10000.0, "rms_norm_eps": 1e-6,
-        "tie_word_embeddings": True, "eos_token_id": tokenizer.eos_token_id, **shape(args.hidden)})
-    torch.manual_seed(0)
-    Decoder(config).save_pretrained(init)
-
     rng = random.Random(0)
     problems, _, held_out = problem_sets()  # held-out problems are never fine-tuned on
-    data = work / "sft.jsonl"
-    with data.open("w") as f:
-        for p in problems:
-            call = rng.random() < args.call_share
-            f.write(json.dumps({"prompt": p.prompt, "completion": fam.sft_text(p, call)}) + "\n")
-
-    cfg = load_config(SFTConfig, ROOT / "configs/tools-demo-base-sft.yaml",
-                      [f"model={init}", f"data={data}", f"output_dir={work / 'sft'}", *args.overrides])
-    summary = train_sft(cfg)
+    examples = [(p.prompt, fam.sft_text(p, rng.random() < args.call_share)) for p in problems]
     out = Path(args.out)
-    shutil.rmtree(out, ignore_errors=True)
-    shutil.copytree(summary["model_dir"], out)
+    summary = sft_base(Path(args.work), build_char_tokenizer(fam.ALPHABET, fam.SPECIAL_TOKENS), 128, args.hidden,
+                       examples, ROOT / "configs/tools-demo-base-sft.yaml", args.overrides, out)
 
     from ponder.models import from_pretrained
     from ponder.tokenizer import Tokenizer
