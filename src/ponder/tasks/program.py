@@ -161,21 +161,12 @@ def generate(split: str, n: int, seed: int = 0) -> list[Problem]:
     """n distinct problems of a split, drawn with a seeded RNG (same arguments, same list)."""
     synthetic.check_split(split)
     rng = random.Random(seed)
-    seen: set[str] = set()
-    out: list[Problem] = []
-    for _ in range(200 * n + 1000):  # the space is large; the bound only guards against a bug
-        if len(out) == n:
-            break
-        program, query = _random_program(rng)
-        problem = make(program, query)
-        if (problem.prompt in seen or problem.meta["split"] != split
-                or any(abs(v) > MAX_ABS for _, v in problem.meta["trace"])):
-            continue
-        seen.add(problem.prompt)
-        out.append(problem)
-    if len(out) < n:
-        raise ValueError(f"{NAME}: found only {len(out)} distinct {split} problems, asked for {n}")
-    return out
+
+    def draw(_kept: int) -> Problem | None:
+        problem = make(*_random_program(rng))
+        return None if any(abs(v) > MAX_ABS for _, v in problem.meta["trace"]) else problem
+
+    return synthetic.distinct(NAME, split, n, draw, tries=200 * n + 1000)
 
 
 def scratch_text(problem: Problem) -> str:

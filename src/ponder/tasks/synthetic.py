@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from typing import Callable
 
 SPLITS = ("train", "test")
 HELDOUT_FRACTION = 0.2  # share of each family's problem space that only the test split sees
@@ -28,6 +29,25 @@ FRAME_ALPHABET = "".join(sorted(set(THINK_OPEN + THINK_CLOSE + "\\boxed{}")))
 def check_split(split: str) -> None:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+
+
+def distinct(family: str, split: str, n: int, draw: Callable, tries: int):
+    """n problems of `split` with distinct prompts, from `draw(kept)` (`kept`: how many are kept so
+    far; it returns a Problem, or None for a draw it rejects), in at most `tries` draws: the
+    generator of families whose problem space is drawn rather than listed."""
+    seen: set[str] = set()
+    out = []
+    for _ in range(tries):  # the space is large; the bound only guards against a bug
+        if len(out) == n:
+            break
+        problem = draw(len(out))
+        if problem is None or problem.prompt in seen or problem.meta["split"] != split:
+            continue
+        seen.add(problem.prompt)
+        out.append(problem)
+    if len(out) < n:
+        raise ValueError(f"{family}: found only {len(out)} distinct {split} problems, asked for {n}")
+    return out
 
 
 def split_of(family: str, canonical: str) -> str:

@@ -160,24 +160,15 @@ def generate(split: str, n: int, seed: int = 0) -> list[Problem]:
     same list). Programs past a cap are rejected and drawn again."""
     synthetic.check_split(split)
     rng = random.Random(seed)
-    seen: set[str] = set()
-    out: list[Problem] = []
-    for _ in range(400 * n + 1000):  # the space is large; the bound only guards against a bug
-        if len(out) == n:
-            break
-        kind = KINDS[len(out) % len(KINDS)]
-        program = "\n".join(_SHAPES[kind](rng))
+
+    def draw(kept: int) -> Problem | None:
+        kind = KINDS[kept % len(KINDS)]
         try:
-            problem = make(program, kind=kind)
+            return make("\n".join(_SHAPES[kind](rng)), kind=kind)
         except TraceError:
-            continue
-        if problem.prompt in seen or problem.meta["split"] != split:
-            continue
-        seen.add(problem.prompt)
-        out.append(problem)
-    if len(out) < n:
-        raise ValueError(f"{NAME}: found only {len(out)} distinct {split} problems, asked for {n}")
-    return out
+            return None
+
+    return synthetic.distinct(NAME, split, n, draw, tries=400 * n + 1000)
 
 
 def from_source(source: str, query: str | None = None, limits=None) -> Problem:
