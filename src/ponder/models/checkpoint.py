@@ -274,6 +274,9 @@ def save_checkpoint(model: Decoder, path: str | Path, state: dict[str, torch.Ten
         stale.unlink()
 
 
+Decoder.hf_writer = save_checkpoint  # model.save_pretrained(path) writes through this module
+
+
 def _per_expert_parts(stored: dict[str, tuple[Path, tuple[int, ...]]],
                       expected: dict[str, tuple[int, ...]]) -> dict[str, list[tuple[str, Path]]]:
     """Map per-expert tensors onto the fused ones the model expects, checking each part.

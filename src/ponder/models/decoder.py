@@ -162,16 +162,19 @@ class Decoder(nn.Module):
         hidden = self.hidden(input_ids, cache)
         return self.logits(hidden) if head is None else head(hidden, self.logits)
 
-    def save_pretrained(self, path: str | Path) -> None:
-        """Write config.json + model.safetensors in HF layout (transformers loads it)."""
-        from .checkpoint import save_checkpoint
+    # Files are the checkpoint module's business, not the decoder's: ponder.models.checkpoint sets
+    # this to its save_checkpoint(model, path) when it loads (importing anything under
+    # ponder.models loads it), so the decoder never imports the module that imports it.
+    hf_writer = None
 
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write config.json + model.safetensors in HF layout (transformers loads it), through
+        ponder.models.checkpoint.save_checkpoint."""
         if has_adapters(self):  # its state dict holds peft's `base_layer` names, which no reader expects
             raise ValueError("save_pretrained: the model holds LoRA adapters; write base + adapter as one "
                              "plain checkpoint with ponder.runtime.lora.save_merged(model, path), or the "
                              "adapter alone with ponder.runtime.lora.save_adapter(model, path)")
-
-        save_checkpoint(self, path)
+        Decoder.hf_writer(self, path)
 
     def num_parameters(self, embeddings: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())
