@@ -158,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--python-tool", dest="tool", action="store_const", const="python", help="same as --tool python")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None)
-    p.set_defaults(func=lambda a: __import__("ponder.evaluate", fromlist=["main"]).main(a))
+    p.set_defaults(func=lambda a: __import__("ponder.evaluate" if a.strategy is None else "ponder.scaling.command",
+                                             fromlist=["main"]).main(a))
 
     # --- scale-curve (ponder.scaling) ---
     p = sub.add_parser("scale-curve", help="accuracy against generated tokens for N = 1, 2, 4, ...")
@@ -176,10 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=lambda a: __import__("ponder.scaling", fromlist=["main"]).main(a))
 
     # --- train (ponder.sft, ponder.rl, ponder.ladder) ---
-    p = sub.add_parser("train", help="supervised fine-tuning, RL from verifiable rewards, and the ladder's "
-                                     "other methods (rft, dpo, ppo, rm: a reward model)")
+    p = sub.add_parser("train", help="supervised fine-tuning, RL from verifiable rewards, the ladder's "
+                                     "other methods (rft, dpo, ppo, rm: a reward model), and trm (ponder.trm)")
     train = p.add_subparsers(dest="kind", required=True)
-    for kind in ("sft", "rl", "rft", "dpo", "ppo", "rm"):
+    for kind in ("sft", "rl", "rft", "dpo", "ppo", "rm", "trm"):
         t = train.add_parser(kind)
         t.add_argument("config", help="YAML config")
         t.add_argument("overrides", nargs="*", help="key=value overrides")
@@ -195,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out/ladder")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=lambda a: __import__("ponder.ladder.compare", fromlist=["main"]).main(a))
+
+    # --- trm eval / compare (ponder.trm) ---
+    __import__("ponder.trm.commands", fromlist=["add_parser"]).add_parser(sub)
 
     # --- demo (ponder.demo) ---
     p = sub.add_parser("demo", help="evaluate the embedded base model, run GRPO, evaluate again")
@@ -229,6 +233,8 @@ def run_training(args) -> int:
         from ponder.ladder.ppo import PPOConfig as config_class, train_ppo as run
     elif args.kind == "rm":
         from ponder.ladder.reward_model import RewardModelConfig as config_class, train_reward_model as run
+    elif args.kind == "trm":  # a Tiny Recursive Model on 6x6 Sudoku (ponder.trm)
+        from ponder.trm.train import TRMConfig as config_class, train_trm as run
     else:
         from ponder.sft import SFTConfig as config_class, train_sft as run
     from ponder.runtime import distributed
