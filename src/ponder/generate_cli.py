@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ponder.engine import Engine, SamplingParams
-from ponder.evaluate.command import load_model
+from ponder.evaluate.loading import load_model
 from ponder.tools import make_tool
 
 

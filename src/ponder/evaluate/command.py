@@ -7,7 +7,8 @@
 
 Greedy accuracy is always measured; --n samples per problem at --temperature (default 1.0)
 give pass@k and maj@k for each k in --k. Bad input raises (ValueError, OSError) and `ponder`
-reports it as one error line (ponder.cli).
+reports it as one error line (ponder.cli). With --strategy, ponder.cli runs
+ponder.scaling.command instead.
 """
 
 from __future__ import annotations
@@ -18,39 +19,11 @@ import time
 from pathlib import Path
 
 from ponder.evaluate.harness import EvalResult, evaluate, markdown
+from ponder.evaluate.loading import load_model, load_problems
 
 DEFAULT_TEMPERATURE = 1.0  # sampling temperature for pass@k / maj@k when --temperature is not given
 # Options of the inference strategies (ponder.scaling); without --strategy only their defaults.
 _STRATEGY_ONLY = {"scorer": "loglik", "rounds": 2}
-
-
-def load_problems(args) -> list:
-    """The problems that --task, --data, --split, --prompt-column, --answer-column and --limit name."""
-    from ponder.tasks import load_task
-
-    columns = {"prompt_column": getattr(args, "prompt_column", None),
-               "answer_column": getattr(args, "answer_column", None)}
-    if any(columns.values()) and args.task != "jsonl":
-        raise ValueError(f"--prompt-column / --answer-column apply to --task jsonl (your own records); "
-                         f"task {args.task!r} reads its own fields")
-    return load_task(args.task, path=args.data, limit=args.limit, split=getattr(args, "split", None), **columns)
-
-
-def load_model(path, device: str = "auto", dtype: str = "float32"):
-    """The checkpoint at `path` for inference on `device` (ponder.device), and its tokenizer.
-    The device is checked first, then the checkpoint, then its tokenizer: a missing folder is
-    reported as such."""
-    import torch
-
-    from ponder.device import pick_device
-    from ponder.models import from_pretrained
-    from ponder.models.checkpoint import resolve
-    from ponder.tokenizer import Tokenizer
-
-    device = pick_device(device)
-    folder = resolve(path)  # a folder, or a hub id in the local cache: the tokenizer is read from the same place
-    model = from_pretrained(folder, dtype=getattr(torch, dtype), device=device).eval()
-    return model, Tokenizer.from_pretrained(folder)
 
 
 def write_result(result: EvalResult, out: str | Path, header: dict) -> tuple[Path, Path]:
@@ -69,12 +42,10 @@ def write_result(result: EvalResult, out: str | Path, header: dict) -> tuple[Pat
 
 
 def main(args) -> int:
-    if getattr(args, "strategy", None) is not None and getattr(args, "tool", "none") != "none":
-        raise ValueError("--tool/--python-tool works without --strategy")
-    if getattr(args, "strategy", None) is not None:  # inference-time strategies live in ponder.scaling
-        from ponder.scaling.command import main as strategy_main
-
-        return strategy_main(args)
+    """Entry point of `ponder eval` without --strategy (with it, ponder.cli sends the arguments to
+    ponder.scaling.command.main: the strategies live above evaluation, which never imports them)."""
+    if getattr(args, "strategy", None) is not None:
+        raise ValueError("--strategy runs in ponder.scaling.command.main, not here")
     for name, default in _STRATEGY_ONLY.items():
         if getattr(args, name, default) != default:
             raise ValueError(f"--{name} needs --strategy")

@@ -48,15 +48,17 @@ def markdown(metrics: dict, settings: dict, title: str = "") -> str:
 
 
 def main(args) -> int:
-    """Entry point of `ponder eval` when --strategy is given (ponder.evaluate.command dispatches)."""
+    """Entry point of `ponder eval` when --strategy is given (ponder.cli dispatches)."""
     strategy, scorer_name = args.strategy, getattr(args, "scorer", "loglik")
+    if getattr(args, "tool", "none") != "none":
+        raise ValueError("--tool/--python-tool works without --strategy")
     if strategy not in STRATEGIES:
         raise ValueError(f"--strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
     if scorer_name not in SCORERS:
         raise ValueError(f"--scorer must be one of {', '.join(SCORERS)}, not {scorer_name!r}")
     from ponder.engine import Engine, SamplingParams
-    from ponder.evaluate.command import load_model, load_problems
     from ponder.evaluate.harness import DEFAULT_MAX_NEW_TOKENS, grader_info
+    from ponder.evaluate.loading import load_model, load_problems
     from ponder.scaling.scorers import JudgeScorer, LoglikScorer, OracleScorer
     from ponder.scaling.strategies import run_strategy
     from ponder.tasks import FAMILIES

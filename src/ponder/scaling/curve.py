@@ -209,7 +209,7 @@ def plot(table: dict, path: str | Path, title: str = "") -> Path:
 
 def main(args) -> int:
     """`ponder scale-curve`: write curve.json, curve.md and curve.png under --out."""
-    from ponder.evaluate.command import load_model, load_problems
+    from ponder.evaluate.loading import load_model, load_problems
 
     problems = load_problems(args)
     model, tokenizer = load_model(args.model, getattr(args, "device", "auto"))

@@ -32,6 +32,7 @@ import random
 import re
 from pathlib import Path
 
+from ponder.rewards import sandbox  # shared with the code verifier; ponder.rewards never imports ponder.tasks
 from ponder.tasks import synthetic, tracer
 from ponder.tasks.problem import Problem
 from ponder.tasks.tracer import Frame, TraceError, trace_text
@@ -175,8 +176,6 @@ def from_source(source: str, query: str | None = None, limits=None) -> Problem:
     """A problem from a user's own program: it runs inside the code sandbox
     (ponder.rewards.sandbox), which returns only its trace. `limits`: a sandbox.Limits (default
     10 s, 512 MiB). Raises TraceError when the program raises, passes a cap, or the sandbox stops it."""
-    from ponder.rewards import sandbox  # the sandbox is shared with the code verifier
-
     files = {"tracer.py": Path(tracer.__file__).read_text(encoding="utf-8"), "program.py": source}
     outcome = sandbox.run_python("tracer.py", files, limits=limits or sandbox.Limits(wall_s=10.0, memory_mb=512),
                                  env={"PONDER_TRACE_CAPS": f"{MAX_STEPS},{MAX_ABS}"})
