@@ -4,6 +4,15 @@ Contract (relied on by the engine): `model(input_ids[B, T], cache)` puts token t
 absolute position `cache.lengths[b] + t` (RoPE), writes its keys/values there, lets it attend to
 keys j <= lengths[b] + t, and then does `cache.lengths += T`. `cache.select(rows)` keeps,
 reorders or repeats rows (copy one prompt's cache into G sample rows; drop finished rows).
+`model.hidden(input_ids, cache, lengths)`: a right-padded batch whose row b holds lengths[b]
+real tokens; only those are counted (`cache.lengths += lengths`), and padding never evicts a
+real token from a sliding-window ring.
+
+Sliding-window layers (Gemma 3's local layers: a query sees itself and the window - 1 keys
+before it) keep a ring of window - 1 slots instead of max_len: position p lives in slot
+p % (window - 1), so their memory grows with the window, not with the sequence. A forward
+attends over [the ring as it was | the new tokens] (the mask says which slots hold positions
+still in each query's window), then writes the newest window - 1 real tokens into the ring.
 """
 
 from __future__ import annotations
@@ -25,7 +34,8 @@ class CacheStep:
     all_visible: bool  # one new token per row, every row full up to it: nothing to mask
     rows: torch.Tensor  # [B, 1] row indices, for the scatter write of ragged rows
     causal: bool = False  # every row starts empty: the mask is plain causal over the T new tokens
-    _grouped: dict[int, torch.Tensor | None] = field(default_factory=dict)
+    counts: torch.Tensor | None = None  # [B] real new tokens per row (right padding after); None: all T
+    _grouped: dict[tuple[int, int | None], torch.Tensor | None] = field(default_factory=dict)
 
     @property
     def mask(self) -> torch.Tensor | None:
@@ -36,41 +46,86 @@ class CacheStep:
         keys = torch.arange(self.key_len, device=self.positions.device)
         return (keys <= self.positions[:, :, None])[:, None]
 
-    def grouped_mask(self, group: int) -> torch.Tensor | None:
-        """The mask for queries laid out as rows (t, g) of [B, Hkv, T*group, D] (see layers.attend).
+    def window_mask(self, window: int, ring: int) -> torch.Tensor | None:
+        """The mask of a sliding-window layer over its keys [ring slots | T new tokens] (KVCache.write):
+        [B, 1, T, ring + T] (just [1, 1, T, T] on a prefill from empty, which reads no ring), True
+        = may attend; None when every key is visible."""
+        T = self.positions.shape[1]
+        device = self.positions.device
+        t = torch.arange(T, device=device)
+        new = (t[:, None] >= t[None, :]) & (t[:, None] - t[None, :] < window)  # [T, T]
+        if self.causal:
+            return new[None, None]
+        lengths = self.positions[:, 0]  # tokens held before this step
+        if self.all_visible and int(lengths.min()) >= ring and ring == window - 1:
+            return None  # a decode step with full rings: the ring and the new token are the window
+        # Slot s holds the latest position p < length with p = s (mod ring); p < 0: never written.
+        slots = torch.arange(ring, device=device)
+        held = lengths[:, None] - 1 - torch.remainder(lengths[:, None] - 1 - slots, ring)  # [B, ring]
+        old = (held[:, None, :] >= 0) & (held[:, None, :] > self.positions[:, :, None] - window)  # [B, T, ring]
+        return torch.cat([old, new.expand(len(lengths), T, T)], dim=-1)[:, None]
+
+    def grouped_mask(self, group: int, window: int | None = None, ring: int = 0) -> torch.Tensor | None:
+        """The mask for queries laid out as rows (t, g) of [B, Hkv, T*group, D] (see layers.attend);
+        `window`, `ring`: a sliding-window layer's (window_mask).
 
         The mask does not depend on the head, so repeating each query row's mask `group` times is
         exact. It is built at the first layer that asks (a causal prefill with grouped-query
         attention never does: B x T x T bytes saved, 134 MB for 8 prompts of 4,096 tokens) and
         shared by the others.
         """
-        if group not in self._grouped:
-            m = self.mask
-            self._grouped[group] = m if m is None or group == 1 else m.repeat_interleave(group, dim=2)
-        return self._grouped[group]
+        if (group, window) not in self._grouped:
+            m = self.mask if window is None else self.window_mask(window, ring)
+            self._grouped[group, window] = m if m is None or group == 1 else m.repeat_interleave(group, dim=2)
+        return self._grouped[group, window]
+
+
+def ring_size(window: int | None, max_len: int) -> int | None:
+    """Slots of a sliding-window layer's ring (window - 1: the new token makes the window), never
+    more than max_len; None for a full-attention layer."""
+    return None if window is None else min(max(window - 1, 1), max_len)
 
 
 class KVCache:
-    """Per-layer K/V tensors [B, Hkv, max_len, D] and `lengths` [B] (tokens held per row).
+    """Per-layer K/V tensors [B, Hkv, slots, D] and `lengths` [B] (tokens held per row); slots is
+    max_len, or a sliding-window layer's ring (see the module's notes).
 
     Widths come from the config: for multi-head latent attention, K holds one latent row per
     token ([B, 1, max_len, kv_lora_rank + qk_rope_head_dim]) and V is empty (mla.py)."""
 
     def __init__(self, config: ModelConfig, batch: int, max_len: int,
                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
-        shape = (batch, config.cache_heads, max_len)
-        self.k = [torch.zeros(*shape, config.k_head_dim, dtype=dtype, device=device)
-                  for _ in range(config.num_hidden_layers)]
-        self.v = [torch.zeros(*shape, config.v_head_dim, dtype=dtype, device=device)
-                  for _ in range(config.num_hidden_layers)]
+        self.windows = [config.layer_window(i) for i in range(config.num_hidden_layers)]
+        self.rings = [ring_size(w, max_len) for w in self.windows]
+        slots = [max_len if ring is None else ring for ring in self.rings]
+        self.k = [torch.zeros(batch, config.cache_heads, n, config.k_head_dim, dtype=dtype, device=device)
+                  for n in slots]
+        self.v = [torch.zeros(batch, config.cache_heads, n, config.v_head_dim, dtype=dtype, device=device)
+                  for n in slots]
         self.lengths = torch.zeros(batch, dtype=torch.long, device=device)
         self.max_len = max_len
 
     @staticmethod
     def bytes_per_token(config: ModelConfig, dtype: torch.dtype = torch.float32) -> int:
-        """Cache bytes one token takes over all layers: K and V of every KV head, or MLA's latent row."""
+        """Cache bytes one token takes over all layers: K and V of every KV head, or MLA's latent row
+        (for sliding-window layers, while the sequence is shorter than their window)."""
         per_layer = config.cache_heads * (config.k_head_dim + config.v_head_dim)
         return config.num_hidden_layers * per_layer * torch.empty(0, dtype=dtype).element_size()
+
+    @staticmethod
+    def bytes_for(config: ModelConfig, positions: int, dtype: torch.dtype = torch.float32) -> int:
+        """Cache bytes of one row holding `positions` tokens: sliding-window layers hold their ring."""
+        per_token = KVCache.bytes_per_token(config, dtype) // config.num_hidden_layers
+        return sum(per_token * (positions if ring is None else ring)
+                   for ring in (ring_size(config.layer_window(i), positions) for i in range(config.num_hidden_layers)))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the cache's tensors hold."""
+        return sum(t.numel() * t.element_size() for t in self.k + self.v)
+
+    def window_of(self, layer: int) -> int | None:
+        return self.windows[layer]
 
     @property
     def batch(self) -> int:
@@ -84,8 +139,9 @@ class KVCache:
         self.lengths = self.lengths.index_select(0, rows)
         return self
 
-    def step(self, T: int) -> CacheStep:
-        """Plan a forward of T new tokens per row (does not change the cache)."""
+    def step(self, T: int, counts: torch.Tensor | None = None) -> CacheStep:
+        """Plan a forward of T new tokens per row, of which `counts[b]` are real (the rest right
+        padding); does not change the cache."""
         lo, hi = (int(x) for x in torch.aminmax(self.lengths))
         key_len = hi + T
         if key_len > self.max_len:
@@ -94,10 +150,13 @@ class KVCache:
         positions = self.lengths[:, None] + offsets  # [B, T]
         rows = torch.arange(self.batch, device=self.lengths.device)[:, None]
         return CacheStep(positions, lo if lo == hi else None, key_len, lo == hi and T == 1, rows,
-                         causal=hi == 0 and T > 1)
+                         causal=hi == 0 and T > 1, counts=counts)
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, step: CacheStep):
-        """Store k/v [B, T, Hkv, D] at each row's positions; return keys/values [B, Hkv, key_len, D]."""
+        """Store k/v [B, T, Hkv, D] at each row's positions; return the keys/values to attend over:
+        [B, Hkv, key_len, D], or for a sliding-window layer [ring | new] (_write_ring)."""
+        if self.rings[layer] is not None:
+            return self._write_ring(layer, k, v, step)
         ck, cv = self.k[layer], self.v[layer]
         if step.start is not None:
             end = step.start + k.shape[1]
@@ -109,5 +168,29 @@ class KVCache:
             cv[step.rows, :, step.positions] = v
         return ck[:, :, :step.key_len], cv[:, :, :step.key_len]
 
-    def advance(self, T: int) -> None:
+    def _write_ring(self, layer: int, k: torch.Tensor, v: torch.Tensor, step: CacheStep):
+        """A sliding-window layer: return [ring as it was | new] ([B, Hkv, ring + T, D]; only the new
+        ones on a prefill from empty), then write each row's newest `ring` real tokens into the ring."""
+        ck, cv, ring = self.k[layer], self.v[layer], self.rings[layer]
+        new_k, new_v = k.transpose(1, 2), v.transpose(1, 2)
+        if step.causal:
+            keys, values = new_k, new_v
+        else:  # torch.cat copies: the writes below cannot change what this step attends to
+            keys, values = torch.cat([ck, new_k], dim=2), torch.cat([cv, new_v], dim=2)
+        T = k.shape[1]
+        slots = torch.remainder(step.positions, ring)  # [B, T]
+        if step.counts is None and T <= ring:  # every new token is real and fits: one scatter
+            ck[step.rows, :, slots] = k
+            cv[step.rows, :, slots] = v
+        else:  # only real tokens, and of those the newest `ring` (the older ones left the window)
+            counts = torch.full_like(step.positions[:, 0], T) if step.counts is None else step.counts
+            t = torch.arange(T, device=slots.device)
+            keep = (t < counts[:, None]) & (t >= counts[:, None] - ring)  # [B, T]
+            rows, cols = keep.nonzero(as_tuple=True)
+            ck[rows, :, slots[rows, cols]] = k[rows, cols]
+            cv[rows, :, slots[rows, cols]] = v[rows, cols]
+        return keys, values
+
+    def advance(self, T: int | torch.Tensor) -> None:
+        """Count T new tokens per row (or T[b] for row b)."""
         self.lengths += T

@@ -1,10 +1,11 @@
 """ModelConfig: the decoder's shape, parsed from (and written back to) a Hugging Face config.json.
 
-Five families share one decoder: Qwen3 (per-head QK-norm), Qwen2 (q/k/v bias), Llama
+Six families share one decoder: Qwen3 (per-head QK-norm), Qwen2 (q/k/v bias), Llama
 (bias only where `attention_bias` / `mlp_bias` say so), Qwen3-MoE (Qwen3 with routed experts:
-`moe`) and DeepSeek-V3 (multi-head latent attention: `mla`, and DeepSeekMoE: `moe`). The
-config.json dict is kept whole in `raw`, so that `to_hf_dict` round-trips keys this package does
-not use.
+`moe`), DeepSeek-V3 (multi-head latent attention: `mla`, and DeepSeekMoE: `moe`) and Gemma 3's
+text decoder (`gemma3_text`: sliding-window layers between full ones, norms on both sides of each
+block, GeGLU, optional soft-capping). The config.json dict is kept whole in `raw`, so that
+`to_hf_dict` round-trips keys this package does not use.
 """
 
 from __future__ import annotations
@@ -20,7 +21,12 @@ ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
     "qwen3_moe": "Qwen3MoeForCausalLM",
     "deepseek_v3": "DeepseekV3ForCausalLM",
+    "gemma3_text": "Gemma3ForCausalLM",
 }
+# The MLP's activation: "silu" (SwiGLU) for every family but Gemma, whose GeGLU uses the
+# tanh approximation of GELU (config.json: `hidden_activation`).
+ACTIVATIONS = ("silu", "gelu_pytorch_tanh")
+LAYER_TYPES = ("full_attention", "sliding_attention")
 ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
 
@@ -104,7 +110,7 @@ class ModelConfig:
     num_attention_heads: int
     num_key_value_heads: int | None = None  # None: same as num_attention_heads (no GQA)
     head_dim: int | None = None  # None: hidden_size // num_attention_heads
-    model_type: str = "qwen3"  # "qwen3" | "qwen2" | "llama"
+    model_type: str = "qwen3"  # a key of ARCHITECTURES
     rms_norm_eps: float = 1e-6
     rope_theta: float = 10_000.0  # RoPE base wavelength
     rope_scaling: RopeScaling | None = None  # None: plain RoPE
@@ -115,6 +121,14 @@ class ModelConfig:
     initializer_range: float = 0.02  # std of the normal init used by Decoder(config)
     moe: MoEConfig | None = None  # routed experts (qwen3_moe, deepseek_v3); None: every MLP dense
     mla: MLAConfig | None = None  # latent attention (deepseek_v3); None: grouped-query attention
+    # Gemma 3 (gemma3_text) options; the defaults leave the other families as they are.
+    hidden_act: str = "silu"  # the gated MLP's activation: "silu" or "gelu_pytorch_tanh" (GeGLU)
+    layer_types: tuple[str, ...] | None = None  # per layer "full_attention" | "sliding_attention"; None: all full
+    sliding_window: int | None = None  # a sliding layer's query sees itself and the window - 1 keys before it
+    rope_local_theta: float | None = None  # RoPE base of the sliding layers (rope_local_base_freq); None: rope_theta
+    query_pre_attn_scalar: float | None = None  # attention scale = this ** -0.5; None: head_dim ** -0.5
+    attn_logit_softcapping: float | None = None  # scores -> c * tanh(scores / c) before the softmax; None: off
+    final_logit_softcapping: float | None = None  # logits -> c * tanh(logits / c); None: off
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -146,11 +160,67 @@ class ModelConfig:
             _check_moe(self.moe)
         if self.mla is not None:
             _check_mla(self.mla, self.head_dim)
+        self._check_gemma_options()
+
+    def _check_gemma_options(self) -> None:
+        if self.hidden_act not in ACTIVATIONS:
+            raise ConfigError(f"hidden_act {self.hidden_act!r} is not supported (supported: {', '.join(ACTIVATIONS)})")
+        if self.layer_types is not None:
+            self.layer_types = tuple(self.layer_types)
+            if len(self.layer_types) != self.num_hidden_layers or not set(self.layer_types) <= set(LAYER_TYPES):
+                raise ConfigError(f"layer_types must give one of {', '.join(LAYER_TYPES)} for each of the "
+                                  f"{self.num_hidden_layers} layers, got {list(self.layer_types)!r}")
+            if "sliding_attention" in self.layer_types and self.sliding_window is None:
+                raise ConfigError("sliding_attention layers need sliding_window")
+        if self.sliding_window is not None and (not isinstance(self.sliding_window, int)
+                                                or isinstance(self.sliding_window, bool) or self.sliding_window <= 0):
+            raise ConfigError(f"sliding_window must be a positive integer, got {self.sliding_window!r}")
+        for name in ("query_pre_attn_scalar", "attn_logit_softcapping", "final_logit_softcapping", "rope_local_theta"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(value) or value <= 0):
+                raise ConfigError(f"{name} must be a positive number or None, got {value!r}")
+        gemma_only = [name for name in ("layer_types", "sliding_window", "rope_local_theta", "query_pre_attn_scalar",
+                                        "attn_logit_softcapping", "final_logit_softcapping")
+                      if getattr(self, name) is not None]
+        if self.hidden_act != "silu":
+            gemma_only.append("hidden_act")
+        if gemma_only and not self.gemma:
+            raise ConfigError(f"model_type {self.model_type!r} takes no {', '.join(gemma_only)} "
+                              "(sliding windows, GeGLU and soft-capping are read for gemma3_text only)")
 
     # Which optional parts each family has (as transformers builds them).
     @property
     def qk_norm(self) -> bool:
-        return self.model_type in ("qwen3", "qwen3_moe")
+        return self.model_type in ("qwen3", "qwen3_moe", "gemma3_text")
+
+    @property
+    def gemma(self) -> bool:
+        """Gemma's layer layout: RMSNorm weights stored as an offset from 1 (the norm multiplies by
+        1 + weight), a norm after each block's output as well as before its input (four per layer),
+        and the embedding scaled by sqrt(hidden_size)."""
+        return self.model_type == "gemma3_text"
+
+    def layer_window(self, layer_idx: int) -> int | None:
+        """The sliding window of layer `layer_idx`; None for a full-attention layer."""
+        if self.layer_types is None or self.layer_types[layer_idx] != "sliding_attention":
+            return None
+        return self.sliding_window
+
+    @property
+    def attention_softcap(self) -> float | None:
+        """The soft-cap applied to attention scores; None: none.
+
+        Gemma 3's config carries `attn_logit_softcapping` (Gemma 2's option) but Gemma 3 replaced
+        soft-capping by QK-norm: transformers' Gemma 3 never applies it (checked on 5.25), and no
+        released Gemma 3 checkpoint sets it, so it is kept for the round trip and not applied. The
+        soft-capped attention itself (layers.sdpa) is there for a family that does apply it."""
+        return None if self.gemma else self.attn_logit_softcapping
+
+    @property
+    def attention_scale(self) -> float | None:
+        """The softmax scale of attention scores; None: the usual head_dim ** -0.5."""
+        return None if self.query_pre_attn_scalar is None else self.query_pre_attn_scalar ** -0.5
 
     @property
     def qkv_bias(self) -> bool:
@@ -210,6 +280,9 @@ class ModelConfig:
 
         if not isinstance(d, dict):
             raise ConfigError(f"{source}: expected a JSON object, got {type(d).__name__}")
+        if d.get("model_type") == "gemma3" and isinstance(d.get("text_config"), dict):
+            # The multimodal Gemma 3 config: its text decoder is a gemma3_text config of its own.
+            d = {**d["text_config"], "model_type": "gemma3_text", "architectures": [ARCHITECTURES["gemma3_text"]]}
         archs = d.get("architectures") or []
         model_type = d.get("model_type")
         if model_type not in ARCHITECTURES:
@@ -218,10 +291,17 @@ class ModelConfig:
         if archs and archs[0] != ARCHITECTURES[model_type]:
             raise fail("architectures", f"{archs[0]!r} is not supported "
                                         f"(expected {ARCHITECTURES[model_type]!r} for model_type {model_type!r})")
-        if d.get("hidden_act", "silu") != "silu":
-            raise fail("hidden_act", f"{d['hidden_act']!r} is not supported (only 'silu')")
-        if d.get("use_sliding_window"):
+        gemma = model_type == "gemma3_text"
+        # Gemma's config names its activation `hidden_activation`; the others `hidden_act`.
+        act_field = "hidden_activation" if gemma and d.get("hidden_activation") else "hidden_act"
+        act = d.get(act_field) or ("gelu_pytorch_tanh" if gemma else "silu")
+        if act != ("gelu_pytorch_tanh" if gemma else "silu"):
+            raise fail(act_field, f"{act!r} is not supported (only {'gelu_pytorch_tanh' if gemma else 'silu'!r} "
+                                  f"for model_type {model_type!r})")
+        if d.get("use_sliding_window"):  # Qwen2/Qwen3's window (max_window_layers) is not Gemma's
             raise fail("use_sliding_window", "sliding-window attention is not supported")
+        if d.get("use_bidirectional_attention"):
+            raise fail("use_bidirectional_attention", "bidirectional attention (an encoder) is not supported")
 
         def get(name: str, kind: type, default: Any = ...) -> Any:
             if name not in d or d[name] is None:
@@ -241,8 +321,26 @@ class ModelConfig:
         rope = d.get(rope_field) or {}
         if not isinstance(rope, dict):
             raise fail(rope_field, f"expected an object, got {rope!r}")
+        local_theta = None
         if rope and all(isinstance(v, dict) for v in rope.values()):
-            raise fail(rope_field, "per-layer-type RoPE settings are not supported")
+            # Per-layer-type settings (transformers 5 writes Gemma 3's this way): the full layers'
+            # are the model's RoPE; the sliding layers' may only change the base.
+            if not gemma or set(rope) - set(LAYER_TYPES):
+                raise fail(rope_field, "per-layer-type RoPE settings are read for gemma3_text's "
+                                       f"{' and '.join(LAYER_TYPES)} only")
+            local = rope.get("sliding_attention") or {}
+            if local.get("rope_type", local.get("type", "default")) != "default":
+                raise fail(f"{rope_field}.sliding_attention.rope_type", "RoPE scaling on sliding layers is not supported")
+            local_theta = local.get("rope_theta")
+            rope_field += ".full_attention"
+            rope = rope.get("full_attention") or {}
+        if gemma:
+            # transformers' defaults: 10,000 on sliding layers (legacy name rope_local_base_freq),
+            # 1,000,000 on full ones.
+            local_theta = local_theta if local_theta is not None else d.get("rope_local_base_freq", 10_000.0)
+            if isinstance(local_theta, bool) or not isinstance(local_theta, (int, float)) or local_theta <= 0:
+                raise fail("rope_local_base_freq", f"expected a positive number, got {local_theta!r}")
+            local_theta = float(local_theta)
         rope_type = rope.get("rope_type", rope.get("type", "default"))
         if rope_type not in ROPE_TYPES:
             raise fail(f"{rope_field}.rope_type",
@@ -250,7 +348,7 @@ class ModelConfig:
         rope_scaling = _rope_scaling_from_hf(rope, rope_type, d, lambda name, why: fail(f"{rope_field}.{name}", why))
         if rope.get("partial_rotary_factor", 1.0) != 1.0 or d.get("partial_rotary_factor", 1.0) != 1.0:
             raise fail("partial_rotary_factor", "partial rotary embeddings are not supported")
-        theta = rope.get("rope_theta", d.get("rope_theta", 10_000.0))
+        theta = rope.get("rope_theta", d.get("rope_theta", 1_000_000.0 if gemma else 10_000.0))
         if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not math.isfinite(theta) or theta <= 0:
             raise fail("rope_theta", f"expected a positive number, got {theta!r}")
 
@@ -273,12 +371,13 @@ class ModelConfig:
                 rope_theta=float(theta),
                 rope_scaling=rope_scaling,
                 max_position_embeddings=get("max_position_embeddings", int, 4096),
-                tie_word_embeddings=get("tie_word_embeddings", bool, False),
+                tie_word_embeddings=get("tie_word_embeddings", bool, gemma),  # Gemma ties by default
                 attention_bias=get("attention_bias", bool, False) if model_type != "qwen2" else False,
                 mlp_bias=get("mlp_bias", bool, False) if model_type == "llama" else False,
                 initializer_range=get("initializer_range", float, 0.02),
                 moe=moe,
                 mla=mla,
+                **(_gemma_from_hf(d, get, fail, local_theta) if gemma else {}),
                 raw=dict(d),
             )
         except ConfigError as e:
@@ -298,7 +397,8 @@ class ModelConfig:
                      "num_attention_heads", "num_key_value_heads", "rms_norm_eps",
                      "max_position_embeddings", "tie_word_embeddings", "initializer_range"):
             d[name] = getattr(self, name)
-        d["hidden_act"] = "silu"
+        if not self.gemma:
+            d["hidden_act"] = "silu"
         # Qwen2's config class has no head_dim field; write it only where it carries information.
         if self.model_type != "qwen2" or "head_dim" in d or self.head_dim != self.hidden_size // self.num_attention_heads:
             d["head_dim"] = self.head_dim
@@ -315,6 +415,8 @@ class ModelConfig:
             d["rope_scaling"] = scaling
         if self.moe is not None:
             d.update(_moe_to_hf(self.moe, self.model_type, d))
+        if self.gemma:
+            d.update(_gemma_to_hf(self, d["rope_parameters"]))
         if self.mla is not None:
             m = self.mla
             d.update(kv_lora_rank=m.kv_lora_rank, q_lora_rank=m.q_lora_rank, qk_nope_head_dim=m.qk_nope_head_dim,
@@ -357,6 +459,53 @@ def _rope_scaling_from_hf(rope: dict[str, Any], rope_type: str, d: dict[str, Any
                        beta_slow=number("beta_slow", 1.0), mscale=number("mscale", None),
                        mscale_all_dim=number("mscale_all_dim", None),
                        attention_factor=number("attention_factor", None), truncate=bool(rope.get("truncate", True)))
+
+
+def _gemma_from_hf(d: dict[str, Any], get, fail, local_theta: float) -> dict[str, Any]:
+    """Gemma 3's fields of ModelConfig, with transformers' defaults for those a file leaves out."""
+    n = get("num_hidden_layers", int)
+    layer_types = d.get("layer_types")
+    if layer_types is None:
+        # Older files give a period instead: every `pattern`-th layer is full, the rest slide.
+        pattern = d.get("sliding_window_pattern", d.get("_sliding_window_pattern", 6))
+        if isinstance(pattern, bool) or not isinstance(pattern, int) or pattern <= 0:
+            raise fail("sliding_window_pattern", f"expected a positive integer, got {pattern!r}")
+        layer_types = ["sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(n)]
+    if not isinstance(layer_types, list) or len(layer_types) != n or not set(layer_types) <= set(LAYER_TYPES):
+        raise fail("layer_types", f"expected one of {', '.join(LAYER_TYPES)} for each of the {n} layers")
+
+    def optional(name: str, default: Any = None) -> Any:
+        value = get(name, float, default)
+        if value is not None and (not math.isfinite(value) or value <= 0):
+            raise fail(name, f"expected a positive number or null, got {value!r}")
+        return value
+
+    return dict(hidden_act="gelu_pytorch_tanh", layer_types=tuple(layer_types),
+                sliding_window=get("sliding_window", int, 4096), rope_local_theta=local_theta,
+                query_pre_attn_scalar=optional("query_pre_attn_scalar", 256.0),
+                attn_logit_softcapping=optional("attn_logit_softcapping"),
+                final_logit_softcapping=optional("final_logit_softcapping"))
+
+
+def _int_if_whole(x: float) -> float | int:
+    return int(x) if float(x).is_integer() else x
+
+
+def _gemma_to_hf(cfg: "ModelConfig", full_rope: dict[str, Any]) -> dict[str, Any]:
+    """Gemma 3's config.json fields. RoPE per layer type as transformers 5 writes it, and the legacy
+    top-level rope_theta / rope_local_base_freq beside it, which transformers 4.x reads."""
+    layer_types = list(cfg.layer_types or ["full_attention"] * cfg.num_hidden_layers)
+    local = cfg.rope_local_theta if cfg.rope_local_theta is not None else cfg.rope_theta
+    return dict(
+        hidden_activation=cfg.hidden_act, layer_types=layer_types, sliding_window=cfg.sliding_window,
+        # transformers' config class insists on an int here
+        query_pre_attn_scalar=_int_if_whole(cfg.query_pre_attn_scalar if cfg.query_pre_attn_scalar is not None
+                                            else cfg.head_dim),
+        attn_logit_softcapping=cfg.attn_logit_softcapping, final_logit_softcapping=cfg.final_logit_softcapping,
+        rope_local_base_freq=local,
+        rope_parameters={"full_attention": full_rope,
+                         "sliding_attention": {"rope_type": "default", "rope_theta": local}},
+    )
 
 
 # transformers' defaults for the routing options a config.json may leave out.

@@ -1,8 +1,10 @@
-"""Decoder: the decoder-only transformer (Qwen3 / Qwen2 / Llama / Qwen3-MoE / DeepSeek-V3) with HF parameter names.
+"""Decoder: the decoder-only transformer (Qwen3 / Qwen2 / Llama / Qwen3-MoE / DeepSeek-V3 / Gemma 3)
+with HF parameter names.
 
 Layout (as transformers names it, so state dicts map 1:1):
     model.embed_tokens, model.layers.N.{input_layernorm, self_attn, post_attention_layernorm, mlp},
     model.norm, lm_head (absent when tie_word_embeddings: logits reuse embed_tokens.weight).
+    Gemma 3 adds model.layers.N.{pre_feedforward_layernorm, post_feedforward_layernorm}.
 
 Each layer's attention and MLP come from `make_attention` / `make_mlp`; a variant (MoE MLP,
 multi-head latent attention) is a new module with the same forward signature chosen there.
@@ -36,7 +38,12 @@ def make_mlp(config: ModelConfig, layer_idx: int) -> nn.Module:
     """The feed-forward block of layer `layer_idx`: forward(x) -> x's shape."""
     if config.is_sparse_layer(layer_idx):
         return SparseMoE(config)
-    return SwiGLU(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
+    return SwiGLU(config.hidden_size, config.intermediate_size, bias=config.mlp_bias, activation=config.hidden_act)
+
+
+def make_norm(config: ModelConfig, dim: int | None = None) -> RMSNorm:
+    """An RMSNorm over `dim` (default hidden_size) as the family builds it (Gemma: 1 + weight)."""
+    return RMSNorm(config.hidden_size if dim is None else dim, config.rms_norm_eps, offset=config.gemma)
 
 
 def has_adapters(model: nn.Module) -> bool:
@@ -46,7 +53,10 @@ def has_adapters(model: nn.Module) -> bool:
 
 
 class DecoderLayer(nn.Module):
-    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x)).
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x)). Gemma also normalises
+    each block's output before adding it: x + norm(attn(norm(x))), then x + norm(mlp(norm(x)));
+    there `post_attention_layernorm` is the norm after attention and `pre_feedforward_layernorm`
+    the one before the MLP (in the other families `post_attention_layernorm` is the latter).
 
     With `gradient_checkpointing` on, a training forward keeps only each block's input and
     recomputes the block in the backward pass. A mixture-of-experts block routes outside the
@@ -56,25 +66,34 @@ class DecoderLayer(nn.Module):
 
     def __init__(self, config: ModelConfig, self_attn: nn.Module, mlp: nn.Module):
         super().__init__()
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.input_layernorm = make_norm(config)
         self.self_attn = self_attn
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = make_norm(config)
         self.mlp = mlp
+        self.sandwich = config.gemma
+        if self.sandwich:
+            self.pre_feedforward_layernorm = make_norm(config)
+            self.post_feedforward_layernorm = make_norm(config)
         self.gradient_checkpointing = False
 
     def forward(self, x, cos, sin, cache=None, step=None):
         if not (self.gradient_checkpointing and cache is None and torch.is_grad_enabled()):
-            x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, step)
-            return x + self.mlp(self.post_attention_layernorm(x))
+            x = x + self._attention(x, cos, sin, cache, step)
+            return x + self._feed_forward(x)
         x = x + checkpoint(self._attention, x, cos, sin, use_reentrant=False)
         if isinstance(self.mlp, SparseMoE):
             return x + self.mlp(self.post_attention_layernorm(x), recompute_experts=True)
         return x + checkpoint(self._feed_forward, x, use_reentrant=False)
 
-    def _attention(self, x, cos, sin):
-        return self.self_attn(self.input_layernorm(x), cos, sin, None, None)
+    def _attention(self, x, cos, sin, cache=None, step=None):
+        """What the attention block adds to the residual stream."""
+        out = self.self_attn(self.input_layernorm(x), cos, sin, cache, step)
+        return self.post_attention_layernorm(out) if self.sandwich else out
 
     def _feed_forward(self, x):
+        """What the MLP block adds to the residual stream."""
+        if self.sandwich:
+            return self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
         return self.mlp(self.post_attention_layernorm(x))
 
 
@@ -88,7 +107,7 @@ class Backbone(nn.Module):
             DecoderLayer(config, make_attention(config, i), make_mlp(config, i))
             for i in range(config.num_hidden_layers)
         )
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.norm = make_norm(config)
 
 
 class Decoder(nn.Module):
@@ -101,6 +120,8 @@ class Decoder(nn.Module):
         self.lm_head = None if config.tie_word_embeddings else nn.Linear(
             config.hidden_size, config.vocab_size, bias=False)
         self.rope = RotaryTable(config)
+        # Gemma 3's sliding-window layers rotate with their own base (rope_local_base_freq).
+        self.local_rope = RotaryTable(config, local=True) if config.rope_local_theta is not None else None
         if not self.model.embed_tokens.weight.is_meta:
             self.reset_parameters()
 
@@ -113,7 +134,7 @@ class Decoder(nn.Module):
                 if getattr(module, "bias", None) is not None:
                     module.bias.zero_()
             elif isinstance(module, RMSNorm):
-                module.weight.fill_(1.0)
+                module.weight.fill_(module.unit_weight)
             elif isinstance(module, (Experts, SoftmaxRouter, SigmoidGroupRouter)):
                 module.reset_parameters(self.config.initializer_range)
 
@@ -131,29 +152,41 @@ class Decoder(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.model.embed_tokens.weight.dtype
 
-    def hidden(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """Final-normed hidden states [B, T, H] for input_ids [B, T] (see KVCache for the cache contract)."""
+    def hidden(self, input_ids: torch.Tensor, cache: KVCache | None = None,
+               lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Final-normed hidden states [B, T, H] for input_ids [B, T] (see KVCache for the cache
+        contract). `lengths` [B]: with a cache, row b holds lengths[b] real tokens and right
+        padding after them; only the real ones are kept in the cache."""
         B, T = input_ids.shape
         x = self.model.embed_tokens(input_ids)
+        if self.config.gemma:
+            # Gemma scales the embedding by sqrt(hidden), the factor rounded to the model's dtype
+            # first (sqrt(640) = 25.30 is 25.25 in bf16), as transformers does.
+            x = x * torch.tensor(self.config.hidden_size ** 0.5, dtype=x.dtype)
         if cache is None:
             step = None
             positions = torch.arange(T, device=input_ids.device)[None]
             max_pos = T - 1
         else:
-            step = cache.step(T)
+            step = cache.step(T, lengths)
             positions, max_pos = step.positions, step.key_len - 1
-        cos, sin = self.rope.lookup(positions, x.dtype, max_pos)
-        for layer in self.model.layers:
+        rope = self.rope.lookup(positions, x.dtype, max_pos)
+        local = rope if self.local_rope is None else self.local_rope.lookup(positions, x.dtype, max_pos)
+        for i, layer in enumerate(self.model.layers):
+            cos, sin = local if self.config.layer_window(i) is not None else rope
             x = layer(x, cos, sin, cache, step)
         if cache is not None:
-            cache.advance(T)
+            cache.advance(T if lengths is None else lengths.to(cache.lengths.device))
         return self.model.norm(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """lm_head(hidden): [..., H] -> [..., vocab]."""
+        """lm_head(hidden): [..., H] -> [..., vocab], soft-capped where the config says so."""
         if self.lm_head is None:
-            return F.linear(hidden, self.model.embed_tokens.weight)
-        return self.lm_head(hidden)
+            logits = F.linear(hidden, self.model.embed_tokens.weight)
+        else:
+            logits = self.lm_head(hidden)
+        cap = self.config.final_logit_softcapping
+        return logits if cap is None else torch.tanh(logits / cap) * cap
 
     def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None, head=None):
         """Logits [B, T, vocab]; with `head`, whatever `head(hidden, self.logits)` returns instead
