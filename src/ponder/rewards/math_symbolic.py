@@ -12,7 +12,7 @@ here needs its own timeout. The rules are exact by design:
 - expressions with variables must agree at several random points (a fast rejection) and then be
   proven equal by simplify, or agree at every point to 1e-100 relative (documented in README);
 - a decimal in the answer equals a non-terminating gold number when it is that number rounded or
-  truncated to the places shown (setting rounded_decimals, see ponder.rewards.math.rounded_equal);
+  truncated to the places shown (setting rounded_decimals, see ponder.rewards.math_compare.rounded_equal);
 - a tuple is never a set, an interval never a list, x > 5 never x < 5; equations are equal when
   one is a nonzero constant multiple of the other.
 """
@@ -36,7 +36,8 @@ from latex2sympy2_extended.latex2sympy2 import latex2sympy
 from latex2sympy2_extended.math_normalization import NormalizationConfig, normalize_latex
 from latex2sympy2_extended.sets import FiniteSet
 
-from ponder.rewards.math import enclosed, rounded_equal, split_top_level
+from ponder.rewards.math_compare import rounded_equal
+from ponder.rewards.math_normalize import enclosed, split_top_level
 
 # units=False on purpose: math-verify's unit stripper deletes single letters such as a trailing
 # "c" or "s" (so "x + c" would become "x +"); ponder strips units itself, in text form only.
