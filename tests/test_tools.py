@@ -39,7 +39,7 @@ class Scripted(torch.nn.Module):
         self.scripts = {first: TOK.encode(text) + [TOK.eos_token_id] for first, text in scripts.items()}
         self.cache = None
 
-    def hidden(self, batch, cache):  # the prefill of one-token prompts: the token picks the script
+    def hidden(self, batch, cache, lengths=None):  # the prefill of one-token prompts: the token picks the script
         self.cache = cache
         cache.k[0][:, 0, 0, 1] = batch[:, 0].float()
         cache.lengths += batch.shape[1]

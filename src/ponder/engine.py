@@ -189,7 +189,7 @@ class Engine:
         """How many sample rows one chunk may hold: `max_rows`, or what fits ~2 GiB of KV cache."""
         if self.max_rows:
             return self.max_rows
-        bytes_per_row = KVCache.bytes_per_token(self.model.config, self._dtype) * max_len
+        bytes_per_row = KVCache.bytes_for(self.model.config, max_len, self._dtype)
         return int(max(1, min(1024, (2 << 30) // max(bytes_per_row, 1))))
 
     def _decoder(self):
@@ -252,14 +252,15 @@ class Engine:
         max_new = params.max_new_tokens
 
         # 1. prefill every prompt once, right-padded; padding sits after each row's last real
-        # token, so the real tokens never attend to it, and decode overwrites it.
+        # token, so the real tokens never attend to it, and decode overwrites it. The model is
+        # told each row's real length: a sliding-window layer's ring must keep the last real
+        # tokens, not padding.
         cache = KVCache(self.model.config, num_prompts, max_prompt + max_new, dtype=self._dtype, device=device)
         batch = torch.zeros(num_prompts, max_prompt, dtype=torch.long, device=device)
         for i, ids in enumerate(prompt_ids):
             batch[i, : len(ids)] = torch.tensor(ids)
-        hidden = self.model.hidden(batch, cache=cache)
+        hidden = self.model.hidden(batch, cache=cache, lengths=lengths)
         last = self.model.logits(hidden[torch.arange(num_prompts, device=device), lengths - 1])
-        cache.lengths = lengths.clone()
         # share the prefill: row r holds sample r % n of prompt r // n
         logits = last
         if n > 1:  # (with one sample per prompt the rows are already in place: no cache copy)

@@ -193,12 +193,14 @@ class DecodeStep:
     @staticmethod
     def supports(model) -> bool:
         """A plain `Decoder` (a subclass may change the forward this step mirrors) with grouped-query
-        attention (not MLA) in fp32 and no adapters (the fused copies would leave a LoRA adapter
+        attention (not MLA), not Gemma, in fp32 or bf16 and no adapters (the fused copies would leave a LoRA adapter
         out); the others keep `Decoder.forward`. Mixture-of-experts MLPs run as their own modules
         inside the step."""
         config = model.config
-        return (type(model) is Decoder and config.mla is None and model.dtype in (torch.float32, torch.bfloat16)
-                and not has_adapters(model))
+        # Gemma's layout (1 + weight norms on both sides of each block, GeGLU, sliding-window rings)
+        # is not mirrored here: it decodes with Decoder.forward.
+        return (type(model) is Decoder and config.mla is None and not config.gemma
+                and model.dtype in (torch.float32, torch.bfloat16) and not has_adapters(model))
 
     @torch.no_grad()
     def __init__(self, model, path: str | None = None):
