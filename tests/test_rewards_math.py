@@ -154,6 +154,41 @@ def test_strict_and_lenient_extraction(text, strict, lenient):
     assert extract_answer(text, "lenient") == lenient
 
 
+@pytest.mark.parametrize("text", [
+    "23 + 48 = 71. The answer is within \\boxed{}.",                     # the instruction echoed
+    "Please reason step by step, and put your final answer within \\boxed{}.\n23 + 48 = 71",
+    "The sum is 71, so the answer is \\boxed{ }.",
+    "23 + 48 = 71 \\boxed{\\text{your final answer}}",                    # a placeholder copied
+    "\\boxed{71}. The answer is within \\boxed{}.",                        # a real box stays the answer
+])
+def test_an_empty_or_copied_box_is_no_answer(text):
+    # It must not beat the right number stated elsewhere: extraction goes on as if there were no box.
+    assert extract_answer(text, "lenient") == "71"
+    assert grade("71", text, extract="lenient").correct
+    assert grade("71", "The final answer is 71. Put it within \\boxed{}.", extract="strict").correct
+    assert extract_answer("The answer is within \\boxed{}.", "strict") is None
+    assert extract_answer("\\boxed{}", "lenient") is None
+
+
+@pytest.mark.parametrize("text,mode", [
+    ("The answer is 27 + 82 = 194.", "lenient"),
+    ("So the answer is $27 + 82 = 194$.", "lenient"),
+    ("The final answer is 27 + 82 = 194.", "strict"),
+    ("Answer: 2 \\times 97 = 194", "strict"),
+    ("Final answer: \\frac{388}{2} = 194", "lenient"),
+])
+def test_an_answer_line_holding_an_equation_yields_its_right_hand_side(text, mode):
+    assert extract_answer(text, mode) == "194"
+    assert grade("194", text, extract=mode).correct
+    assert not grade("109", text, extract=mode).correct
+
+
+def test_an_answer_line_keeps_a_labelled_answer_whole():
+    assert extract_answer("The answer is x = 4", "lenient") == "x = 4"
+    assert extract_answer("The final answer is f(2) = 5", "strict") == "f(2) = 5"
+    assert grade("4", "The answer is x = 4", extract="lenient").correct
+
+
 def test_truncated_response_yields_nothing():
     assert extract_answer("\\boxed{5}", "strict", truncated=True) is None
     assert extract_answer("5", "lenient", truncated=True) is None

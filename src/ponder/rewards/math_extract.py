@@ -30,6 +30,13 @@ _CONNECTIVES = {"because", "since", "as", "which", "so", "thus", "hence", "there
 _PROSE_TAIL = re.compile(r"[.!?]\s+(?=\S)|,?\s+(?:" + "|".join(sorted(_CONNECTIVES)) + r")\b"
                          r"|\s[A-Za-z]{2,}[,.]?\s+[A-Za-z]{2,}\b")
 _LIST_SEP = re.compile(r"\s*(?:,|,?\s*\b(?:and|or)\b)\s*")
+# A side of an equation that is plain arithmetic on numbers ("27 + 82", "3 \\times 4", "\\frac{6}{2}").
+_ARITHMETIC = re.compile(r"(?:[\d\s.,+\-*/^(){}\[\]×÷·]|\\(?:times|cdot|div|d?frac|tfrac|left|right)(?![A-Za-z]))+")
+# What a box holds when the response copied the instruction rather than answered.
+_PLACEHOLDER = re.compile(r"(?:(?:your|the)\s+)?(?:final\s+)?(?:answer(?:\s+here)?)?")
+_WRAPPED_TEXT = re.compile(r"\\(?:text|mathrm|textbf)\s*\{([^{}]*)\}")
+# Where a clause ends: a sentence end, a comma or semicolon before a space, a line break.
+_CLAUSE_END = re.compile(r"[.!?,;](?=\s)|\n")
 
 
 def _box_at(text: str, end: int) -> str | None:
@@ -87,13 +94,54 @@ def _answer_phrase(rest: str) -> str | None:
     return rest.strip().rstrip(" .,;:").strip() or None
 
 
+def _right_side(answer: str | None) -> str | None:
+    """The result of an answer line that shows its working: "27 + 82 = 194" -> 194. Only when
+    every side before the last is plain arithmetic on numbers: "x = 4" (a labelled answer, which
+    the comparison reads) and "f(2) = 5" stay whole."""
+    if answer is None or "=" not in answer:
+        return answer
+    sides = [part.strip() for part in re.split(r"(?<![<>!\\])=", answer)]
+    if len(sides) > 1 and sides[-1] and all(_ARITHMETIC.fullmatch(side) and re.search(r"\d", side)
+                                             for side in sides[:-1]):
+        return sides[-1]
+    return answer
+
+
 def _after_marker(text: str, marker: re.Pattern) -> str | None:
-    """What follows the last marker on the last line that has one ("The final answer is 5")."""
+    """What follows the last marker on the last line that has one ("The final answer is 5"); of
+    an equation there, its right-hand side ("The answer is 27 + 82 = 194" -> 194)."""
     for line in reversed(text.splitlines()):
         found = list(marker.finditer(line))
         if found:
-            return _answer_phrase(line[found[-1].end():])
+            return _right_side(_answer_phrase(line[found[-1].end():]))
     return None
+
+
+def _holds_nothing(box: str) -> bool:
+    """Is a box's content no answer: empty, or the instruction's placeholder copied
+    (\\boxed{}, \\boxed{ }, \\boxed{answer}, \\boxed{\\text{your final answer}})?"""
+    inner = _WRAPPED_TEXT.sub(r"\1", box.replace("$", "")).strip().lower()
+    return _PLACEHOLDER.fullmatch(inner) is not None
+
+
+def _without_clauses(text: str, boxes: list[re.Match]) -> str:
+    """`text` without each clause that holds one of `boxes`: from the previous sentence end, comma,
+    semicolon, line break or digit to the box's end and the full stop after it. "48 + 23 = 71. The
+    answer is within \\boxed{}." -> "48 + 23 = 71. " and "... = 71 so \\boxed{}" -> "... = 71"
+    (whose last number is then the answer)."""
+    kept, done = [], 0
+    for box in boxes:
+        start = max((m.end() for m in _CLAUSE_END.finditer(text, 0, box.start())), default=0)
+        start += max((i + 1 for i, c in enumerate(text[start:box.start()]) if c.isdigit()), default=0)
+        stop = box.end()
+        rest = text[stop:]
+        brace = len(rest) - len(rest.lstrip())
+        if rest[brace:brace + 1] == "{":
+            stop += brace + len(_braced(text, stop + brace)) + 2
+        stop += re.match(r"[ \t]*[.!?]?", text[stop:]).end()
+        kept.append(text[done:max(start, done)])
+        done = max(stop, done)
+    return "".join(kept) + text[done:]
 
 
 def _this_turn(text: str) -> str:
@@ -118,14 +166,15 @@ def extract_answers(text: str, mode: str = "strict", truncated: bool = False,
         text = text.rsplit("</think>", 1)[1]
     elif "<think>" in text:      # thinking never finished
         return None
-    boxes = [_box_at(text, m.end()) for m in _BOX.finditer(text)]
+    found = [(m, _box_at(text, m.end())) for m in _BOX.finditer(text)]
+    if found and found[-1][1] is None:    # a box that never closes: the response was cut
+        return None
+    boxes = [b.strip() for _, b in found if b is not None and not _holds_nothing(b)]
     if boxes:
-        if boxes[-1] is None:    # a box that never closes: the response was cut
-            return None
-        if not boxes[-1].strip():
-            return None
-        boxes = [b.strip() for b in boxes if b is not None and b.strip()]
-        return boxes or None
+        return boxes
+    # No box holds an answer: read the response as if it had none, without the clauses that
+    # hold the empty boxes ("The answer is within \\boxed{}.", an echo of the instruction).
+    text = _without_clauses(text, [m for m, b in found if b is not None])
     final = _after_marker(text, _FINAL)
     if final is not None:
         return [final]
@@ -157,6 +206,10 @@ def extract_answer(text: str, mode: str = "strict", truncated: bool = False,
     strict, else "the answer is X", else the last number standing as a number (with
     `prose_answers`, a trailing list "1 and -2"). A truncated response yields None in both modes:
     its last number is not an answer. `grade` also weighs earlier boxes (setting `boxes`).
+    A box that holds nothing (\\boxed{}, or the instruction's placeholder copied: "The answer is
+    within \\boxed{}.") is no answer: with no other box, extraction goes on as if there were none,
+    without the clause that held it. An answer line that shows its working ("The answer is
+    27 + 82 = 194") answers with its right-hand side (194).
     """
     answers = extract_answers(text, mode, truncated, settings)
     return answers[-1] if answers else None
