@@ -218,8 +218,16 @@ def _record(cfg: TRMConfig, step: int, stream: ProblemStream, ema: EMA, history,
 
 def train_trm(cfg: TRMConfig, progress: bool = True) -> dict[str, Any]:
     """Train (or resume) the run in cfg.output_dir; returns its summary."""
+    threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    try:
+        return _train(cfg, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(cfg: TRMConfig, progress: bool) -> dict[str, Any]:
     device = torch.device(cfg.device)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
