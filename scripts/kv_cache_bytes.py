@@ -1,11 +1,16 @@
-"""KV-cache bytes per token (bf16, all layers) for MLA and GQA shapes: ponder's cache against
-what transformers caches and against equivalent grouped-query models. Prints a Markdown table.
+"""KV-cache bytes (bf16, all layers) for MLA, GQA and sliding-window shapes: ponder's cache against
+what transformers caches and against equivalent grouped-query models. Prints Markdown tables.
 
     .venv/bin/python scripts/kv_cache_bytes.py
 
 The figures are arithmetic on published shapes (deterministic, nothing is timed). For the tiny
 MLA shape the transformers column is measured: a real forward through transformers' model with
 its DynamicCache, bytes summed over the cached tensors.
+
+Sliding windows (Gemma 3): bytes per token while the sequence is within the window, and the
+whole cache of one sequence at 4k and 32k positions, against a cache that keeps every position
+on every layer; ponder's are also checked against a KVCache actually allocated (one row), and,
+on a tiny Gemma shape, against transformers' cache after a forward past the window.
 """
 
 from __future__ import annotations
@@ -33,6 +38,16 @@ GQA_SHAPES = {
     "bench qwen3_moe (hidden 256, 4 layers)": dict(num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
                                                    head_dim=64, hidden_size=256),
 }
+
+
+# google/gemma-3-270m's config.json: 18 layers, five sliding (window 512) then one full, repeated;
+# 1 KV head of 256.
+GEMMA3_270M = dict(architectures=["Gemma3ForCausalLM"], model_type="gemma3_text", vocab_size=262144,
+                   hidden_size=640, intermediate_size=2048, num_hidden_layers=18, num_attention_heads=4,
+                   num_key_value_heads=1, head_dim=256, query_pre_attn_scalar=256, sliding_window=512,
+                   rope_theta=1000000.0, rope_local_base_freq=10000.0, _sliding_window_pattern=6,
+                   max_position_embeddings=32768)
+POSITIONS = (4096, 32768)
 
 
 def mla_config(shape: dict) -> ModelConfig:
@@ -81,5 +96,50 @@ def main() -> None:
         print(f"| {name} | {ours:,} (K/V, GQA) | {ours:,} | {ours:,} | - | - |")
 
 
+def allocated(cfg: ModelConfig, positions: int) -> int:
+    """Bytes of a one-row bf16 KVCache for `positions` tokens, summed over its tensors (on the meta
+    device: the shapes are real, nothing is allocated)."""
+    return KVCache(cfg, 1, positions, dtype=torch.bfloat16, device="meta").nbytes
+
+
+def transformers_sliding_measured(cfg: ModelConfig, tokens: int) -> int | None:
+    """Bytes of transformers' own cache for cfg after a forward of `tokens` tokens (bf16)."""
+    try:
+        import transformers
+    except ImportError:
+        return None
+    d = {k: v for k, v in cfg.to_hf_dict().items() if k not in ("architectures", "model_type")}
+    model = transformers.AutoModelForCausalLM.from_config(transformers.Gemma3TextConfig(**d)).to(torch.bfloat16).eval()
+    with torch.no_grad():
+        cache = model(input_ids=torch.zeros(1, tokens, dtype=torch.long), use_cache=True).past_key_values
+    return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+
+
+def sliding_window_table() -> None:
+    cfg = ModelConfig.from_hf_dict(GEMMA3_270M)
+    per_token = KVCache.bytes_per_token(cfg, torch.bfloat16)
+    sliding = sum(w is not None for w in map(cfg.layer_window, range(cfg.num_hidden_layers)))
+    print(f"\nGemma 3 270M shape ({sliding} of {cfg.num_hidden_layers} layers sliding, window {cfg.sliding_window}, "
+          f"{cfg.num_key_value_heads} KV head of {cfg.head_dim}), one sequence, bf16:\n")
+    print("| positions | ponder (rings on sliding layers) | keep everything | ratio |")
+    print("|---:|---:|---:|---:|")
+    print(f"| per token (within the window) | {per_token:,} | {per_token:,} | 1.00 |")
+    for n in POSITIONS:
+        ours, everything = KVCache.bytes_for(cfg, n, torch.bfloat16), per_token * n
+        assert ours == allocated(cfg, n)
+        print(f"| {n:,} | {ours:,} ({ours / 2**20:.1f} MiB) | {everything:,} ({everything / 2**20:.1f} MiB) "
+              f"| {everything / ours:.2f} |")
+    full_layers = cfg.num_hidden_layers - sliding
+    print(f"\nPast the window each new token adds {per_token * full_layers // cfg.num_hidden_layers:,} bytes "
+          f"(the {full_layers} full layers) instead of {per_token:,}.")
+    tiny = ModelConfig.from_hf_dict({**GEMMA3_270M, "vocab_size": 64, "hidden_size": 32, "intermediate_size": 32,
+                                     "num_hidden_layers": 6, "head_dim": 16, "sliding_window": 8})
+    measured = transformers_sliding_measured(tiny, 40)
+    if measured is not None:
+        print(f"\nTiny Gemma shape (6 layers, window 8) after 40 tokens: ponder {KVCache.bytes_for(tiny, 40, torch.bfloat16):,} "
+              f"bytes, transformers' DynamicCache {measured:,} bytes (measured).")
+
+
 if __name__ == "__main__":
     main()
+    sliding_window_table()
