@@ -160,7 +160,8 @@ def test_prefill_once_per_prompt_and_finished_rows_leave_the_batch(tok):
     model.register_forward_pre_hook(lambda m, args, kwargs: batch_sizes.append(args[0].shape[0]), with_kwargs=True)
     hidden_calls = []
     original_hidden = model.hidden
-    model.hidden = lambda ids, cache=None: (hidden_calls.append(ids.shape), original_hidden(ids, cache))[1]
+    model.hidden = lambda ids, cache=None, lengths=None: (hidden_calls.append(ids.shape),
+                                                          original_hidden(ids, cache, lengths))[1]
     prompts = [tok.encode("ab"), tok.encode("cde"), tok.encode("f")]
     out = Engine(model, tok).generate(prompts, n=8, params=SamplingParams(max_new_tokens=40, stop_token_ids=(stop,), seed=1))
     assert hidden_calls[0] == (3, 3)  # one right-padded prefill holding each prompt once

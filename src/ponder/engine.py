@@ -158,6 +158,8 @@ class Engine:
         return next(self.model.parameters()).device
 
     def _encode(self, prompt) -> list[int]:
+        """A text prompt starts a sequence: the tokenizer puts the checkpoint's BOS first where it
+        has one. Token-id prompts are taken as they are."""
         if isinstance(prompt, str):
             if self.tokenizer is None:
                 raise ValueError("text prompts need a tokenizer: Engine(model, tokenizer)")
@@ -239,7 +241,8 @@ class Engine:
         if tok is None or tok.token_to_id("</think>") is None or tok.token_to_id("<think>") is None:
             raise ValueError("thinking_budget / extend_thinking need a tokenizer with single-token "
                              "<think> and </think>")
-        return tok.token_to_id("<think>"), tok.token_to_id("</think>"), tok.encode(params.extend_with)
+        return (tok.token_to_id("<think>"), tok.token_to_id("</think>"),
+                tok.encode(params.extend_with, add_special_tokens=False))
 
     @torch.inference_mode()
     def _generate_chunk(self, prompt_ids: list[list[int]], n: int, params: SamplingParams,
@@ -410,7 +413,7 @@ class Engine:
                 done = list(pool.map(tool.run, [code for _, code in jobs]))
         for (sample, _), call in zip(jobs, done):
             calls[sample].append(call)
-            queued[sample] = deque(self.tokenizer.encode(tool.result(call.output)))
+            queued[sample] = deque(self.tokenizer.encode(tool.result(call.output), add_special_tokens=False))
 
     def _thinking_controls(self, token, forced, live, thinking, think_tokens, extensions_used,
                            queued, params, think_close, extension):

@@ -87,7 +87,9 @@ def _example(record: dict, tokenizer, max_length: int) -> Example:
         ids = tokenizer.encode(record["text"])
         prompt, target = ids[:1], ids[1:]
     elif isinstance(record.get("prompt"), str) and isinstance(record.get("completion"), str):
-        prompt, target = tokenizer.encode(record["prompt"]), tokenizer.encode(record["completion"])
+        # the completion continues the prompt: no second BOS (Tokenizer.encode)
+        prompt = tokenizer.encode(record["prompt"])
+        target = tokenizer.encode(record["completion"], add_special_tokens=False)
     else:
         raise ValueError("expected a string field 'text', or 'prompt' and 'completion'")
     if tokenizer.eos_token_id is not None:

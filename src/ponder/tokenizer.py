@@ -4,6 +4,12 @@ with its thinking switch, and small character-level tokenizers for the synthetic
 A checkpoint that ships its own chat template (`chat_template` in tokenizer_config.json, or
 chat_template.jinja) is rendered with it, through jinja2 in a sandbox, as transformers does;
 without one the Qwen3 format below is used.
+
+The beginning-of-sequence token follows the checkpoint: Gemma and Llama are trained with one
+first (`add_bos_token` in tokenizer_config.json, or a tokenizer.json post-processor that writes
+it), Qwen with none. `encode(text)` then starts with exactly one BOS: it adds none where the text
+already starts with it (a chat template that writes `{{ bos_token }}`). Pieces that continue a
+sequence (a completion, a tool's output) are encoded with `add_special_tokens=False`.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ class Tokenizer:
     bos_token: str | None = None
     pad_token: str | None = None
     chat_template: str | None = None
+    add_bos_token: bool = False  # sequences start with bos_token (Gemma, Llama); Qwen adds none
     # Characters already warned about as unknown (see encode): each is reported once, not per prompt.
     _unknown_seen: set = field(default_factory=set, init=False, repr=False, compare=False)
 
@@ -69,12 +76,21 @@ class Tokenizer:
             template = template_file.read_text()
         if isinstance(template, list):  # the named-template form: take the default one
             template = next((t["template"] for t in template if t.get("name") == "default"), None)
+        bos_token = _special_content(config.get("bos_token"))
+        added_first = _post_processor_first_token(backend)
+        add_bos = config.get("add_bos_token")
+        if not isinstance(add_bos, bool):
+            # No setting in tokenizer_config.json: what tokenizer.json's post-processor does
+            # (Llama 3 writes <|begin_of_text|> there), as transformers' fast tokenizers do.
+            add_bos = added_first is not None and added_first == (bos_token or added_first)
+            bos_token = bos_token or added_first
         return cls(
             backend=backend,
             eos_token=_special_content(config.get("eos_token")),
-            bos_token=_special_content(config.get("bos_token")),
+            bos_token=bos_token,
             pad_token=_special_content(config.get("pad_token")),
             chat_template=template,
+            add_bos_token=add_bos and bos_token is not None and backend.token_to_id(bos_token) is not None,
         )
 
     def save_pretrained(self, path: str | Path) -> None:
@@ -86,6 +102,7 @@ class Tokenizer:
             "eos_token": self.eos_token,
             "bos_token": self.bos_token,
             "pad_token": self.pad_token,
+            "add_bos_token": self.add_bos_token,
         }
         if self.chat_template is not None:
             config["chat_template"] = self.chat_template
@@ -116,12 +133,20 @@ class Tokenizer:
         """Id of `</think>` when it is one token (Qwen3, and the synthetic tokenizers)."""
         return self._id(THINK_CLOSE)
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of `text`. Characters the vocabulary lacks become the unknown token, which
-        the model cannot read ("57×85=" asks it about "57<|unk|>85="): that is logged as a warning
-        with their count, once for each new character."""
-        # Special tokens written in the text (<|im_start|>, <think>) map to their ids, as in
-        # transformers; no BOS is added (Qwen checkpoints add none).
+    @property
+    def bos_token_id(self) -> int | None:
+        return self._id(self.bos_token)
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of `text`: a sequence's start, with the checkpoint's BOS first where it has
+        one (exactly one: none is added to a text that already starts with it); with
+        `add_special_tokens=False`, a piece that continues a sequence (no BOS).
+
+        Characters the vocabulary lacks become the unknown token, which the model cannot read
+        ("57×85=" asks it about "57<|unk|>85="): that is logged as a warning with their count,
+        once for each new character."""
+        # Special tokens written in the text (<|im_start|>, <think>, <bos>) map to their ids, as
+        # in transformers. The BOS is added here, not by the post-processor, so it is never doubled.
         encoding = self.backend.encode(text, add_special_tokens=False)
         unk_token = getattr(self.backend.model, "unk_token", None)  # None for byte-level BPE: no unknowns
         unk = None if unk_token is None else self.backend.token_to_id(unk_token)
@@ -133,7 +158,11 @@ class Tokenizer:
                 log.warning("%d character%s of %r not in the tokenizer's vocabulary became %s, which the model "
                             "cannot read: %s", len(unknown), "" if len(unknown) == 1 else "s", text[:80],
                             unk_token, " ".join(repr(c) for c in new))
-        return encoding.ids
+        ids = encoding.ids
+        bos = self.bos_token_id
+        if add_special_tokens and self.add_bos_token and bos is not None and ids[:1] != [bos]:
+            ids = [bos] + ids
+        return ids
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
@@ -151,6 +180,15 @@ class Tokenizer:
             return _render_jinja(self.chat_template, messages, add_generation_prompt, enable_thinking,
                                  bos_token=self.bos_token or "", eos_token=self.eos_token or "")
         return render_qwen3_chat(messages, add_generation_prompt, enable_thinking)
+
+
+def _post_processor_first_token(backend: _HFTokenizer) -> str | None:
+    """The special token tokenizer.json's post-processor puts first (e.g. Llama's BOS), if any."""
+    plain = backend.encode("a", add_special_tokens=False).ids
+    full = backend.encode("a", add_special_tokens=True)
+    if len(full.ids) > len(plain) and full.special_tokens_mask[:1] == [1]:
+        return backend.id_to_token(full.ids[0])
+    return None
 
 
 def render_qwen3_chat(messages: list[dict], add_generation_prompt: bool = True,
