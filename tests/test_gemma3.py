@@ -237,3 +237,55 @@ def test_soft_capped_attention_matches_transformers_eager():
     got = sdpa(q, k, v, mask=mask, scale=0.3, softcap=2.0)
     torch.testing.assert_close(got.transpose(1, 2), want, atol=1e-5, rtol=0)
     assert (sdpa(q, k, v, mask=mask, scale=0.3) - got).abs().max() > 0.1  # the cap did something
+
+
+# ---------------------------------------------------------------- the real vocabulary
+
+def test_one_grpo_step_at_the_real_vocabulary_through_the_chunked_loss_head(tmp_path, monkeypatch):
+    """Gemma 3's 262,144-entry vocabulary (narrow layers so it runs in seconds): one GRPO step
+    samples, scores through the loss head in chunks of 16 positions (never [B, T, vocab]), and
+    moves the weights, final soft-capping included."""
+    from ponder.models import logprobs as head
+    from ponder.rl import RLConfig, train_rl
+    from ponder.tasks import multiply
+    from ponder.tokenizer import build_char_tokenizer
+
+    vocab = 262_144
+    # one character per id, so every sampled id decodes to text the reward can read
+    tok = build_char_tokenizer(multiply.ALPHABET + "".join(chr(0x10000 + i) for i in range(vocab - 4 - len(multiply.ALPHABET))))
+    assert tok.vocab_size == vocab
+    cfg = gemma(vocab_size=vocab, hidden_size=32, intermediate_size=32, num_hidden_layers=2, layer_types=(S, F),
+                num_attention_heads=2, num_key_value_heads=1, head_dim=16, final_logit_softcapping=30.0)
+    model = Decoder(cfg)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    chunks = []
+    real_chunk = head._chunk
+    monkeypatch.setattr(head, "_chunk", lambda h, *rest: (chunks.append(h.shape[0]), real_chunk(h, *rest))[1])
+
+    def high_chars(prompt, completion, problem):  # random weights: any reward with variance will do
+        return sum(ord(c) >= 0x28000 for c in completion) / max(len(completion), 1)
+
+    rl = RLConfig(model="", output_dir=str(tmp_path), prompts_per_step=2, group_size=4, max_new_tokens=6, steps=1,
+                  lr=1e-2, micro_batch_size=8, eval_every=0, save_every=0, rollback=False, seed=0,
+                  loss_chunk_mb=16 * 4 * vocab / 2**20)  # 16 positions of fp32 logits per chunk
+    summary = train_rl(rl, model=model, tokenizer=tok, problems=multiply.generate("train", 2, seed=0),
+                       rewards=[high_chars], progress=False)
+    assert summary["steps"] == 1
+    assert chunks and max(chunks) == 16 and len(chunks) > 2
+    moved = [name for name, p in model.named_parameters() if not torch.equal(p.detach(), before[name])]
+    assert "model.embed_tokens.weight" in moved and "model.layers.0.post_feedforward_layernorm.weight" in moved
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    """The recomputed blocks include Gemma's norms after attention and after the MLP."""
+    cfg = CONFIGS["270m-like-mqa-5to1"]
+    ids = random_ids(cfg, (2, 13), seed=8)
+    grads = []
+    for checkpointing in (False, True):
+        model = ours(cfg, seed=2).train()
+        model.set_gradient_checkpointing(checkpointing)
+        model(ids).logsumexp(-1).sum().backward()
+        grads.append({name: p.grad for name, p in model.named_parameters()})
+    for name, g in grads[0].items():
+        assert g.abs().max() > 0, name
+        torch.testing.assert_close(grads[1][name], g, atol=1e-5, rtol=1e-5, msg=name)
