@@ -241,6 +241,18 @@ def test_soft_capped_attention_matches_transformers_eager():
 
 # ---------------------------------------------------------------- the real vocabulary
 
+def real_size_tokenizer():
+    """The multiply task's characters and one more character per id up to Gemma 3's 262,144, so
+    every sampled id decodes to text a reward can read."""
+    from ponder.tasks import multiply
+    from ponder.tokenizer import build_char_tokenizer
+
+    extra = 262_144 - 4 - len(multiply.ALPHABET)  # four special tokens
+    tok = build_char_tokenizer(multiply.ALPHABET + "".join(chr(0x10000 + i) for i in range(extra)))
+    assert tok.vocab_size == 262_144
+    return tok
+
+
 def test_one_grpo_step_at_the_real_vocabulary_through_the_chunked_loss_head(tmp_path, monkeypatch):
     """Gemma 3's 262,144-entry vocabulary (narrow layers so it runs in seconds): one GRPO step
     samples, scores through the loss head in chunks of 16 positions (never [B, T, vocab]), and
@@ -248,12 +260,9 @@ def test_one_grpo_step_at_the_real_vocabulary_through_the_chunked_loss_head(tmp_
     from ponder.models import logprobs as head
     from ponder.rl import RLConfig, train_rl
     from ponder.tasks import multiply
-    from ponder.tokenizer import build_char_tokenizer
 
     vocab = 262_144
-    # one character per id, so every sampled id decodes to text the reward can read
-    tok = build_char_tokenizer(multiply.ALPHABET + "".join(chr(0x10000 + i) for i in range(vocab - 4 - len(multiply.ALPHABET))))
-    assert tok.vocab_size == vocab
+    tok = real_size_tokenizer()
     cfg = gemma(vocab_size=vocab, hidden_size=32, intermediate_size=32, num_hidden_layers=2, layer_types=(S, F),
                 num_attention_heads=2, num_key_value_heads=1, head_dim=16, final_logit_softcapping=30.0)
     model = Decoder(cfg)
@@ -289,3 +298,23 @@ def test_activation_checkpointing_gives_the_same_gradients():
     for name, g in grads[0].items():
         assert g.abs().max() > 0, name
         torch.testing.assert_close(grads[1][name], g, atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_bench_memory_runs_on_a_gemma_checkpoint(tmp_path, capsys):
+    """`ponder bench memory --model DIR` on a Gemma 3 folder at the real vocabulary: the step runs in
+    its own process and reports a row (no figure is checked: that is the bench's job)."""
+    import argparse
+
+    from ponder.bench import memory
+
+    vocab = 262_144
+    tok = real_size_tokenizer()
+    cfg = gemma(vocab_size=vocab, hidden_size=32, intermediate_size=32, num_hidden_layers=2, layer_types=(S, F),
+                num_attention_heads=2, num_key_value_heads=1, head_dim=16)
+    Decoder(cfg).save_pretrained(tmp_path / "gemma")
+    tok.save_pretrained(tmp_path / "gemma")
+    args = argparse.Namespace(child=False, model=str(tmp_path / "gemma"), layers=2, prompts=1, group=2,
+                              max_new_tokens=4, steps=1, variants="chunked", head=False, device="cpu", json=True)
+    assert memory.main(args) == 0
+    [row] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"]
+    assert row["variant"] == "chunked" and "error" not in row and row["peak_gib"] > 0

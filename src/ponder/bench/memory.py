@@ -14,6 +14,9 @@ optimizer state, generation and update together) and its seconds per step:
     ckpt       chunked + activation checkpointing
     lora       ckpt + LoRA r=16 on every projection (the base frozen: no gradient or AdamW state for it)
 
+`--model DIR` measures an existing checkpoint folder (config.json, weights, tokenizer.json: a Gemma 3
+one, say) instead of the random Qwen3-width model; `--layers` is then unused.
+
 `--head` measures the loss head alone instead: log-probs + entropy + backward of B completions of
 T tokens after a 64-token prompt, as extra peak memory above the weights, for the full and the
 chunked path (the full path at 16 x 512 would need ~22 GB on a CPU: it runs there at a smaller
@@ -128,19 +131,20 @@ def head_child(args) -> int:
 
     cuda = args.device.startswith("cuda")
     model = from_pretrained(Path(args.root) / "base", device=args.device)
+    vocab = model.config.vocab_size
     bsz, length = args.batch, args.length
-    ids = torch.randint(0, VOCAB, (bsz, 64 + length), device=args.device)
+    ids = torch.randint(0, vocab, (bsz, 64 + length), device=args.device)
     starts = torch.full((bsz,), 64, device=args.device)
     before = torch.cuda.memory_allocated() / 2**30 if cuda else rss_gib()
     if args.variant == "body":  # the same forward and backward with no head at all: what the head adds is the rest
         model(ids, head=lambda hidden, logits_fn: hidden[:, 63:-1].float().pow(2).mean()).backward()
     else:
         logp, ent = token_logprobs(model, ids, starts, length, 1.0, with_entropy=True,
-                                   chunk_tokens=0 if args.variant == "full" else chunk_positions(64, VOCAB))
+                                   chunk_tokens=0 if args.variant == "full" else chunk_positions(64, vocab))
         logp.sum().backward()
     print(json.dumps({"variant": args.variant, "batch": bsz, "length": length,
                       "extra_gib": peak_gib(args.device) - before,
-                      "logits_gib": bsz * length * VOCAB * 4 / 2**30}))
+                      "logits_gib": bsz * length * vocab * 4 / 2**30}))
     return 0
 
 
@@ -154,23 +158,35 @@ def spawn(root: Path, args, variant: str, extra: list[str]) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def describe(root: Path, args) -> str:
+    """What is measured: the model's name, width, vocabulary and depth."""
+    config = json.loads((root / "base" / "config.json").read_text())
+    name = args.model if getattr(args, "model", None) else "Qwen3-0.6B width"
+    return (f"{name} (hidden {config['hidden_size']}), vocab {config['vocab_size']}, "
+            f"{config['num_hidden_layers']} layers")
+
+
 def main(args) -> int:
     if args.child:
         return child(args)
     with tempfile.TemporaryDirectory() as name:
         root = Path(name)
-        build(root, args.layers)
+        if getattr(args, "model", None):  # an existing checkpoint: every variant reads it as root/base
+            (root / "base").symlink_to(Path(args.model).resolve(), target_is_directory=True)
+        else:
+            build(root, args.layers)
         if args.head:
             sizes = [(v, b, t) for b, t in ((16, 512), (8, 256)) for v in ("body", "chunked")] + [("full", 8, 256)]
             if args.device.startswith("cuda"):  # a GPU has room for the full path at 16 x 512 too
                 sizes.append(("full", 16, 512))
             rows = [spawn(root, args, v, ["--head", "--batch", str(b), "--length", str(t)]) for v, b, t in sizes]
+            what = describe(root, args)
         else:
             return step_table(root, args)
     if args.json:
         print(json.dumps({"layers": args.layers, "rows": rows}))
         return 0
-    print(f"loss head alone: log-probs + entropy + backward, Qwen3-0.6B width, vocab {VOCAB}, {args.layers} layers, "
+    print(f"loss head alone: log-probs + entropy + backward, {what}, "
           f"64-token prompts; extra peak memory above the weights; 'head adds' is the extra over 'body', the same "
           f"forward and backward with no head")
     print(f"{'path':8} {'B x T':>9} {'extra GiB':>10} {'head adds GiB':>14} {'one fp32 logits tensor GiB':>27}")
@@ -192,7 +208,7 @@ def step_table(root: Path, args) -> int:
     if not args.json:
         where = args.device if args.device.startswith("cuda") else f"cpu, {torch.get_num_threads()} threads"
         memory = "peak allocated CUDA memory" if args.device.startswith("cuda") else "peak resident memory"
-        print(f"one GRPO step, Qwen3-0.6B width, vocab {VOCAB}, {args.layers} layers, {args.prompts} prompts x "
+        print(f"one GRPO step, {describe(root, args)}, {args.prompts} prompts x "
               f"{args.group} completions of {args.max_new_tokens} tokens, fp32, {where}; each variant in its own "
               f"process; {memory}; s/step is the mean over steps 2..{args.steps} (all steps when 1)")
         print(f"{'variant':8} {'peak GiB':>9} {'s/step':>8} {'update s':>9}", flush=True)
