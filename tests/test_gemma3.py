@@ -300,21 +300,30 @@ def test_activation_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(grads[1][name], g, atol=1e-5, rtol=1e-5, msg=name)
 
 
-def test_bench_memory_runs_on_a_gemma_checkpoint(tmp_path, capsys):
-    """`ponder bench memory --model DIR` on a Gemma 3 folder at the real vocabulary: the step runs in
-    its own process and reports a row (no figure is checked: that is the bench's job)."""
+def test_bench_memory_runs_on_a_gemma_checkpoint(tmp_path, capsys, monkeypatch):
+    """`ponder bench memory --model DIR` on a Gemma 3 folder (a small vocabulary: the real one is
+    the GRPO test's): the step runs in its own process and reports a row (no figure is checked:
+    that is the bench's job)."""
     import argparse
 
     from ponder.bench import memory
+    from ponder.tasks import multiply
+    from ponder.tokenizer import build_char_tokenizer
 
-    vocab = 262_144
-    tok = real_size_tokenizer()
-    cfg = gemma(vocab_size=vocab, hidden_size=32, intermediate_size=32, num_hidden_layers=2, layer_types=(S, F),
+    tok = build_char_tokenizer(multiply.ALPHABET)
+    cfg = gemma(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=32, num_hidden_layers=2, layer_types=(S, F),
                 num_attention_heads=2, num_key_value_heads=1, head_dim=16)
     Decoder(cfg).save_pretrained(tmp_path / "gemma")
     tok.save_pretrained(tmp_path / "gemma")
     args = argparse.Namespace(child=False, model=str(tmp_path / "gemma"), layers=2, prompts=1, group=2,
                               max_new_tokens=4, steps=1, variants="chunked", head=False, device="cpu", json=True)
+
+    def in_process(root, args, variant, extra):  # the child the bench would spawn, without the process start
+        child = argparse.Namespace(**{**vars(args), "child": True, "root": str(root), "variant": variant})
+        assert memory.child(child) == 0
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    monkeypatch.setattr(memory, "spawn", in_process)
     assert memory.main(args) == 0
     [row] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"]
     assert row["variant"] == "chunked" and "error" not in row and row["peak_gib"] > 0

@@ -142,6 +142,8 @@ class KVCache:
     def step(self, T: int, counts: torch.Tensor | None = None) -> CacheStep:
         """Plan a forward of T new tokens per row, of which `counts[b]` are real (the rest right
         padding); does not change the cache."""
+        if counts is not None:
+            counts = counts.to(self.lengths.device)
         lo, hi = (int(x) for x in torch.aminmax(self.lengths))
         key_len = hi + T
         if key_len > self.max_len:
