@@ -35,9 +35,11 @@ import ast
 import re
 from dataclasses import dataclass
 
+from ponder.rewards.math import extract_answer
 from ponder.rewards.trace import answer_correct, frames, scratchpad
 
 STEP_SEPARATOR = ","
+MISSING_ANSWER = "nobox"  # how an issue list quotes a final answer that was never written
 _EQUATION = re.compile(r"^(\d+)([*+])(\d+)=(\d+)$")
 
 
@@ -52,6 +54,7 @@ class Step:
 class StepVerdict:
     steps: tuple[Step, ...]
     answer_correct: bool
+    answer: str | None = None  # the final answer as written (the last \\boxed{}), None without one
 
     @property
     def first_wrong(self) -> int | None:
@@ -63,8 +66,16 @@ class StepVerdict:
         return self.first_wrong is None
 
     @property
-    def wrong_steps(self) -> tuple[str, ...]:
-        return tuple(s.text for s in self.steps if not s.right)
+    def issues(self) -> tuple[str, ...]:
+        """Every real issue as a verifier would quote it: each wrong or skipped step, then the
+        final answer when it is wrong (quoted as written; MISSING_ANSWER when there is none)."""
+        wrong = tuple(s.text for s in self.steps if not s.right)
+        return wrong + ((self.answer or MISSING_ANSWER,) if not self.answer_correct else ())
+
+
+def _verdict(steps: list[Step], completion: str, problem) -> StepVerdict:
+    return StepVerdict(tuple(steps), answer_correct(completion, problem.answer),
+                       extract_answer(completion, mode="strict"))
 
 
 def _split_steps(pad: str | None) -> list[str]:
@@ -104,7 +115,7 @@ def multiply_steps(completion: str, problem) -> StepVerdict:
         same = sign == op and operands is not None and {x, y} == operands and (x == y) == (len(operands) == 1)
         steps.append(Step(written[i], same and value == z))
         results.append(z)
-    return StepVerdict(tuple(steps), answer_correct(completion, problem.answer))
+    return _verdict(steps, completion, problem)
 
 
 def _value(node: ast.AST, env: dict[str, int]) -> int:
@@ -146,7 +157,7 @@ def program_steps(completion: str, problem) -> StepVerdict:
         steps.append(Step(written[i], ok and name == target and expected == int(value)))
         if ok:
             env[name] = int(value)
-    return StepVerdict(tuple(steps), answer_correct(completion, problem.answer))
+    return _verdict(steps, completion, problem)
 
 
 def trace_steps(completion: str, problem) -> StepVerdict:
@@ -154,7 +165,7 @@ def trace_steps(completion: str, problem) -> StepVerdict:
     predicted, gold = frames(scratchpad(completion) or ""), frames(problem.meta["trace"])
     steps = [Step(p, i < len(gold) and p == gold[i]) for i, p in enumerate(predicted)]
     steps += [Step(f"{g.split('=')[0]}=" if "=" in g else g, False, skipped=True) for g in gold[len(predicted):]]
-    return StepVerdict(tuple(steps), answer_correct(completion, problem.answer))
+    return _verdict(steps, completion, problem)
 
 
 CHECKERS = {"multiply": multiply_steps, "program": program_steps, "trace": trace_steps}
@@ -200,6 +211,9 @@ def true_score(verdict: StepVerdict) -> float:
 
 
 def first_issue(verdict: StepVerdict) -> str:
-    """The first wrong step as quoted (a skipped step by its expected left-hand side); "" for none."""
+    """What a verifier should quote: the first wrong step (a skipped step by its expected
+    left-hand side), else the wrong final answer as written; "" when there is no issue."""
     first = verdict.first_wrong
-    return "" if first is None else verdict.steps[first].text
+    if first is not None:
+        return verdict.steps[first].text
+    return "" if verdict.answer_correct else verdict.issues[-1]

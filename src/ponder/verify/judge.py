@@ -1,0 +1,132 @@
+"""The learned graders: a verifier and a meta-verifier, trained (SFT, then GRPO) and used as rewards.
+
+    judge = Judge(model, tokenizer)                  # greedy reader of verifier or meta prompts
+    texts = judge.read([verifier_prompt(p, s), ...]) # what it writes
+    sft_dir = sft(records, base_dir, out, steps=...) # ponder.sft on {prompt, completion} records
+    rl_dir = grpo_verifier(items, sft_dir, out, meta=None | Judge)   # ponder.rl.train_rl
+    reward = LearnedReward(verifier, meta)           # a batched RL reward for the generator
+
+The verifier's GRPO reward is format x (1 - |s' - s|) against the step checker's score, times the
+meta-verifier's score of its analysis in the meta variant (`VerifierReward`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from ponder.tasks.problem import Problem
+from ponder.verify.data import Labelled
+from ponder.verify.protocol import (SCORE_TEXT, meta_prompt, parse_analysis, parse_meta, verifier_prompt,
+                                    verifier_reward)
+
+MAX_ANALYSIS_TOKENS = 28  # the longest analysis: a quoted equation, the frame and 1/2
+
+
+class Judge:
+    """Greedy generation from a verifier or meta-verifier model, in batches."""
+
+    def __init__(self, model, tokenizer, max_new_tokens: int = MAX_ANALYSIS_TOKENS, batch: int = 256):
+        from ponder.engine import Engine
+
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.engine = Engine(model, tokenizer)
+        self.max_new_tokens, self.batch = max_new_tokens, batch
+        self.calls = 0  # texts read so far (the cost of a learned reward)
+
+    @classmethod
+    def load(cls, path, **kw) -> "Judge":
+        from ponder.models import from_pretrained
+        from ponder.tokenizer import Tokenizer
+
+        return cls(from_pretrained(path), Tokenizer.from_pretrained(path), **kw)
+
+    @torch.no_grad()
+    def read(self, prompts: list[str]) -> list[str]:
+        from ponder.engine import SamplingParams
+
+        params = SamplingParams(temperature=0.0, max_new_tokens=self.max_new_tokens)
+        out = []
+        for start in range(0, len(prompts), self.batch):
+            out += [g[0].text for g in self.engine.generate(prompts[start:start + self.batch], 1, params)]
+        self.calls += len(prompts)
+        return out
+
+
+def verify(verifier: Judge, problem_prompts: list[str], solutions: list[str]) -> list[str]:
+    return verifier.read([verifier_prompt(p, s) for p, s in zip(problem_prompts, solutions)])
+
+
+def meta_scores(meta: Judge, problem_prompts: list[str], solutions: list[str], analyses: list[str]) -> list[float]:
+    """The meta-verifier's score of each analysis (0 for a malformed reading)."""
+    texts = meta.read([meta_prompt(p, s, a) for p, s, a in zip(problem_prompts, solutions, analyses)])
+    return [m if m is not None else 0.0 for m in map(parse_meta, texts)]
+
+
+def sft(records: list[dict], base: str | Path, out: str | Path, steps: int, seed: int = 0, lr: float = 1e-3,
+        batch_size: int = 64) -> str:
+    """ponder.sft on {prompt, completion} records (loss on the completion); returns the model folder."""
+    from ponder.sft import SFTConfig, train_sft
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = out / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    cfg = SFTConfig(model=str(base), data=str(data), output_dir=str(out / "run"), steps=steps, seed=seed, lr=lr,
+                    batch_size=batch_size, micro_batch_size=batch_size, warmup_steps=min(10, steps // 10),
+                    save_every=0, device="cpu")
+    return train_sft(cfg, progress=False)["model_dir"]
+
+
+class VerifierReward:
+    """GRPO reward of a verifier's output: format x (1 - |s' - s|), times the meta-verifier's score
+    of the analysis when a meta-verifier is given (the verifier's prompt is the RL prompt)."""
+
+    batched = True
+
+    def __init__(self, meta: Judge | None = None):
+        self.meta = meta
+        self.__name__ = "verifier_meta" if meta is not None else "verifier_score"
+        self.history: list[dict] = []  # per call (one per RL step): mean score reward, mean meta score
+
+    def __call__(self, prompts, completions, score, **_) -> list[float]:
+        meta = [1.0] * len(completions)
+        if self.meta is not None:
+            meta = [m if m is not None else 0.0 for m in
+                    map(parse_meta, self.meta.read([f"{p}{c}/" for p, c in zip(prompts, completions)]))]
+        values = [verifier_reward(c, s, m) for c, s, m in zip(completions, score, meta)]
+        plain = [verifier_reward(c, s) for c, s in zip(completions, score)]
+        self.history.append({"reward": _mean(values), "score_reward": _mean(plain), "meta": _mean(meta)})
+        return values
+
+
+def verifier_problems(items: list[Labelled]) -> list[Problem]:
+    """The verifier's RL problems: its prompt, the true score as the answer (graded as math, so
+    RL's own accuracy column reads 'score exactly right') and the score in meta."""
+    return [Problem(id=f"verify-{i}", prompt=verifier_prompt(x.problem.prompt, x.solution),
+                    answer=SCORE_TEXT[x.score], kind="verify", meta={"score": x.score, "split": "train"})
+            for i, x in enumerate(items)]
+
+
+def grpo_verifier(items: list[Labelled], model_dir: str, out: str | Path, steps: int, meta: Judge | None = None,
+                  seed: int = 0, prompts_per_step: int = 32, group_size: int = 8, lr: float = 1e-4) -> tuple[str, list]:
+    """GRPO on the verifier's own outputs; returns (model folder, per-step reward history)."""
+    from ponder.rl import RLConfig, train_rl
+    from ponder.tokenizer import Tokenizer
+
+    reward = VerifierReward(meta)
+    cfg = RLConfig(model=model_dir, task="verify", eval_task=None, output_dir=str(out), steps=steps, seed=seed,
+                   prompts_per_step=prompts_per_step, group_size=group_size, max_new_tokens=MAX_ANALYSIS_TOKENS,
+                   temperature=1.0, advantage="dr_grpo", loss_type="dapo", lr=lr, schedule="constant",
+                   micro_batch_size=256, eval_every=0, save_every=0, device="cpu", rollback=False)
+    summary = train_rl(cfg, tokenizer=Tokenizer.from_pretrained(model_dir), problems=verifier_problems(items),
+                       rewards=[reward], progress=False)
+    return summary["model_dir"], reward.history
+
+
+def _mean(xs) -> float:
+    xs = list(xs)
+    return sum(xs) / len(xs) if xs else float("nan")
