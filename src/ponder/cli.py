@@ -200,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     # --- trm eval / compare (ponder.trm) ---
     __import__("ponder.trm.commands", fromlist=["add_parser"]).add_parser(sub)
 
+    # --- verify-study (ponder.verify.study) ---
+    __import__("ponder.verify.study", fromlist=["add_parser"]).add_parser(sub)
+
     # --- demo (ponder.demo) ---
     p = sub.add_parser("demo", help="evaluate the embedded base model, run GRPO, evaluate again")
     p.add_argument("--steps", type=int, default=50, help="GRPO steps (default 50)")
