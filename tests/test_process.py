@@ -58,6 +58,7 @@ def test_multiply_wrong_operands_or_extra_steps_are_wrong():
 def test_multiply_wrong_answer_after_right_steps():
     v = mul("<think>47*80=3760,47*6=282,3760+282=4042</think>\\boxed{4043}")
     assert v.steps_right and not v.answer_correct and prefix_credit(v) == 3 / 4 and true_score(v) == 0.0
+    assert first_issue(v) == "4043" and v.issues == ("4043",)
 
 
 def test_program_steps_carry_the_written_values():

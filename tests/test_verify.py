@@ -1,0 +1,119 @@
+"""Verifier and meta-verifier: rewards on fixed strings, the train / held-out wall, refinement's
+stopping rule, and the study command end to end on a tiny setting."""
+
+import json
+
+import pytest
+
+from ponder.rewards.process import check_steps
+from ponder.tasks import multiply
+from ponder.verify.data import Labelled, check_separate, meta_records, training_records
+from ponder.verify.protocol import (Analysis, issue_is_real, meta_reward, parse_analysis, parse_meta,
+                                    verifier_reward, verifier_target)
+from ponder.verify.testtime import pick_best, pick_majority, refine_all, selection_curve, trusted_prefix
+
+WRONG_PRODUCT = "<think>48*80=3840,48*6=298,3840+298=4138</think>\\boxed{4138}"
+RIGHT = "<think>48*80=3840,48*6=288,3840+288=4128</think>\\boxed{4128}"
+
+
+def labelled(solution, a=48, b=86, source="base@1.0"):
+    p = multiply.make(a, b)
+    return Labelled(p, solution, source, check_steps(solution, p))
+
+
+def test_verifier_target_and_reward_on_fixed_strings():
+    assert verifier_target(labelled(WRONG_PRODUCT).verdict) == "<think>48*6=298</think>\\boxed{0}"
+    assert verifier_target(labelled(RIGHT).verdict) == "<think></think>\\boxed{1}"
+    assert verifier_target(labelled("<think></think>\\boxed{4128}").verdict) == "<think>48*80=</think>\\boxed{1/2}"
+    assert verifier_reward("<think>48*6=298</think>\\boxed{0}", 0.0) == 1.0
+    assert verifier_reward("<think></think>\\boxed{1/2}", 0.0) == 0.5
+    assert verifier_reward("<think></think>\\boxed{1}", 0.0) == 0.0
+    assert verifier_reward("\\boxed{0}", 0.0) == 0.0  # no analysis: format fails
+    assert verifier_reward("<think></think>\\boxed{0.5}", 0.5) == 0.0  # only 0, 1/2, 1
+    assert verifier_reward("<think>x</think>\\boxed{0}", 0.0, meta_score=0.0) == 0.0  # meta vetoes
+    assert parse_analysis(" <think>48*6=298</think>\\boxed{1/2}\n") == Analysis("48*6=298", 0.5)
+
+
+def test_meta_verifier_truth_and_reward_on_fixed_strings():
+    wrong = labelled(WRONG_PRODUCT).verdict
+    assert issue_is_real(Analysis("48*6=298", 0.0), wrong)
+    assert not issue_is_real(Analysis("48*80=3840", 0.0), wrong)  # a right step: invented
+    assert not issue_is_real(Analysis("", 1.0), wrong)  # misses the error
+    assert issue_is_real(Analysis("4138", 0.0), wrong)  # the wrong answer is a real issue
+    assert issue_is_real(Analysis("", 1.0), labelled(RIGHT).verdict)
+    assert meta_reward("<think></think>\\boxed{1}", True) == 1.0
+    assert meta_reward("<think></think>\\boxed{1}", False) == 0.0
+    assert meta_reward("\\boxed{1}", True) == 0.0 and parse_meta("<think></think>\\boxed{0}") == 0.0
+
+
+def test_meta_records_are_labelled_by_the_checker():
+    records = meta_records([labelled(WRONG_PRODUCT), labelled(RIGHT)], seed=0)
+    real = [r["prompt"] for r in records if r["completion"].endswith("{1}")]
+    assert any(p.endswith("}/<think>48*6=298</think>\\boxed{0}/") for p in real)
+    assert not any(r["completion"].endswith("{1}") and "<think>48*80=3840</think>" in r["prompt"] for r in records)
+
+
+def test_no_held_out_problem_or_sample_reaches_training_data():
+    train_problem = multiply.make(48, 86)
+    test_problem = multiply.generate("test", 1, seed=0)[0]
+    train = [Labelled(train_problem, RIGHT, "base@1.0", check_steps(RIGHT, train_problem))]
+    held = [Labelled(test_problem, RIGHT, "process@1.0", check_steps(RIGHT, test_problem))]
+    assert len(training_records(train)) == 1
+    with pytest.raises(ValueError, match="non-training"):
+        training_records(held)
+    with pytest.raises(ValueError, match="non-training"):
+        meta_records(held)
+    check_separate(train, held)
+    with pytest.raises(ValueError, match="held-out problems"):
+        check_separate(train, [Labelled(train_problem, RIGHT, "process@1.0", train[0].verdict)])
+    with pytest.raises(ValueError, match="checkpoint"):  # another temperature, same checkpoint
+        check_separate(train, [Labelled(test_problem, RIGHT, "base@0.7", held[0].verdict)])
+
+
+def test_refinement_stops_at_a_score_of_one_and_keeps_the_trusted_prefix():
+    seen = []
+
+    def generate(prompts, r):
+        seen.append(list(prompts))
+        return [("48*6=298,3840+298=4138</think>\\boxed{4138}" if r == 0 else "48*6=288,3840+288=4128</think>\\boxed{4128}", 5)
+                for _ in prompts]
+
+    def judge(prompts, solutions):
+        return [Analysis("", 1.0) if "288" in s else Analysis("48*6=298", 0.0) for s in solutions]
+
+    generate_first = generate
+
+    def gen(prompts, r):
+        if r == 0:
+            return [("<think>48*80=3840,48*6=298,3840+298=4138</think>\\boxed{4138}", 9) for _ in prompts]
+        return generate_first(prompts, r)
+
+    out = refine_all(["48*86="], gen, judge, rounds=8)
+    assert out[0]["rounds"] == 2 and out[0]["score"] == 1.0 and out[0]["tokens"] == 14
+    assert seen[-1] == ["48*86=<think>48*80=3840,"]
+    assert out[0]["solution"] == RIGHT
+    never = refine_all(["48*86="], gen, lambda ps, ss: [Analysis("48*6=298", 0.0)] * len(ss), rounds=3)
+    assert never[0]["rounds"] == 3
+    assert trusted_prefix(RIGHT, "4128") == "<think>"
+
+
+def test_selection_rules():
+    assert pick_best([0.5, 1.0, 1.0]) == 1
+    assert pick_majority(["7", None, "8", "8"]) == 2 and pick_majority([None, None]) == 0
+    curve = selection_curve([[1.0, 0.0, 0.0]], [[True, False, False]], [["1", "2", "2"]], ns=(1, 3), draws=4)
+    assert curve[3] == {"verifier": 1.0, "majority": 0.0, "oracle": 1.0}  # the verifier beats a wrong majority
+    assert curve[1]["verifier"] == curve[1]["majority"] == curve[1]["oracle"]  # N=1: one sample, no choice
+
+
+def test_study_command_end_to_end_on_a_tiny_setting(tmp_path, capsys):
+    from ponder.cli import main
+
+    args = ["verify-study", "--steps", "1", "--prompts-per-step", "2", "--group-size", "2", "--held-out", "4",
+            "--label-problems", "4", "--verifier-sft-steps", "1", "--meta-sft-steps", "1", "--verifier-rl-steps", "1",
+            "--test-problems", "2", "--best-of", "2", "--refine-rounds", "2", "--out", str(tmp_path), "--json"]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(result["summary"]) == {"outcome", "process", "verifier", "verifier_meta"}
+    assert len(result["arms"]["verifier"][0]["history"]) == 1  # the hacking curve: one row per step
+    assert set(result["test_time"]["best_of_n"]) == {"1", "2"}
+    assert result["verifier"]["grpo"]["solutions"] > 0 and (tmp_path / "result.json").exists()
