@@ -147,12 +147,15 @@ def compare_main(args) -> int:
     unknown = [v for v in names if v not in VARIANTS]
     if unknown:
         raise ValueError(f"--variants: unknown {unknown} (known: {', '.join(VARIANTS)})")
-    rows, curves, halts = [], {}, {}
+    rows, curves, halts, sets = [], {}, {}, {}
     for name in names:
         summary = _train_variant(name, args, out)
         model, cfg = load_trained(out / name)
         torch.set_num_threads(cfg.threads or torch.get_num_threads())
-        p, s = heldout(cfg)
+        key = (cfg.data_seed, tuple(cfg.givens), cfg.train_puzzles, cfg.heldout_puzzles)
+        if key not in sets:  # the variants share their data: generate it once
+            sets[key] = heldout(cfg)
+        p, s = sets[key]
         steps = 1 if name == "single" else args.max_sup_steps
         c = curve(model, p, s, cfg.T, cfg.n, steps)
         k = min(cfg.sup_steps, steps)
