@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 import torch
 
 from ponder.engine import Engine, SamplingParams
 from ponder.models import KVCache
-from ponder.models.decode import decode_path
+from ponder.models.decode import DecodeStep, decode_path
 
-from test_gemma3 import CONFIGS, F, S, hf_model, ours, random_ids  # tests/ is on sys.path under pytest
+from test_gemma3 import CONFIGS, F, hf_model, ours, random_ids  # tests/ is on sys.path under pytest
 
 CFG = replace(CONFIGS["270m-like-mqa-5to1"], sliding_window=4)  # five sliding layers of window 4, one full
 
@@ -76,18 +77,23 @@ def test_engine_greedy_tokens_equal_transformers_generate_across_the_window():
     in all), batched with ragged lengths and two samples per prompt: the same tokens as
     transformers' generate, one prompt at a time."""
     cfg = replace(CFG, sliding_window=6)
-    model, peer = ours(cfg, seed=11), hf_model(cfg, seed=11)
+    model, peer = ours(cfg, seed=1), hf_model(cfg, seed=1)
     peer.load_state_dict(model.state_dict(), strict=False)
     peer.generation_config.eos_token_id = None
-    assert decode_path(model) == "plain"  # Gemma decodes with Decoder.forward
+    assert decode_path(model) != "plain"  # the engine's fast decode step
     prompts = [random_ids(cfg, (n,), seed=n).tolist() for n in (3, 8, 14)]
     params = SamplingParams(max_new_tokens=20, temperature=0.0, stop_token_ids=())
     outs = Engine(model, max_rows=6).generate(prompts, n=2, params=params)
+    with pytest.MonkeyPatch.context() as mp:  # Decoder.forward gives the same
+        mp.setenv("PONDER_DECODE", "plain")
+        plain = Engine(model, max_rows=6).generate(prompts, n=2, params=params)
+    assert [[c.token_ids for c in group] for group in plain] == [[c.token_ids for c in group] for group in outs]
     for prompt, (first, second) in zip(prompts, outs):
         with torch.no_grad():
             want = peer.generate(torch.tensor([prompt]), max_new_tokens=20, do_sample=False)[0, len(prompt):]
         assert first.token_ids == second.token_ids == want.tolist()
-    assert len({tuple(o[0].token_ids) for o in outs}) == 3  # the prompts lead different ways
+    assert len({tuple(o[0].token_ids) for o in outs}) == 3  # the prompts lead different ways...
+    assert any(len(set(o[0].token_ids[cfg.sliding_window:])) > 1 for o in outs)  # ...which change past the window
 
 
 def test_chunked_prefill_across_the_window_equals_one_forward():
@@ -101,3 +107,49 @@ def test_chunked_prefill_across_the_window_equals_one_forward():
             cache = KVCache(CFG, 2, 19)
             got = torch.cat([model(ids[:, :split], cache), model(ids[:, split:], cache)], dim=1)
             torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["270m-like-mqa-5to1", "gqa2-softcap-untied"])
+@pytest.mark.parametrize("with_kernels", [True, False], ids=["c-kernels", "torch-ops"])
+def test_decode_step_equals_the_model_past_the_window(name, with_kernels):
+    """The engine's fused decode step on Gemma (1 + weight norms folded, the norms after each block,
+    GeGLU, rings, soft-capped logits): ragged rows decoding past the window, then a row copy.
+    (Weight packing does not depend on the family: test_decode_step covers it.)"""
+    cfg = CONFIGS[name]
+    model = ours(cfg, seed=12)
+    step = DecodeStep(model, "unpacked")
+    if with_kernels and step.kernels is None:
+        pytest.skip("the C kernels did not compile here")
+    if not with_kernels:
+        step.kernels = None
+    lens = torch.tensor([2, 7, 4])
+    prompt = random_ids(cfg, (3, 7), seed=4)
+    caches = [KVCache(cfg, 3, 20) for _ in range(2)]
+    with torch.no_grad():
+        for cache in caches:
+            model.hidden(prompt, cache, lens)
+        for t in range(10):
+            if t == 6:
+                for cache in caches:
+                    cache.select([1, 1, 0])
+            tokens = random_ids(cfg, (3,), seed=30 + t)
+            want = model(tokens[:, None], caches[0])[:, -1]
+            torch.testing.assert_close(step(tokens, caches[1]), want, atol=1e-5, rtol=0)
+    for k_want, k_got in zip(caches[0].k, caches[1].k):
+        torch.testing.assert_close(k_got, k_want, atol=1e-5, rtol=0)
+
+
+def test_bf16_decode_step_stays_close_to_the_model():
+    cfg = CONFIGS["270m-like-mqa-5to1"]
+    model = ours(cfg, seed=13).to(torch.bfloat16)
+    step = DecodeStep(model, "unpacked")
+    prompt = random_ids(cfg, (2, 6), seed=5)
+    caches = [KVCache(cfg, 2, 16, dtype=torch.bfloat16) for _ in range(2)]
+    with torch.no_grad():
+        for cache in caches:
+            model(prompt, cache)
+        for t in range(6):
+            tokens = random_ids(cfg, (2,), seed=40 + t)
+            want = model(tokens[:, None], caches[0])[:, -1].float()
+            got = step(tokens, caches[1]).float()
+            assert (got - want).abs().max() < 0.05 * want.abs().max()

@@ -1,6 +1,6 @@
-"""DecodeStep: one decode step (one new token per row) of an fp32 decoder with grouped-query
-attention (dense or mixture-of-experts MLPs), with fewer and faster ops than `Decoder.forward`.
-The engine uses it for every step after the prefill.
+"""DecodeStep: one decode step (one new token per row) of an fp32 or bf16 decoder with
+grouped-query attention (dense or mixture-of-experts MLPs; Gemma 3's layout too), with fewer and
+faster ops than `Decoder.forward`. The engine uses it for every step after the prefill.
 
 Same math as `model(tokens[:, None], cache)[:, -1]` (tests hold the two together), rearranged:
   - q/k/v are one matmul and a dense MLP's gate/up another (weights concatenated);
@@ -15,6 +15,11 @@ Same math as `model(tokens[:, None], cache)[:, -1]` (tests hold the two together
     MKL's packed matmuls took 1.2x less time than `F.linear`; on AMD Zen 4, MKL's GEMM (packed
     or not) is slow, and oneDNN's packed matmuls took about 2x less time than `F.linear`
     (scripts/decode_breakdown.py shows the split).
+
+Gemma 3: the norms scale by 1 + weight (folded as such); the norms after attention and after the
+MLP are applied to the block's output before the residual add (they cannot be folded); the MLP is
+GeGLU; sliding-window layers attend through their ring with the torch ops (`layers.attend`), as
+the C kernel writes keys by position; logits are soft-capped where the config says so.
 
 Why a second forward: at decode time a row is one token, so the matmuls are tiny and the cost
 is the number of ops; training and the prefill keep the readable `Decoder.forward`. The packed
@@ -137,25 +142,33 @@ def _fused(weights: list[torch.Tensor], norm_weight: torch.Tensor | None = None)
 
     def make_weight() -> torch.Tensor:
         weight = torch.cat(weights) if len(weights) > 1 else weights[0]
-        return weight if norm_weight is None else weight * norm_weight
+        return weight if norm_weight is None else (weight * norm_weight).to(weight.dtype)
 
     return make_weight
 
 
 class DenseMLP:
-    """down(silu(gate) * up), gate and up from one fused matmul."""
+    """down(act(gate) * up), gate and up from one fused matmul; act is silu (SwiGLU) or GELU's
+    tanh approximation (Gemma's GeGLU)."""
 
-    def __init__(self, gate_up: PackedLinear, down: PackedLinear):
-        self.gate_up, self.down = gate_up, down
+    def __init__(self, gate_up: PackedLinear, down: PackedLinear, activation: str = "silu"):
+        self.gate_up, self.down, self.activation = gate_up, down, activation
 
     def __call__(self, h: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up(h).chunk(2, dim=-1)
-        return self.down(F.silu(gate).mul_(up))
+        gate = F.silu(gate) if self.activation == "silu" else F.gelu(gate, approximate="tanh")
+        return self.down(gate.mul_(up))
 
 
 def _sparse_mlp(block: SparseMoE, norm_weight: torch.Tensor):
     """A mixture-of-experts block as it is (routing, experts, load counts), after the norm's weight."""
     return lambda h: block(h * norm_weight)
+
+
+def _scale(norm) -> torch.Tensor:
+    """What an RMSNorm multiplies by: its weight, or for Gemma's 1 + weight, in fp32 as the model
+    computes it (a copy made from the weights of the time)."""
+    return 1.0 + norm.weight.float() if norm.offset else norm.weight
 
 
 def _cat_bias(*modules) -> torch.Tensor | None:
@@ -193,14 +206,12 @@ class DecodeStep:
     @staticmethod
     def supports(model) -> bool:
         """A plain `Decoder` (a subclass may change the forward this step mirrors) with grouped-query
-        attention (not MLA), not Gemma, in fp32 or bf16 and no adapters (the fused copies would leave a LoRA adapter
-        out); the others keep `Decoder.forward`. Mixture-of-experts MLPs run as their own modules
-        inside the step."""
+        attention (not MLA) in fp32 or bf16 and no adapters (the fused copies would leave a LoRA
+        adapter out); the others keep `Decoder.forward`. Mixture-of-experts MLPs run as their own
+        modules inside the step."""
         config = model.config
-        # Gemma's layout (1 + weight norms on both sides of each block, GeGLU, sliding-window rings)
-        # is not mirrored here: it decodes with Decoder.forward.
-        return (type(model) is Decoder and config.mla is None and not config.gemma
-                and model.dtype in (torch.float32, torch.bfloat16) and not has_adapters(model))
+        return (type(model) is Decoder and config.mla is None and model.dtype in (torch.float32, torch.bfloat16)
+                and not has_adapters(model))
 
     @torch.no_grad()
     def __init__(self, model, path: str | None = None):
@@ -213,6 +224,8 @@ class DecodeStep:
         self.model, self.eps = model, config.rms_norm_eps
         self.heads, self.kv_heads, self.head_dim = (config.num_attention_heads, config.num_key_value_heads,
                                                     config.head_dim)
+        self.gemma, self.scale = config.gemma, config.attention_scale
+        self.windows = [config.layer_window(i) for i in range(config.num_hidden_layers)]
         if path is None:
             path = decode_path(model)
         if path in ("mkl", "onednn") and path not in _packings(model.device, model.dtype):
@@ -222,26 +235,31 @@ class DecodeStep:
         self.path = path
         pack = None if path == "unpacked" else path
         self.layers = []
+        # Gemma's block outputs are normed before the residual add: (norm weight, or None) per layer
+        self.post_norms: list[tuple[torch.Tensor, torch.Tensor] | None] = []
         for layer in model.model.layers:
             attn, mlp = layer.self_attn, layer.mlp
             qk_norm = None
             if attn.q_norm is not None:  # one weight row per head, query heads then key heads
-                qk_norm = torch.cat([attn.q_norm.weight.expand(self.heads, -1),
-                                     attn.k_norm.weight.expand(self.kv_heads, -1)])
+                qk_norm = torch.cat([_scale(attn.q_norm).expand(self.heads, -1),
+                                     _scale(attn.k_norm).expand(self.kv_heads, -1)])
             qkv = [attn.q_proj, attn.k_proj, attn.v_proj]
+            mlp_norm = layer.pre_feedforward_layernorm if self.gemma else layer.post_attention_layernorm
             if isinstance(mlp, SparseMoE):
-                feed_forward = _sparse_mlp(mlp, layer.post_attention_layernorm.weight)
+                feed_forward = _sparse_mlp(mlp, _scale(mlp_norm))
             else:
                 feed_forward = DenseMLP(
-                    PackedLinear(_fused([mlp.gate_proj.weight, mlp.up_proj.weight], layer.post_attention_layernorm.weight),
+                    PackedLinear(_fused([mlp.gate_proj.weight, mlp.up_proj.weight], _scale(mlp_norm)),
                                  _cat_bias(mlp.gate_proj, mlp.up_proj), pack),
-                    PackedLinear(_fused([mlp.down_proj.weight]), mlp.down_proj.bias, pack))
+                    PackedLinear(_fused([mlp.down_proj.weight]), mlp.down_proj.bias, pack), mlp.activation)
             self.layers.append((
-                PackedLinear(_fused([m.weight for m in qkv], layer.input_layernorm.weight), _cat_bias(*qkv), pack),
+                PackedLinear(_fused([m.weight for m in qkv], _scale(layer.input_layernorm)), _cat_bias(*qkv), pack),
                 qk_norm,
                 PackedLinear(_fused([attn.o_proj.weight]), attn.o_proj.bias, pack),
                 feed_forward,
             ))
+            self.post_norms.append((_scale(layer.post_attention_layernorm), _scale(layer.post_feedforward_layernorm))
+                                   if self.gemma else None)
         # The output head reads the model's own weight, the final norm's weight applied to the
         # rows instead of folded in: a folded (or packed) copy of it would be a second
         # vocab x hidden matrix, 0.6 GB at Qwen3's 151,936 x 1024, for a multiply of B x hidden.
@@ -249,7 +267,10 @@ class DecodeStep:
         # oneDNN reads the plain weight directly (no packed copy) and, where MKL is slow, still
         # runs several times faster than F.linear (AMD Zen 4, 8192 x 512 head at batch 64).
         self.head_linear = _onednn_linear if self.path == "onednn" else F.linear
-        self.final_norm = model.model.norm.weight
+        self.final_norm = _scale(model.model.norm)
+        self.embed_scale = (torch.tensor(config.hidden_size ** 0.5, dtype=model.dtype, device=model.device)
+                            if self.gemma else None)
+        self.softcap = config.final_logit_softcapping
         self.eps_tensor = torch.tensor(self.eps, device=model.device)
         # the fused C kernels (fp32, CPU); None: the same steps as torch ops
         self.kernels = kernels() if model.device.type == "cpu" and model.dtype == torch.float32 else None
@@ -276,40 +297,64 @@ class DecodeStep:
                              x.shape[0], x.shape[1], self.eps)
         return x, h
 
+    @staticmethod
+    def _rope(table, step: CacheStep, dtype: torch.dtype):
+        """cos, sin [B, D] of the step's positions."""
+        cos, sin = table.lookup(step.positions, dtype, step.key_len - 1)
+        return cos.view(cos.shape[0], -1), sin.view(sin.shape[0], -1)
+
+    def _normed_scaled(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """RMSNorm(x) with its (scale) weight applied, as the model's norm computes it: Gemma's in
+        fp32 and cast last."""
+        if self.gemma:
+            return (x.float() * self._rms(x) * weight).to(x.dtype)
+        return self._normed(x) * weight
+
     def _attend(self, layer: int, qkv: torch.Tensor, qk_norm: torch.Tensor | None, cos: torch.Tensor,
                 sin: torch.Tensor, cache: KVCache, step: CacheStep) -> torch.Tensor:
         """Attention output [B, Hq * D] from the projection qkv [B, (Hq + 2 Hkv) * D]: QK-norm (when
         the model has it) and RoPE on the query and key heads together, the new key and value
-        written to the cache, then attention over the cache."""
+        written to the cache, then attention over the cache. A sliding-window layer's ring is
+        written by `KVCache.write`: the C kernel writes by position."""
         B, Hq, Hkv, D = qkv.shape[0], self.heads, self.kv_heads, self.head_dim
         k_cache, v_cache = cache.k[layer], cache.v[layer]
-        if self.kernels is None or not (k_cache.is_contiguous() and v_cache.is_contiguous()):
+        window = self.windows[layer]
+        if (self.kernels is None or window is not None
+                or not (k_cache.is_contiguous() and v_cache.is_contiguous())):
             qkv = qkv.view(B, Hq + 2 * Hkv, D)
             qk = qkv[:, :Hq + Hkv]
             if qk_norm is not None:
-                qk = self._normed(qk) * qk_norm
+                qk = self._normed_scaled(qk, qk_norm)
             qk = apply_rope(qk, cos[:, None], sin[:, None])
-            return attend(qk[:, None, :Hq], qk[:, None, Hq:], qkv[:, None, Hq + Hkv:], layer, cache, step)
+            return attend(qk[:, None, :Hq], qk[:, None, Hq:], qkv[:, None, Hq + Hkv:], layer, cache, step,
+                          self.scale, window)
         positions = step.positions.contiguous()  # held here: the kernel reads it through a pointer
         self.kernels.qk_norm_rope_write(
             qkv.data_ptr(), B, Hq, Hkv, D, None if qk_norm is None else qk_norm.data_ptr(), self.eps,
             cos.data_ptr(), sin.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
             positions.data_ptr(), k_cache.shape[2])
         q = qkv.view(B, 1, Hq + 2 * Hkv, D)[:, :, :Hq]
-        return attend_cached(q, k_cache[:, :, :step.key_len], v_cache[:, :, :step.key_len], step)
+        return attend_cached(q, k_cache[:, :, :step.key_len], v_cache[:, :, :step.key_len], step, self.scale)
 
     @torch.inference_mode()
     def __call__(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        B, D = tokens.shape[0], self.head_dim
+        B = tokens.shape[0]
         step = cache.step(1)
         # a new tensor (not a view of the embedding), so the kernels may update it in place
         x = F.embedding(tokens, self.model.model.embed_tokens.weight)  # [B, hidden]
-        cos, sin = self.model.rope.lookup(step.positions, x.dtype, step.key_len - 1)
-        cos, sin = cos.view(B, D), sin.view(B, D)
+        if self.embed_scale is not None:
+            x = x * self.embed_scale
+        rope = self._rope(self.model.rope, step, x.dtype)
+        local = rope if self.model.local_rope is None else self._rope(self.model.local_rope, step, x.dtype)
         x, h = self._add_norm(x, None)
         for i, (qkv_proj, qk_norm, o_proj, feed_forward) in enumerate(self.layers):
-            out = self._attend(i, qkv_proj(h), qk_norm, cos, sin, cache, step)
-            x, h = self._add_norm(x, o_proj(out.view(B, -1)))
-            x, h = self._add_norm(x, feed_forward(h))
+            cos, sin = local if self.windows[i] is not None else rope
+            out = o_proj(self._attend(i, qkv_proj(h), qk_norm, cos, sin, cache, step).view(B, -1))
+            post = self.post_norms[i]
+            x, h = self._add_norm(x, out if post is None else self._normed_scaled(out, post[0]))
+            out = feed_forward(h)
+            x, h = self._add_norm(x, out if post is None else self._normed_scaled(out, post[1]))
         cache.advance(1)
-        return self.head_linear(h * self.final_norm, self.head_weight)
+        h = (h.float() * self.final_norm).to(h.dtype) if self.gemma else h * self.final_norm
+        logits = self.head_linear(h, self.head_weight)
+        return logits if self.softcap is None else torch.tanh(logits / self.softcap) * self.softcap
