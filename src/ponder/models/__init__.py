@@ -1,5 +1,5 @@
-"""ponder.models: a readable PyTorch decoder for Qwen3 / Qwen2 / Llama / Qwen3-MoE / DeepSeek-V3
-checkpoints in HF layout.
+"""ponder.models: a readable PyTorch decoder for Qwen3 / Qwen2 / Llama / Qwen3-MoE / DeepSeek-V3 /
+Gemma 3 (text) checkpoints in HF layout.
 
     model = from_pretrained("path/to/checkpoint", dtype=torch.float32)
     logits = model(input_ids)                       # [B, T, vocab], plain causal
@@ -7,6 +7,7 @@ checkpoints in HF layout.
     logits = model(prompt_ids, cache)               # prefill; then one token at a time
     model.save_pretrained("out/")                   # transformers loads it
     KVCache.bytes_per_token(model.config)           # MLA caches its latent, not per-head K/V
+    KVCache.bytes_for(model.config, 32768)          # sliding-window layers keep a ring of window - 1
 
 Log-probs of chosen tokens for losses and scorers, in chunks of positions (never [B, T, vocab]):
 token_logprobs(model, ids, starts, length, temperature, with_entropy).
