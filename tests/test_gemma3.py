@@ -327,3 +327,21 @@ def test_bench_memory_runs_on_a_gemma_checkpoint(tmp_path, capsys, monkeypatch):
     assert memory.main(args) == 0
     [row] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"]
     assert row["variant"] == "chunked" and "error" not in row and row["peak_gib"] > 0
+
+
+def test_a_bare_gemma_config_takes_transformers_defaults(tmp_path):
+    """ModelConfig(model_type="gemma3_text") with the Gemma fields left out is what transformers'
+    Gemma3TextConfig makes of the same fields: GeGLU, every sixth layer full, window 4096, local
+    base 10,000, query_pre_attn_scalar 256; and it survives a save and load unchanged."""
+    cfg = ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=32, num_hidden_layers=7, num_attention_heads=2,
+                      num_key_value_heads=1, head_dim=16, model_type="gemma3_text", rope_theta=1e6)
+    assert cfg.hidden_act == "gelu_pytorch_tanh" and cfg.layer_types == (S,) * 5 + (F, S)
+    assert (cfg.sliding_window, cfg.rope_local_theta, cfg.attention_scale) == (4096, 10_000.0, 256 ** -0.5)
+    transformers = import_transformers()
+    peer = transformers.Gemma3TextConfig(vocab_size=64, hidden_size=32, intermediate_size=32, num_hidden_layers=7,
+                                         num_attention_heads=2, num_key_value_heads=1, head_dim=16)
+    assert list(peer.layer_types) == list(cfg.layer_types) and peer.sliding_window == cfg.sliding_window
+    assert peer.rope_parameters[S]["rope_theta"] == cfg.rope_local_theta
+    assert peer.query_pre_attn_scalar == cfg.query_pre_attn_scalar and peer.hidden_activation == cfg.hidden_act
+    ours(cfg).save_pretrained(tmp_path)
+    assert from_pretrained(tmp_path).config == cfg

@@ -121,12 +121,14 @@ class ModelConfig:
     initializer_range: float = 0.02  # std of the normal init used by Decoder(config)
     moe: MoEConfig | None = None  # routed experts (qwen3_moe, deepseek_v3); None: every MLP dense
     mla: MLAConfig | None = None  # latent attention (deepseek_v3); None: grouped-query attention
-    # Gemma 3 (gemma3_text) options; the defaults leave the other families as they are.
-    hidden_act: str = "silu"  # the gated MLP's activation: "silu" or "gelu_pytorch_tanh" (GeGLU)
-    layer_types: tuple[str, ...] | None = None  # per layer "full_attention" | "sliding_attention"; None: all full
+    # Gemma 3 (gemma3_text) options. None: the family's default, as transformers' config class
+    # has it (Gemma: GeGLU, five sliding layers then a full one, window 4096, local base 10,000,
+    # query_pre_attn_scalar 256); the other families take none of them.
+    hidden_act: str | None = None  # the gated MLP's activation: "silu" (SwiGLU) or "gelu_pytorch_tanh" (GeGLU)
+    layer_types: tuple[str, ...] | None = None  # per layer "full_attention" | "sliding_attention"
     sliding_window: int | None = None  # a sliding layer's query sees itself and the window - 1 keys before it
-    rope_local_theta: float | None = None  # RoPE base of the sliding layers (rope_local_base_freq); None: rope_theta
-    query_pre_attn_scalar: float | None = None  # attention scale = this ** -0.5; None: head_dim ** -0.5
+    rope_local_theta: float | None = None  # RoPE base of the sliding layers (rope_local_base_freq)
+    query_pre_attn_scalar: float | None = None  # attention scale = this ** -0.5 (other families: head_dim ** -0.5)
     attn_logit_softcapping: float | None = None  # scores -> c * tanh(scores / c) before the softmax; None: off
     final_logit_softcapping: float | None = None  # logits -> c * tanh(logits / c); None: off
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -163,6 +165,15 @@ class ModelConfig:
         self._check_gemma_options()
 
     def _check_gemma_options(self) -> None:
+        if self.gemma:  # transformers' Gemma3TextConfig defaults
+            self.hidden_act = self.hidden_act or "gelu_pytorch_tanh"
+            if self.layer_types is None:
+                self.layer_types = tuple("sliding_attention" if (i + 1) % 6 else "full_attention"
+                                         for i in range(self.num_hidden_layers))
+            self.sliding_window = 4096 if self.sliding_window is None else self.sliding_window
+            self.rope_local_theta = 10_000.0 if self.rope_local_theta is None else self.rope_local_theta
+            self.query_pre_attn_scalar = 256.0 if self.query_pre_attn_scalar is None else self.query_pre_attn_scalar
+        self.hidden_act = self.hidden_act or "silu"
         if self.hidden_act not in ACTIVATIONS:
             raise ConfigError(f"hidden_act {self.hidden_act!r} is not supported (supported: {', '.join(ACTIVATIONS)})")
         if self.layer_types is not None:
@@ -481,8 +492,8 @@ def _gemma_from_hf(d: dict[str, Any], get, fail, local_theta: float) -> dict[str
         return value
 
     return dict(hidden_act="gelu_pytorch_tanh", layer_types=tuple(layer_types),
-                sliding_window=get("sliding_window", int, 4096), rope_local_theta=local_theta,
-                query_pre_attn_scalar=optional("query_pre_attn_scalar", 256.0),
+                sliding_window=get("sliding_window", int, None), rope_local_theta=local_theta,
+                query_pre_attn_scalar=optional("query_pre_attn_scalar"),
                 attn_logit_softcapping=optional("attn_logit_softcapping"),
                 final_logit_softcapping=optional("final_logit_softcapping"))
 
@@ -494,13 +505,10 @@ def _int_if_whole(x: float) -> float | int:
 def _gemma_to_hf(cfg: "ModelConfig", full_rope: dict[str, Any]) -> dict[str, Any]:
     """Gemma 3's config.json fields. RoPE per layer type as transformers 5 writes it, and the legacy
     top-level rope_theta / rope_local_base_freq beside it, which transformers 4.x reads."""
-    layer_types = list(cfg.layer_types or ["full_attention"] * cfg.num_hidden_layers)
-    local = cfg.rope_local_theta if cfg.rope_local_theta is not None else cfg.rope_theta
+    local = cfg.rope_local_theta
     return dict(
-        hidden_activation=cfg.hidden_act, layer_types=layer_types, sliding_window=cfg.sliding_window,
-        # transformers' config class insists on an int here
-        query_pre_attn_scalar=_int_if_whole(cfg.query_pre_attn_scalar if cfg.query_pre_attn_scalar is not None
-                                            else cfg.head_dim),
+        hidden_activation=cfg.hidden_act, layer_types=list(cfg.layer_types), sliding_window=cfg.sliding_window,
+        query_pre_attn_scalar=_int_if_whole(cfg.query_pre_attn_scalar),  # transformers' config wants an int
         attn_logit_softcapping=cfg.attn_logit_softcapping, final_logit_softcapping=cfg.final_logit_softcapping,
         rope_local_base_freq=local,
         rope_parameters={"full_attention": full_rope,
