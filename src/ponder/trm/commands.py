@@ -29,6 +29,7 @@ def add_parser(sub) -> None:
                    help="evaluate on fresh puzzles with these givens (a range like 10-12) instead of the run's held-out set")
     e.add_argument("--raw", action="store_true", help="the trained weights instead of their EMA")
     e.add_argument("--device", default="cpu")
+    e.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=lambda a: __import__("ponder.trm.report", fromlist=["eval_main"]).eval_main(a))
 

@@ -107,6 +107,10 @@ class Net(nn.Module):
 
 
 class TRM(nn.Module):
+    """Embedding of the puzzle, the shared `net`, the starting latents, and the two heads (digits
+    per cell from y; halting from the mean of y). `supervision_step` is one step of training;
+    `solve` runs several at inference, optionally stopping each puzzle where the head says so."""
+
     def __init__(self, shape: ModelShape):
         super().__init__()
         d = shape.hidden

@@ -11,7 +11,6 @@ command resumes an interrupted variant and re-evaluates finished ones without tr
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -40,8 +39,7 @@ def curve(model, puzzles, solutions, T: int, n: int, max_steps: int, batch: int 
     cells = np.zeros(max_steps)
     for i in range(0, len(puzzles), batch):
         trace: list = []
-        with torch.no_grad():
-            model.solve(torch.as_tensor(puzzles[i:i + batch], device=device), T, n, max_steps, trace=trace)
+        model.solve(torch.as_tensor(puzzles[i:i + batch], device=device), T, n, max_steps, trace=trace)
         for k, answer in enumerate(trace):
             right = answer.cpu().numpy() == solutions[i:i + batch]
             exact[k] += right.all(1).sum()
@@ -84,7 +82,8 @@ def eval_main(args) -> int:
 
     from ponder.trm.train import load_trained
 
-    torch.set_num_threads(int(os.environ.get("PONDER_THREADS", torch.get_num_threads())))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model, cfg = load_trained(args.run, args.device, ema=not args.raw)
     steps = args.sup_steps or [cfg.sup_steps]
     p, s = heldout(cfg, args.puzzles, args.givens)
