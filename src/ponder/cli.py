@@ -203,6 +203,14 @@ def build_parser() -> argparse.ArgumentParser:
     # --- verify-study (ponder.verify.commands, ponder.verify.study) ---
     __import__("ponder.verify.commands", fromlist=["add_parser"]).add_parser(sub)
 
+    # --- convert (ponder.models.gguf) ---
+    p = sub.add_parser("convert", help="import a GGUF file as a Hugging Face checkpoint folder (needs ponder[gguf])")
+    p.add_argument("file", help="the .gguf file")
+    p.add_argument("out_dir", help="the folder to write (safetensors, config.json, tokenizer, chat template)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="dtype of the dequantised weights (default float32)")
+    p.set_defaults(func=_convert)
+
     # --- demo (ponder.demo) ---
     p = sub.add_parser("demo", help="evaluate the embedded base model, run GRPO, evaluate again")
     p.add_argument("--steps", type=int, default=50, help="GRPO steps (default 50)")
@@ -217,6 +225,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=lambda a: __import__("ponder.demo_tools" if a.task == "tools" else "ponder.demo",
                                              fromlist=["main"]).main(a))
     return parser
+
+
+def _convert(args) -> int:
+    import torch
+
+    from ponder.models.gguf import convert_gguf
+
+    out = convert_gguf(args.file, args.out_dir, dtype=getattr(torch, args.dtype))
+    print(f"wrote {out}")
+    return 0
 
 
 def run_training(args) -> int:
