@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=lambda a: __import__("ponder.bench.grpo", fromlist=["main"]).main(a))
     b = bench.add_parser("memory", help="peak memory of a GRPO step at Qwen3-0.6B width and vocabulary vs TRL")
     b.add_argument("--layers", type=int, default=2, help="decoder layers (the 0.6B model has 28)")
+    b.add_argument("--model", default=None, help="an existing checkpoint folder to measure instead (e.g. Gemma 3)")
     b.add_argument("--prompts", type=int, default=2)
     b.add_argument("--group", type=int, default=8)
     b.add_argument("--max-new-tokens", type=int, default=128)
