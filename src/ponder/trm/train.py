@@ -227,10 +227,30 @@ def train_trm(cfg: TRMConfig, progress: bool = True) -> dict[str, Any]:
         torch.set_num_threads(threads)
 
 
+def _saved_run(cfg: TRMConfig, out: Path) -> tuple[Path | None, dict[str, Any] | None]:
+    """The newest checkpoint of output_dir and its record (None, None on a fresh start). Other
+    settings than the saved run's are an error unless allow_config_change (then recorded)."""
+    found = checkpoint.latest(out / "checkpoints")
+    if found is None:
+        return None, None
+    saved = checkpoint.load_state(found)
+    changed = {k: v for k, v in changed_settings(cfg, saved["config"]).items() if k not in RESUMABLE}
+    if changed and not cfg.allow_config_change:
+        raise config_io.ConfigError(
+            f"{out} holds a run (at {found.name}) trained with other settings: {describe_changes(changed)}. "
+            "Use another output_dir, or add allow_config_change=true to continue it with the new settings")
+    if changed:
+        with open(out / "config-changes.jsonl", "a") as f:
+            f.write(json.dumps({"step": saved["step"],
+                                "changed": {k: {"from": a, "to": b} for k, (a, b) in changed.items()}}) + "\n")
+    return found, saved
+
+
 def _train(cfg: TRMConfig, progress: bool) -> dict[str, Any]:
     device = torch.device(cfg.device)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    found, saved = _saved_run(cfg, out)
     data = make_data(cfg)
     heldout = {g.tobytes() for g in data["heldout_solutions"]}
     torch.manual_seed(cfg.seed)
@@ -242,19 +262,9 @@ def _train(cfg: TRMConfig, progress: bool) -> dict[str, Any]:
     history: list[dict[str, Any]] = []
     start, seconds = 0, 0.0
     root = out / "checkpoints"
-    found = checkpoint.latest(root)
     if found is None:
         config_io.save_config(cfg, out / "config.yaml")
     else:
-        saved = checkpoint.load_state(found)
-        changed = {k: v for k, v in changed_settings(cfg, saved["config"]).items() if k not in RESUMABLE}
-        if changed and not cfg.allow_config_change:
-            raise config_io.ConfigError(
-                f"{out} holds a run (at {found.name}) trained with other settings: {describe_changes(changed)}. "
-                "Use another output_dir, or add allow_config_change=true to continue it with the new settings")
-        if changed:
-            with open(out / "config-changes.jsonl", "a") as f:
-                f.write(json.dumps({"step": saved["step"], "changed": {k: {"from": a, "to": b} for k, (a, b) in changed.items()}}) + "\n")
         checkpoint.load_train_state(found, model, optimizer)
         s = saved["stream"]
         stream = ProblemStream(s["size"], s["seed"], s["epoch"], s["index"])
@@ -275,8 +285,9 @@ def _train(cfg: TRMConfig, progress: bool) -> dict[str, Any]:
             lr = lr_at(cfg, step, cfg.steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            record = {"step": step, "lr": lr, **train_batch(model, optimizer, cfg, ema, torch.as_tensor(p, device=device),
-                                                             torch.as_tensor(s, device=device))}
+            batch = train_batch(model, optimizer, cfg, ema, torch.as_tensor(p, device=device),
+                                torch.as_tensor(s, device=device))
+            record = {"step": step, "lr": lr, **batch}
             seconds += time.perf_counter() - t0
             record["train_seconds"] = seconds
             last = step == cfg.steps
@@ -295,8 +306,10 @@ def _train(cfg: TRMConfig, progress: bool) -> dict[str, Any]:
         bar.close()
         metrics.close()
     final = history[-1] if history else {}
+    tmp = out / "model.pt.tmp"  # written whole, then renamed: a kill leaves the old one or none
     torch.save({"config": config_io.to_dict(cfg), "shape": asdict(cfg.shape), "ema": ema.state,
-                "weights": model.state_dict()}, out / "model.pt")
+                "weights": model.state_dict()}, tmp)
+    tmp.replace(out / "model.pt")
     plot(history, out, {"loss": ["loss"], "accuracy": ["train/exact", "train/cell_acc", "heldout/*"],
                         "sup_steps": ["train/sup_steps"]})
     return {"output_dir": str(out), "parameters": params, "steps": cfg.steps, "train_seconds": round(seconds, 1),
