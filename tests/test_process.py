@@ -84,3 +84,13 @@ def test_no_checker_for_other_kinds():
     class P:
         kind, answer, meta = "math", "1", {}
     assert check_steps("\\boxed{1}", P()) is None and process_reward("", "\\boxed{1}", P()) is None
+
+
+def test_step_metrics_over_a_batch():
+    from ponder.rewards.process import step_metrics
+
+    p = multiply.make(47, 86)
+    texts = [multiply.sft_text(p, True), "<think></think>\\boxed{4042}", "<think></think>\\boxed{1}"]
+    m = step_metrics(texts, [p] * 3)
+    assert m["right_answer_wrong_step"] == 1 / 3 and m["fully_right"] == 1 / 3 and m["checked"] == 3
+    assert step_metrics(["x"], [type("P", (), {"kind": "math", "answer": "1", "meta": {}})()]) == {}

@@ -217,3 +217,17 @@ def first_issue(verdict: StepVerdict) -> str:
     if first is not None:
         return verdict.steps[first].text
     return "" if verdict.answer_correct else verdict.issues[-1]
+
+
+def step_metrics(completions, problems) -> dict[str, float]:
+    """Figures a training or evaluation run can report next to accuracy, over the completions
+    whose problem has a step checker: right_answer_wrong_step (the rate at which outcome reward
+    pays for bad reasoning), fully_right, process (mean reward) and checked (how many); {} when
+    none has a checker."""
+    verdicts = [v for v in (check_steps(c, p) for c, p in zip(completions, problems)) if v is not None]
+    if not verdicts:
+        return {}
+    n = len(verdicts)
+    return {"right_answer_wrong_step": sum(v.answer_correct and not v.steps_right for v in verdicts) / n,
+            "fully_right": sum(v.answer_correct and v.steps_right for v in verdicts) / n,
+            "process": sum(map(prefix_credit, verdicts)) / n, "checked": float(n)}

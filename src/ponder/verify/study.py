@@ -278,7 +278,7 @@ def hacking_curve(result: dict) -> str:
 def main(args) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     fields = {k: getattr(args, k) for k in StudyConfig.__dataclass_fields__ if hasattr(args, k)}
-    fields["seeds"] = tuple(fields["seeds"])
+    fields["seeds"], fields["label_temperatures"] = tuple(fields["seeds"]), tuple(fields["label_temperatures"])
     result = run(StudyConfig(**fields), progress=not args.json)
     if args.json:
         print(json.dumps({**result, "summary": summary(result)}))
