@@ -19,6 +19,9 @@ def import_transformers():
 
 def hf_config(cfg: ModelConfig):
     transformers = import_transformers()
+    if cfg.model_type == "gemma3_text":  # its many options: ponder's own config.json dict, read by transformers
+        d = {k: v for k, v in cfg.to_hf_dict().items() if k not in ("architectures", "model_type")}
+        return transformers.Gemma3TextConfig(**d, attn_implementation="eager")
 
     common = dict(
         vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,

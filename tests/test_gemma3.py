@@ -11,7 +11,7 @@ import torch
 
 from ponder.models import ConfigError, Decoder, ModelConfig, RopeScaling, from_pretrained
 
-from hf_peer import import_transformers, randomize  # tests/ is on sys.path under pytest
+from hf_peer import hf_config, import_transformers, randomize  # tests/ is on sys.path under pytest
 
 S, F = "sliding_attention", "full_attention"
 
@@ -39,13 +39,6 @@ CONFIGS = {
                                     num_key_value_heads=2, head_dim=8, sliding_window=7,
                                     rope_scaling=RopeScaling("linear", 8.0), rope_local_theta=5_000.0),
 }
-
-
-def hf_config(cfg: ModelConfig):
-    """transformers' Gemma3TextConfig built from ponder's config.json dict (to_hf_dict is tested too)."""
-    transformers = import_transformers()
-    d = {k: v for k, v in cfg.to_hf_dict().items() if k not in ("architectures", "model_type")}
-    return transformers.Gemma3TextConfig(**d)
 
 
 @torch.no_grad()
