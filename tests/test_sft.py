@@ -104,7 +104,7 @@ def test_bad_records_are_reported_by_file_and_line_and_the_rest_are_used(base, t
     with caplog.at_level("WARNING", logger="ponder.sft"):
         examples = read_examples(path, tok, 64)
     assert [tok.decode(e.prompt + e.target[:-1]) for e in examples] == ["12*3", "2*2=4"]
-    assert "bad.jsonl:2: expected a string field 'text', or 'prompt' and 'completion'" in caplog.text
+    assert "bad.jsonl:2: expected a string field 'text', 'prompt' and 'completion', or 'messages'" in caplog.text
     assert "bad.jsonl:3: not valid JSON" in caplog.text
     path.write_text('{"prompt": "1*2="}\nnot json\n')
     with pytest.raises(ValueError, match=r"bad.jsonl: no usable example \(2 malformed, first: .*bad.jsonl:2"):

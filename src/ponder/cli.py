@@ -40,6 +40,18 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=None, help="first N problems only")
 
 
+def _asking_args(p: argparse.ArgumentParser) -> None:
+    """How problems are asked and answers read: the same options, and defaults, as training's."""
+    p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
+                   help="wrap prompts in the model's chat template (default: when the checkpoint ships one)")
+    p.add_argument("--instruction", default=None,
+                   help="appended to math problems after a blank line (default: ask for step-by-step reasoning "
+                        "and a \\boxed{} answer; '' for none)")
+    p.add_argument("--extract", default="lenient", choices=["lenient", "strict"],
+                   help="how a math answer is read: lenient (a box, else an answer line, else the last number) "
+                        "or strict (a box or an answer line only)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ponder", description="Turn small base LLMs into reasoning models with RL from verifiable "
@@ -50,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="sample completions from a checkpoint")
     p.add_argument("--model", required=True, help="HF-layout checkpoint folder")
     p.add_argument("--prompt", action="append", required=True, help="prompt text (repeatable)")
-    p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
+                   help="wrap the prompt in the model's chat template (default: when the checkpoint ships one)")
     p.add_argument("--no-thinking", action="store_true", help="chat: enable_thinking=False")
     p.add_argument("--n", type=int, default=1, help="samples per prompt")
     p.add_argument("--max-new-tokens", type=int, default=128)
@@ -159,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--python-tool", dest="tool", action="store_const", const="python", help="same as --tool python")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None)
+    _asking_args(p)
     p.set_defaults(func=lambda a: __import__("ponder.evaluate" if a.strategy is None else "ponder.scaling.command",
                                              fromlist=["main"]).main(a))
 

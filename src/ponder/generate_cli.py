@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from ponder.engine import Engine, SamplingParams
 from ponder.evaluate.loading import load_model
+from ponder.evaluate.prompts import uses_chat
 from ponder.tools import make_tool
 
 
 def main(args) -> int:
     model, tokenizer = load_model(args.model, getattr(args, "device", "auto"), args.dtype)
     prompts = args.prompt
-    if args.chat:
+    if uses_chat(tokenizer, args.chat):  # by default, whenever the checkpoint ships a template
         prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}],
                                                  enable_thinking=not args.no_thinking) for p in prompts]
     params = SamplingParams(

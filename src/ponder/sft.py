@@ -1,8 +1,11 @@
 """Supervised fine-tuning: `ponder train sft CONFIG.yaml key=value ...` or `train_sft(SFTConfig(...))`.
 
-Data is JSONL: {"text": ...} records (loss on every token) or {"prompt": ..., "completion": ...}
+Data is JSONL: {"text": ...} records (loss on every token), {"prompt": ..., "completion": ...}
 records (loss on completion tokens only; prompt and completion are tokenized apart, as the RL
-engine sees them). An end-of-sequence token closes every example. The loss is the token mean
+engine sees them), or {"messages": [{"role", "content"}, ...]} chat records (TRL's format: loss
+on the last assistant turn). Prompts and messages are rendered with the checkpoint's chat
+template when it ships one (`chat`, as RL and `ponder eval` ask). An end-of-sequence token
+closes every example. The loss is the token mean
 over the whole batch across micro-batches (and across ranks under torchrun). Checkpoints, exact resume and metrics reuse the RL
 runtime (ponder.runtime); the result is an HF-layout model + tokenizer.
 """
@@ -32,7 +35,8 @@ class SFTConfig(TrainConfig):
     shares come from ponder.runtime.training.TrainConfig (some defaults differ here)."""
 
     init_from_config: bool = False  # build a freshly initialised model from `model`/config.json (seeded) instead of loading weights
-    data: str = ""  # JSON / JSONL (.gz) / parquet of {"text"} or {"prompt", "completion"} records
+    data: str = ""  # JSON / JSONL (.gz) / parquet of {"text"}, {"prompt", "completion"} or {"messages"} records
+    chat: bool | None = None  # render prompts and messages with the chat template; None: when the checkpoint ships one
     eval_data: str | None = None  # records of the same kind for a held-out loss; None: none
     max_length: int = 512  # examples longer than this (in tokens) are cut to it
     output_dir: str = "out/sft"  # checkpoints, metrics.jsonl, TensorBoard, loss plot, final model
@@ -65,14 +69,14 @@ class Example:
     target: list[int]  # ids the loss is on
 
 
-def read_examples(path: str | Path, tokenizer, max_length: int) -> list[Example]:
+def read_examples(path: str | Path, tokenizer, max_length: int, chat: bool | None = None) -> list[Example]:
     """Tokenized examples of a JSON / JSONL (.gz) / parquet file. A malformed record is logged
     with its file and line and skipped; the rest are used. An error when none is usable."""
     records, problems = read_records(path)
     out = []
     for where, record in records:
         try:
-            out.append(_example(record, tokenizer, max_length))
+            out.append(_example(record, tokenizer, max_length, chat))
         except ValueError as e:
             problems.append(f"{where}: {e}; skipped")
     for problem in problems:
@@ -82,17 +86,45 @@ def read_examples(path: str | Path, tokenizer, max_length: int) -> list[Example]
     return out
 
 
-def _example(record: dict, tokenizer, max_length: int) -> Example:
+def _chat_turns(messages, tokenizer) -> tuple[str, str]:
+    """(prompt, completion) texts of a chat record: everything up to the last assistant turn
+    rendered with a generation prompt, and what the full rendering adds after it."""
+    if (not isinstance(messages, list) or not messages
+            or not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages)):
+        raise ValueError("field 'messages': expected a list of {'role', 'content'} objects")
+    if messages[-1].get("role") != "assistant":
+        raise ValueError("field 'messages': the last message must be the assistant's (the turn to learn)")
+    prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(messages, add_generation_prompt=False)
+    if not full.startswith(prompt):
+        raise ValueError("field 'messages': the chat template renders the last turn apart from the earlier ones")
+    return prompt, full[len(prompt):]
+
+
+def _example(record: dict, tokenizer, max_length: int, chat: bool | None = None) -> Example:
+    from ponder.evaluate.prompts import uses_chat
+
+    closed = False  # does the target already end its turn with the eos token?
     if isinstance(record.get("text"), str):
         ids = tokenizer.encode(record["text"])
         prompt, target = ids[:1], ids[1:]
+    elif "messages" in record:
+        prompt_text, completion = _chat_turns(record["messages"], tokenizer)
+        eos = tokenizer.eos_token
+        if eos and eos in completion:  # the template closes the turn itself: stop there
+            completion, closed = completion[:completion.rindex(eos) + len(eos)], True
+        prompt = tokenizer.encode(prompt_text)
+        target = tokenizer.encode(completion, add_special_tokens=False)
     elif isinstance(record.get("prompt"), str) and isinstance(record.get("completion"), str):
+        text = record["prompt"]
+        if uses_chat(tokenizer, chat):
+            text = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
         # the completion continues the prompt: no second BOS (Tokenizer.encode)
-        prompt = tokenizer.encode(record["prompt"])
+        prompt = tokenizer.encode(text)
         target = tokenizer.encode(record["completion"], add_special_tokens=False)
     else:
-        raise ValueError("expected a string field 'text', or 'prompt' and 'completion'")
-    if tokenizer.eos_token_id is not None:
+        raise ValueError("expected a string field 'text', 'prompt' and 'completion', or 'messages'")
+    if tokenizer.eos_token_id is not None and not closed:
         target = target + [tokenizer.eos_token_id]
     if not prompt:
         raise ValueError("empty prompt (the first token needs something to follow)")
@@ -142,8 +174,8 @@ def train_sft(cfg: SFTConfig, *, model=None, tokenizer=None, progress: bool = Tr
         raise ValueError("config: `data` (a JSONL file) is required")
     # The tokenizer is needed to read the data before the run (and its model) is set up.
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg)
-    examples = read_examples(cfg.data, tokenizer, cfg.max_length)
-    held_out = read_examples(cfg.eval_data, tokenizer, cfg.max_length) if cfg.eval_data else None
+    examples = read_examples(cfg.data, tokenizer, cfg.max_length, cfg.chat)
+    held_out = read_examples(cfg.eval_data, tokenizer, cfg.max_length, cfg.chat) if cfg.eval_data else None
     steps = cfg.steps or max(1, math.ceil(cfg.epochs * len(examples) / cfg.batch_size))
     run = TrainingRun(cfg, data_size=len(examples), what=f"examples of {cfg.data}", model=model,
                       tokenizer=tokenizer, init_seed=cfg.seed if cfg.init_from_config else None)

@@ -6,7 +6,8 @@ and grades, and the `ponder eval` command.
     result.metrics["greedy"]["accuracy"], result.metrics["sampled"]["pass@1"]
 """
 
-from ponder.evaluate.harness import EvalResult, build_prompt, evaluate, grade, markdown
+from ponder.evaluate.harness import EvalResult, evaluate, markdown
+from ponder.evaluate.prompts import build_prompt, grade
 from ponder.evaluate.metrics import maj_at_k, pass_at_k
 from ponder.evaluate.command import main, write_result
 

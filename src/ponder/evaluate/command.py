@@ -58,7 +58,8 @@ def main(args) -> int:
     # --n 0: greedy accuracy only (no sampling, so no pass@k / maj@k)
     result = evaluate(model, tokenizer, problems, n=args.n, k_values=args.k if args.n else (),
                       temperature=temperature, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                      tool=make_tool(getattr(args, "tool", "none")))
+                      tool=make_tool(getattr(args, "tool", "none")), chat=getattr(args, "chat", None),
+                      instruction=getattr(args, "instruction", None), extract=getattr(args, "extract", "lenient"))
     header = {"model": str(args.model), "task": args.task, "data": None if args.data is None else str(args.data),
               "split": getattr(args, "split", None),
               "limit": args.limit, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

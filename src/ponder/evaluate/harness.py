@@ -1,17 +1,10 @@
 """The evaluation harness: the prompt for each problem, generation through the engine, grading,
 and the metrics of one run (greedy accuracy, pass@k, maj@k, lengths, truncation, breakdowns).
 
-Prompts:
-  * synthetic families: the task's own prompt, as the model was trained on it;
-  * code (HumanEval): the function header itself, for the model to continue;
-  * math: the problem, a blank line, then MATH_INSTRUCTION; rendered with the model's chat
-    template (thinking on) when its tokenizer ships one, else as plain text.
-Grading (recorded with every result, see `grader_info`):
-  * synthetic: the family's exact check (the last \\boxed{} holds the gold integer);
-  * math: ponder.rewards.math, lenient extraction (falls back to the last number) then
-    mathematical equivalence with the gold answer;
+How problems are asked and answers read (the same as in training): ponder.evaluate.prompts.
+Recorded with every result (`settings["prompt"]`, `grader_info`):
   * a truncated completion (finish_reason "length") is wrong for math and synthetic tasks: it
-    committed to no answer (the same rule as the RL reward), and it casts no maj@k vote;
+    committed to no answer, and it casts no maj@k vote;
   * code: ponder.rewards.code.code_accuracy (the tests in a sandbox); no maj@k for code.
 """
 
@@ -26,54 +19,15 @@ from ponder.engine import Engine, SamplingParams
 from ponder.evaluate import metrics as M
 from ponder.rewards.worker_pool import thread_map
 from ponder.progress import ProgressBar
-from ponder.tasks import FAMILIES, Problem, family
-from ponder.tasks.synthetic import boxed_answer
+from ponder.tasks import FAMILIES, Problem
+from ponder.evaluate.prompts import MATH_INSTRUCTION, Grade, build_prompt, grade, uses_chat
 
-MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 # Completion budget when the caller sets none: synthetic answers are tens of characters.
 DEFAULT_MAX_NEW_TOKENS = {"synthetic": 64, "math": 1024, "code": 512}
 
 
 def _group(kind: str) -> str:
     return "synthetic" if kind in FAMILIES else kind
-
-
-def build_prompt(problem: Problem, tokenizer) -> str:
-    """The text the model is asked to continue for `problem` (see the module docstring)."""
-    if problem.kind in FAMILIES or problem.kind == "code":
-        return problem.prompt
-    text = f"{problem.prompt}\n\n{MATH_INSTRUCTION}"
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template([{"role": "user", "content": text}],
-                                             add_generation_prompt=True, enable_thinking=True)
-    return text + "\n"
-
-
-@dataclass
-class Grade:
-    pred: str | None  # the extracted answer (None: nothing extracted, or code)
-    correct: bool
-    reason: str = ""
-
-
-def grade(problem: Problem, prompt: str, text: str, truncated: bool = False) -> Grade:
-    """Grade one completion of `problem`. A truncated completion (it hit max_new_tokens) has
-    committed to no answer: it is wrong for math and synthetic tasks, as in the RL reward."""
-    if problem.kind == "code":
-        from ponder.rewards.code import code_accuracy
-
-        score = code_accuracy(prompt, text, problem)
-        return Grade(None, bool(score) and score >= 1.0, "passed" if score else "failed")
-    if truncated:
-        return Grade(None, False, "truncated")
-    if problem.kind in FAMILIES:
-        pred = boxed_answer(text)
-        ok = family(problem.kind).check(text, problem)
-        return Grade(pred, ok, "correct" if ok else ("no \\boxed{} answer" if pred is None else "wrong answer"))
-    from ponder.rewards.math import grade as grade_math
-
-    result = grade_math(problem.answer, text, extract="lenient")
-    return Grade(result.pred, result.correct, result.reason)
 
 
 def _int_equal(a: str, b: str) -> bool:
@@ -94,7 +48,7 @@ def equivalence_for(kind: str) -> Callable[[str, str], bool] | None:
     return equivalent
 
 
-def grader_info(problems: Sequence[Problem]) -> dict:
+def grader_info(problems: Sequence[Problem], extract: str = "lenient") -> dict:
     """What graded this run: the grader is part of the metric, so it goes with every result."""
     info: dict = {"ponder": __version__}
     kinds = {_group(p.kind) for p in problems}
@@ -109,7 +63,7 @@ def grader_info(problems: Sequence[Problem]) -> dict:
             mv = version("math-verify")
         except PackageNotFoundError:
             mv = None
-        info["math"] = {"grader": describe(), "extraction": "lenient (ponder.rewards.math.extract_answer)",
+        info["math"] = {"grader": describe(), "extraction": f"{extract} (ponder.rewards.math.extract_answer)",
                         "truncated": "wrong (no committed answer)", "math_verify": mv}
     if "code" in kinds:
         info["code"] = "ponder.rewards.code.code_accuracy (all tests pass in the sandbox)"
@@ -124,8 +78,8 @@ class EvalResult:
     records: list[dict] = field(default_factory=list)
 
 
-def _graded(problem: Problem, prompt: str, completion) -> dict:
-    g = grade(problem, prompt, completion.text, truncated=completion.finish_reason == "length")
+def _graded(problem: Problem, prompt: str, completion, extract: str) -> dict:
+    g = grade(problem, prompt, completion.text, truncated=completion.finish_reason == "length", extract=extract)
     return {"text": completion.text, "pred": g.pred, "correct": g.correct, "reason": g.reason,
             "tokens": len(completion.token_ids), "finish_reason": completion.finish_reason}
 
@@ -155,7 +109,8 @@ def _breakdown(records: list[dict], key: str) -> dict:
 def evaluate(model, tokenizer, problems: Sequence[Problem], n: int = 1, k_values: Sequence[int] = (1,),
              temperature: float = 1.0, max_new_tokens: int | None = None, seed: int = 0, greedy: bool = True,
              top_p: float = 1.0, top_k: int = 0, batch_size: int = 32, progress: bool = True,
-             engine=None, tool=None) -> EvalResult:
+             engine=None, tool=None, chat: bool | None = None, instruction: str | None = None,
+             enable_thinking: bool = True, extract: str = "lenient") -> EvalResult:
     """Evaluate `model` on `problems`.
 
     greedy: one temperature-0 completion per problem -> greedy accuracy.
@@ -164,6 +119,8 @@ def evaluate(model, tokenizer, problems: Sequence[Problem], n: int = 1, k_values
     max_new_tokens: completion budget; None takes DEFAULT_MAX_NEW_TOKENS for the problems' kind.
     engine: anything with Engine's generate(prompts, n, params); default Engine(model, tokenizer).
     tool: a ponder.tools tool (PythonTool, Calculator) to run the model's calls during generation (None: off).
+    chat, instruction, enable_thinking, extract: how problems are asked and answers read
+    (ponder.evaluate.prompts; the defaults are what training uses too).
     """
     if not problems:
         raise ValueError("no problems to evaluate")
@@ -186,34 +143,37 @@ def evaluate(model, tokenizer, problems: Sequence[Problem], n: int = 1, k_values
     with ProgressBar(total=len(problems), desc="eval", unit="problem", enabled=progress) as bar:
         for start in range(0, len(problems), batch_size):
             batch = problems[start:start + batch_size]
-            prompts = [build_prompt(p, tokenizer) for p in batch]
+            prompts = [build_prompt(p, tokenizer, chat=chat, instruction=instruction,
+                                    enable_thinking=enable_thinking) for p in batch]
             greedy_out = (engine.generate(prompts, 1, SamplingParams(temperature=0.0, seed=seed, **common))
                           if greedy else [None] * len(batch))
             sampled_out = (engine.generate(prompts, n, SamplingParams(temperature=temperature, seed=seed + start,
                                                                       **common))
                            if n else [None] * len(batch))
             # graded side by side: code waits on its sandbox, math on the grader's worker processes
-            records += thread_map(lambda job: _problem_record(*job, ks),
+            records += thread_map(lambda job: _problem_record(*job, ks, extract),
                                   list(zip(batch, prompts, greedy_out, sampled_out)))
             bar.update(len(batch))
 
     settings = {"n": n, "k": ks, "greedy": greedy, "temperature": temperature if n else None,
                 "top_p": top_p, "top_k": top_k, "max_new_tokens": max_new_tokens, "seed": seed,
                 "tool": getattr(tool, "name", None),
-                "prompt": {"math": MATH_INSTRUCTION, "chat_template": bool(getattr(tokenizer, "chat_template", None))}}
-    return EvalResult(settings=settings, grader=grader_info(problems),
+                "prompt": {"math": MATH_INSTRUCTION if instruction is None else instruction,
+                           "chat_template": uses_chat(tokenizer, chat), "enable_thinking": enable_thinking,
+                           "extract": extract}}
+    return EvalResult(settings=settings, grader=grader_info(problems, extract),
                       metrics=_metrics(records, ks, greedy, n, temperature), records=records)
 
 
-def _problem_record(problem: Problem, prompt: str, g_out, s_out, ks: Sequence[int]) -> dict:
+def _problem_record(problem: Problem, prompt: str, g_out, s_out, ks: Sequence[int], extract: str) -> dict:
     record: dict = {"id": problem.id, "kind": problem.kind, "gold": problem.answer, "prompt": prompt}
     for key in ("subject", "level"):
         if key in problem.meta:
             record[key] = problem.meta[key]
     if g_out is not None:
-        record["greedy"] = _graded(problem, prompt, g_out[0])
+        record["greedy"] = _graded(problem, prompt, g_out[0], extract)
     if s_out is not None:
-        samples = [_graded(problem, prompt, c) for c in s_out]
+        samples = [_graded(problem, prompt, c, extract) for c in s_out]
         correct = [s["correct"] for s in samples]
         record["samples"] = samples
         record["num_correct"] = sum(correct)

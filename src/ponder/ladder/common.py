@@ -14,8 +14,9 @@ from torch import nn
 
 from ponder import config as config_io
 from ponder.models import token_logprobs
+from ponder.evaluate.heldout import evaluate_greedy
+from ponder.evaluate.prompts import build_prompt
 from ponder.rl.scoring import correct
-from ponder.rl.trainer import evaluate_greedy, prompt_text
 from ponder.device import pick_device
 from ponder.runtime import checkpoint, distributed
 from ponder.runtime.training import adamw, autocast, changed_settings, describe_changes, load_model, load_tokenizer
@@ -34,7 +35,7 @@ class LadderConfig:
     eval_task: str | None = None  # held-out problems for greedy evaluation; None: no held-out eval
     eval_path: str | None = None  # data file for the held-out task
     eval_limit: int | None = 64  # held-out problems per evaluation
-    chat: bool = False  # wrap prompts in the tokenizer's chat template (instruct models)
+    chat: bool | None = None  # wrap prompts in the chat template; None: when the checkpoint ships one (ponder.evaluate.prompts)
     output_dir: str = "out/ladder"  # metrics.jsonl, TensorBoard events, plots, final model
 
     # --- sampling ---
@@ -192,7 +193,7 @@ def sample_groups(run: Run, engine, indices: Sequence[int], seed: int) -> list[l
 
     cfg = run.cfg
     problems = [run.problems[i] for i in indices]
-    texts = [prompt_text(p, run.tokenizer, cfg.chat, True) for p in problems]
+    texts = [build_prompt(p, run.tokenizer, chat=cfg.chat) for p in problems]
     ids = [run.tokenizer.encode(t) for t in texts]
     was_training = run.model.training
     run.model.eval()

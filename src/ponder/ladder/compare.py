@@ -113,7 +113,7 @@ def base_accuracy(held_out: int) -> float:
     from ponder.demo import DEMO_CONFIG, base_model_dir, problem_sets
     from ponder.engine import Engine
     from ponder.models import from_pretrained
-    from ponder.rl import evaluate_greedy
+    from ponder.evaluate.heldout import evaluate_greedy
     from ponder.tokenizer import Tokenizer
 
     base = base_model_dir()

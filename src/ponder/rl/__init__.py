@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from ponder.rl.config import RLConfig
-from ponder.rl.trainer import evaluate_greedy, train_rl
+from ponder.evaluate.heldout import evaluate_greedy
+from ponder.rl.trainer import train_rl
 
 __all__ = ["RLConfig", "train_rl", "evaluate_greedy"]

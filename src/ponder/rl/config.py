@@ -27,7 +27,9 @@ class RLConfig(TrainConfig):
     eval_task: str | None = None  # held-out problems for greedy evaluation; None: no held-out eval
     eval_path: str | None = None  # data file for the held-out task
     eval_limit: int | None = 64  # held-out problems per evaluation
-    chat: bool = False  # wrap prompts in the tokenizer's chat template (instruct models)
+    chat: bool | None = None  # wrap prompts in the chat template; None: when the checkpoint ships one (ponder.evaluate.prompts, as `ponder eval`)
+    instruction: str | None = None  # appended to math and your own problems after a blank line; None: ponder.evaluate.prompts.MATH_INSTRUCTION; "": none
+    extract: Literal["lenient", "strict"] = "lenient"  # how the "correct" reward, accuracy and eval read a math answer: lenient (a box, else an answer line, else the last number: as `ponder eval`) or strict (a box or an answer line only)
     enable_thinking: bool = True  # chat template: leave thinking on (False writes an empty think block)
     output_dir: str = "out/rl"  # checkpoints, metrics.jsonl, TensorBoard events, plots, final model
 

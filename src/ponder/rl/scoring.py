@@ -9,7 +9,7 @@ A reward function has one of two forms:
 A function with a parameter named `prompts` or `completions` is batched; set `fn.batched = True`
 (or False) to declare the form otherwise. None means "not applicable".
 
-Config names resolve as: "correct" (the task's own verifier, below), a function in
+Config names resolve as: "correct" (the task's own verifier, read as `ponder eval` reads it), a function in
 ponder.rewards, "package.module:function" (the current folder is importable), or
 "path/to/file.py:function".
 """
@@ -40,30 +40,43 @@ class RewardError(ValueError):
     """A reward function raised, or returned something that is not a reward."""
 
 
-def correct(prompt: str, completion: str, problem) -> float | None:
-    """1.0 when the completion solves the problem by the task's verifier, else 0.0.
+def verifier(extract: str = "lenient") -> RewardFn:
+    """The task's own verifier as a reward named "correct": 1.0 when the completion solves the
+    problem, else 0.0, read as `ponder eval` reads it (ponder.evaluate.prompts.grade): synthetic
+    families by their exact check, math by ponder.rewards.math with `extract` ("lenient" or
+    "strict"); other kinds by ponder.rewards.accuracy when that exists."""
+    from ponder.evaluate.prompts import EXTRACT_MODES
 
-    Synthetic families use their exact check; math uses ponder.rewards.math in strict mode;
-    other kinds use ponder.rewards.accuracy when that exists.
-    """
-    if problem.kind in FAMILIES:
-        return float(family(problem.kind).check(completion, problem))
-    if problem.kind == "math":
-        from ponder.rewards.math import grade
+    if extract not in EXTRACT_MODES:
+        raise ValueError(f"extract must be one of {EXTRACT_MODES}, not {extract!r}")
 
-        return float(grade(problem.answer, completion, extract="strict").correct)
-    import ponder.rewards
+    def correct(prompt: str, completion: str, problem) -> float | None:
+        if problem.kind in FAMILIES or problem.kind == "math":
+            from ponder.evaluate.prompts import grade
 
-    accuracy = getattr(ponder.rewards, "accuracy", None)
-    if accuracy is None:
-        raise ValueError(f"no verifier for problem kind {problem.kind!r} (problem {problem.id})")
-    return accuracy(prompt, completion, problem)
+            return float(grade(problem, prompt, completion, extract=extract).correct)
+        import ponder.rewards
+
+        accuracy = getattr(ponder.rewards, "accuracy", None)
+        if accuracy is None:
+            raise ValueError(f"no verifier for problem kind {problem.kind!r} (problem {problem.id})")
+        return accuracy(prompt, completion, problem)
+
+    return correct
 
 
-def resolve_reward(name: str) -> RewardFn:
-    """The reward function a config entry names (see the module docstring)."""
+correct = verifier()  # the default reading, lenient, as `ponder eval`
+
+
+def resolve_reward(name: str | RewardFn, extract: str = "lenient") -> RewardFn:
+    """The reward function a config entry names (see the module docstring); a function is itself.
+    Anything else is refused here, before a model is loaded or a completion generated."""
+    if callable(name):
+        return name
+    if not isinstance(name, str):
+        raise ValueError(f"reward {name!r}: expected a function or a name, got {type(name).__name__}")
     if name == "correct":
-        return correct
+        return verifier(extract)
     if ":" in name:
         where, _, attr = name.rpartition(":")
         module = _load_file(name, where) if where.endswith(".py") or os.sep in where else _import(name, where)

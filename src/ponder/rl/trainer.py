@@ -28,11 +28,13 @@ from typing import Any, Sequence
 
 import torch
 
+from ponder.evaluate.heldout import evaluate_greedy
+from ponder.evaluate.prompts import build_prompt
 from ponder.rl import losses
 from ponder.rl.advantages import advantages as compute_advantages
 from ponder.rl.advantages import combine, zero_variance_groups
 from ponder.rl.config import RLConfig
-from ponder.rl.scoring import correct, overlong_penalty, resolve_reward, reward_name, score
+from ponder.rl.scoring import overlong_penalty, resolve_reward, reward_name, score, verifier
 from ponder.runtime import checkpoint, distributed
 from ponder.runtime.metrics import plot
 from ponder.runtime.training import TrainingRun, lr_at
@@ -55,18 +57,6 @@ def sampling_seed(seed: int, step: int, attempt: int, rollbacks: int, group: int
     and the group's place in the global batch (not of the rank that generates it)."""
     base = ((seed * 1_000_003 + step) * 1009 + attempt) * 101 + rollbacks
     return (base * 1_000_033 + group) % (2**63)
-
-
-def prompt_text(problem, tokenizer, chat: bool, enable_thinking: bool) -> str:
-    if not chat:
-        return problem.prompt
-    return tokenizer.apply_chat_template([{"role": "user", "content": problem.prompt}],
-                                         add_generation_prompt=True, enable_thinking=enable_thinking)
-
-
-def my_share(items: Sequence) -> list:
-    """This rank's share of a global list: items r, r + world, ... (nanochat's split)."""
-    return list(items[distributed.rank()::distributed.world()])
 
 
 @dataclass
@@ -112,9 +102,10 @@ def collect(cfg: RLConfig, engine, tokenizer, problems: Sequence, stream, fns, s
     attempt = 0
     for attempt in range(tries):
         need = cfg.prompts_per_step - kept_total
-        places = my_share(list(enumerate(stream.take(need))))  # (place in the global batch, problem)
+        places = distributed.my_share(list(enumerate(stream.take(need))))  # (place in the global batch, problem)
         batch = [problems[i] for _, i in places]
-        texts = [prompt_text(p, tokenizer, cfg.chat, cfg.enable_thinking) for p in batch]
+        texts = [build_prompt(p, tokenizer, chat=cfg.chat, instruction=cfg.instruction,
+                              enable_thinking=cfg.enable_thinking) for p in batch]
         ids = [tokenizer.encode(t) for t in texts]
         params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
                                 top_p=cfg.top_p, stop_strings=tuple(cfg.stop_strings), tool=sampling_tool(cfg),
@@ -175,7 +166,8 @@ def step_metrics(cfg, names, weights, seen_rewards, seen_samples, lengths, trunc
     g = cfg.group_size
     rewards = torch.cat(seen_rewards) if seen_rewards else torch.zeros(0, len(names), dtype=torch.float64)
     # the task's verifier, side by side (code completions each wait on a sandbox)
-    right = torch.nan_to_num(score([correct], *map(list, zip(*seen_samples)))[:, 0]).tolist() if seen_samples else []
+    right = (torch.nan_to_num(score([verifier(cfg.extract)], *map(list, zip(*seen_samples)))[:, 0]).tolist()
+             if seen_samples else [])
     parts = distributed.gather((rewards, torch.cat(lengths) if lengths else torch.zeros(0, dtype=torch.long),
                                 truncated, right, groups_tried, groups_flat, t_gen, t_score, nonfinite))
     every = torch.cat([p[0] for p in parts])
@@ -338,25 +330,6 @@ def sampling_tool(cfg: RLConfig) -> Tool | None:
     return make_tool(cfg.tool)
 
 
-def evaluate_greedy(engine, tokenizer, problems: Sequence, *, max_new_tokens: int, chat: bool = False,
-                    enable_thinking: bool = True, stop_strings: Sequence[str] = (), tool=None) -> dict[str, float]:
-    """Greedy accuracy on held-out problems by the task verifier, with mean length and truncation.
-    Under torchrun each rank evaluates its share and the figures cover all of them."""
-    from ponder.engine import SamplingParams
-
-    mine = my_share(problems)
-    texts = [prompt_text(p, tokenizer, chat, enable_thinking) for p in mine]
-    outs = engine.generate([tokenizer.encode(t) for t in texts], n=1,
-                           params=SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0,
-                                                 stop_strings=tuple(stop_strings), tool=tool)) if mine else []
-    flat = [o[0] for o in outs]
-    right = sum(correct(t, c.text, p) or 0.0 for t, c, p in zip(texts, flat, mine))
-    count, right, tokens, cut = distributed.all_sum(
-        [len(flat), right, sum(len(c.token_ids) for c in flat), sum(c.finish_reason == "length" for c in flat)])
-    return {"eval/accuracy": (right / count).item(), "eval/completion_len": (tokens / count).item(),
-            "eval/truncated_frac": (cut / count).item()}
-
-
 def train_rl(cfg: RLConfig, *, model=None, tokenizer=None, problems: Sequence | None = None,
              eval_problems: Sequence | None = None, rewards: Sequence | None = None,
              progress: bool = True) -> dict[str, Any]:
@@ -383,7 +356,7 @@ def train_rl(cfg: RLConfig, *, model=None, tokenizer=None, problems: Sequence | 
         overlap = {p.prompt for p in problems} & {p.prompt for p in eval_problems}
         if overlap:
             log.warning("%d held-out prompts also appear in the training problems", len(overlap))
-    fns = list(rewards) if rewards is not None else [resolve_reward(name) for name in cfg.rewards]
+    fns = [resolve_reward(r, cfg.extract) for r in (cfg.rewards if rewards is None else rewards)]
     if cfg.reward_weights is not None and len(cfg.reward_weights) != len(fns):
         raise ValueError(f"{len(cfg.reward_weights)} reward_weights for {len(fns)} reward functions")
     run = TrainingRun(cfg, data_size=len(problems), what="problems", model=model, tokenizer=tokenizer)
@@ -417,7 +390,8 @@ def train_rl(cfg: RLConfig, *, model=None, tokenizer=None, problems: Sequence | 
         t0 = time.perf_counter()
         with run.generation():
             result = evaluate_greedy(engine, tokenizer, eval_problems, max_new_tokens=cfg.max_new_tokens,
-                                     chat=cfg.chat, enable_thinking=cfg.enable_thinking,
+                                     chat=cfg.chat, instruction=cfg.instruction,
+                                     enable_thinking=cfg.enable_thinking, extract=cfg.extract,
                                      stop_strings=cfg.stop_strings, tool=sampling_tool(cfg))
         result["time/eval"] = time.perf_counter() - t0
         return result

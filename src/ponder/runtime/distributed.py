@@ -77,6 +77,11 @@ def _all_reduce(values, op) -> torch.Tensor:
     return t
 
 
+def my_share(items) -> list:
+    """This rank's share of a global list: items r, r + world, ... (nanochat's split)."""
+    return list(items[rank()::world()])
+
+
 def all_sum(values) -> torch.Tensor:
     return _all_reduce(values, dist.ReduceOp.SUM)
 

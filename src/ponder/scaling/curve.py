@@ -29,7 +29,8 @@ from typing import Sequence
 
 from ponder.engine import Engine, SamplingParams
 from ponder.evaluate import metrics as M
-from ponder.evaluate.harness import DEFAULT_MAX_NEW_TOKENS, build_prompt, grader_info
+from ponder.evaluate.harness import DEFAULT_MAX_NEW_TOKENS, grader_info
+from ponder.evaluate.prompts import build_prompt
 from ponder.progress import ProgressBar
 from ponder.scaling.candidates import Candidate, fill_logliks, generate_candidates, logprobs_are_the_models
 from ponder.scaling.strategies import answer_equivalence, vote_weight, weighted_winner

@@ -40,7 +40,8 @@ from typing import Callable, Sequence
 
 from ponder.engine import Engine, SamplingParams
 from ponder.evaluate import metrics as M
-from ponder.evaluate.harness import MATH_INSTRUCTION, build_prompt, equivalence_for
+from ponder.evaluate.harness import equivalence_for
+from ponder.evaluate.prompts import MATH_INSTRUCTION, build_prompt
 from ponder.progress import ProgressBar
 from ponder.scaling.candidates import Candidate, fill_logliks, generate_candidates, to_candidate
 from ponder.tasks import Problem
