@@ -29,14 +29,15 @@ def console(monkeypatch):
     root.removeHandler(handler)
 
 
-def test_no_bar_off_a_terminal(monkeypatch):
+def test_no_bar_frames_off_a_terminal(monkeypatch):
     pipe = io.StringIO()
     monkeypatch.setattr(sys, "stderr", pipe)
     assert not on_terminal()
     with ProgressBar(total=3, desc="steps") as bar:
         for _ in range(3):
             bar.update(1)
-    assert pipe.getvalue() == ""
+    assert "\r" not in pipe.getvalue() and "|" not in pipe.getvalue()  # plain lines, no redrawn bar
+    assert pipe.getvalue().splitlines()[-1].startswith("steps: 3/3 [")
 
 
 def test_bar_on_a_terminal_unless_disabled(console, monkeypatch):
@@ -92,3 +93,40 @@ def test_evaluation_writes_no_bar_frames_into_a_pipe(tiny_checkpoint, capsys):
     model, tok = from_pretrained(tiny_checkpoint), Tokenizer.from_pretrained(tiny_checkpoint)
     evaluate(model, tok, load_task("multiply", limit=2), n=0, k_values=(), max_new_tokens=2, progress=True)
     assert "\r" not in capsys.readouterr().err
+
+
+def test_off_a_terminal_each_update_prints_a_line_with_time_left(monkeypatch, capsys):
+    """nohup or a log file: no bar frames, but one plain line per step with the postfix and an
+    estimate of the time left (the last update always prints)."""
+    import ponder.progress as progress
+
+    monkeypatch.setattr(progress, "LINE_EVERY_S", 0.0)
+    bar = progress.ProgressBar(total=3, desc="rl", enabled=True)
+    for step in range(3):
+        bar.set_postfix({"accuracy": f"{step / 4:.3f}"})
+        bar.update(1)
+    bar.close()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 3 and "\r" not in "".join(lines)
+    assert lines[0].startswith("rl: 1/3 [") and "left]" in lines[0] and lines[0].endswith("accuracy=0.000")
+    assert lines[2].startswith("rl: 3/3 [") and lines[2].endswith("accuracy=0.500")
+
+
+def test_off_a_terminal_lines_are_throttled_but_the_last_prints(capsys):
+    from ponder.progress import ProgressBar
+
+    bar = ProgressBar(total=50, desc="eval", enabled=True)  # LINE_EVERY_S: 10 s between lines
+    for _ in range(50):
+        bar.update(1)
+    bar.close()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert [line.split(" [")[0] for line in lines] == ["eval: 1/50", "eval: 50/50"]
+
+
+def test_disabled_prints_nothing(capsys):
+    from ponder.progress import ProgressBar
+
+    bar = ProgressBar(total=2, desc="rl", enabled=False)
+    bar.update(2)
+    bar.close()
+    assert capsys.readouterr().err == ""

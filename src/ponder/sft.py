@@ -219,8 +219,8 @@ def train_sft(cfg: SFTConfig, *, model=None, tokenizer=None, progress: bool = Tr
                 record["eval/loss"] = evaluate_loss(run, held_out, cfg.micro_batch_size)
             st["step"] = step
             metrics.log(record)
-            bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}")
+            bar.update(1)
             if (cfg.save_every and step % cfg.save_every == 0) or step == steps:
                 run.save(step, {"history": list(st["history"])})
     bar.close()

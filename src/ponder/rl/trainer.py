@@ -30,6 +30,8 @@ import torch
 
 from ponder.evaluate.heldout import evaluate_greedy
 from ponder.evaluate.prompts import build_prompt
+from ponder.models import router_stats
+from ponder.models.moe import load_counting, set_load_counting
 from ponder.rl import losses
 from ponder.rl.advantages import advantages as compute_advantages
 from ponder.rl.advantages import combine, zero_variance_groups
@@ -37,7 +39,7 @@ from ponder.rl.config import RLConfig
 from ponder.rl.scoring import overlong_penalty, resolve_reward, reward_name, score, verifier
 from ponder.runtime import checkpoint, distributed
 from ponder.runtime.metrics import plot
-from ponder.runtime.training import TrainingRun, lr_at
+from ponder.runtime.training import NonFiniteGradient, TrainingRun, lr_at, sampling_seed
 from ponder.tools import Tool, make_tool, tool_metrics
 
 log = logging.getLogger("ponder.rl")
@@ -50,13 +52,6 @@ FLAT_STEPS_WARNING = 3  # warn when every group of this many steps in a row had 
 
 class Collapse(Exception):
     """Training went wrong in a way a rollback can fix (NaN loss, entropy blow-up, eval drop)."""
-
-
-def sampling_seed(seed: int, step: int, attempt: int, rollbacks: int, group: int = 0) -> int:
-    """Seed of one prompt group's generation: a pure function of the run's seed, its position,
-    and the group's place in the global batch (not of the rank that generates it)."""
-    base = ((seed * 1_000_003 + step) * 1009 + attempt) * 101 + rollbacks
-    return (base * 1_000_033 + group) % (2**63)
 
 
 @dataclass
@@ -263,7 +258,8 @@ def update(cfg: RLConfig, run: TrainingRun, ref_model, rollout: Rollout,
         for b in range(count):
             ids, starts, length, mask, _, adv = tensors(b)
             with run.accumulate(b, count):
-                logp, ent = run.logprobs(ids, starts, length, cfg.temperature, with_entropy=inner == 0)
+                with load_counting(run.model):  # MoE: the routing bias follows training forwards only
+                    logp, ent = run.logprobs(ids, starts, length, cfg.temperature, with_entropy=inner == 0)
                 ref = None
                 if cfg.beta:
                     with torch.no_grad():
@@ -293,9 +289,10 @@ def update(cfg: RLConfig, run: TrainingRun, ref_model, rollout: Rollout,
                 entropy = totals["entropy"] / totals["tokens"]
                 if entropy > entropy_limit:
                     raise Collapse(f"entropy {entropy:.3f} exceeds {entropy_limit:.3f}")
-        norm = run.step()
-        if not math.isfinite(norm):
-            raise Collapse(f"non-finite gradient norm ({norm})")
+        try:
+            norm = run.step()
+        except NonFiniteGradient as why:
+            raise Collapse(str(why)) from why
         if inner == 0:
             grad_norm = norm
     tokens = max(totals["tokens"], 1.0)
@@ -305,9 +302,9 @@ def update(cfg: RLConfig, run: TrainingRun, ref_model, rollout: Rollout,
 
 
 def routing_metrics(model, gamma: float) -> dict[str, float]:
-    """MoE policies: this step's expert-load balance (generation forwards included, every rank's
-    load summed), after the optional auxiliary-loss-free bias update (DeepSeek-V3). Empty for
-    dense models."""
+    """MoE policies: this step's expert-load balance (its training forwards, every rank's load
+    summed), after the optional auxiliary-loss-free bias update (DeepSeek-V3). Empty for dense
+    models."""
     from ponder.models import router_stats, update_routing_bias
     from ponder.models.moe import sparse_layers
 
@@ -361,6 +358,8 @@ def train_rl(cfg: RLConfig, *, model=None, tokenizer=None, problems: Sequence | 
         raise ValueError(f"{len(cfg.reward_weights)} reward_weights for {len(fns)} reward functions")
     run = TrainingRun(cfg, data_size=len(problems), what="problems", model=model, tokenizer=tokenizer)
     model, tokenizer, out = run.model, run.tokenizer, run.out
+    set_load_counting(model, False)  # MoE: count the policy's training forwards only (`update`)
+    router_stats(model)  # ... and forget FSDP's set-up forward
 
     ref_model = None
     if cfg.beta and cfg.lora is None:
@@ -369,7 +368,7 @@ def train_rl(cfg: RLConfig, *, model=None, tokenizer=None, problems: Sequence | 
             run.export(ref_dir)
         from ponder.models import from_pretrained
 
-        ref_model = from_pretrained(ref_dir).to(run.device).eval().requires_grad_(False)
+        ref_model = run.frozen(from_pretrained(ref_dir))  # under FSDP2 sharded as the policy is
 
     engine = Engine(model, tokenizer)
     st: dict[str, Any] = {"step": 0, "lr_scale": 1.0, "rollbacks": 0, "history": [], "best_eval": None,
@@ -464,9 +463,9 @@ def train_rl(cfg: RLConfig, *, model=None, tokenizer=None, problems: Sequence | 
                 st["best_eval"] = max(record["eval/accuracy"], st["best_eval"] or 0.0)
             st["step"] = step
             metrics.log(record)
-            bar.update(1)
             bar.set_postfix({k: f"{record[k]:.3f}" for k in ("reward/total/mean", "accuracy", "eval/accuracy")
                              if k in record})
+            bar.update(1)
             if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps or (best and cfg.keep_best):
                 run.save(step, dict(st), best=best)
     bar.close()

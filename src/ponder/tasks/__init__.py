@@ -15,6 +15,8 @@ Named tasks:
              .products: easy and hard products, for the calculator tool; .trace: programs with
              loops, branches and functions, traced by sys.settrace); append
              ":train" or ":test" to pick the split (default: test, the held-out one).
+  addition, wordproblems   arithmetic asked in words for instruct models (ponder.tasks.arithmetic:
+             "What is 23 + 48?", short word problems) -> kind "math"; ":train" / ":test" as above.
 
 Data files are never shipped. Without `path`, a public set is looked for under its usual file
 name in $PONDER_DATA and then ./data; `path` may be the file itself or a folder holding it.
@@ -36,7 +38,7 @@ import logging
 import os
 from pathlib import Path
 
-from ponder.tasks import multiply, products, program, trace
+from ponder.tasks import arithmetic, multiply, products, program, trace
 from ponder.tasks.loaders import TaskFileError, is_saved_dataset, read_records
 from ponder.tasks.problem import Problem
 
@@ -171,6 +173,12 @@ def load_task(name: str, path: str | Path | None = None, limit: int | None = Non
     (None: "prompt" or "problem", and "answer"); the public sets read their own fields.
     """
     base, _, suffix = name.partition(":")
+    if base in arithmetic.GENERATORS:
+        if path is not None or split is not None:
+            raise ValueError(f"task {base!r} is generated: it takes no data file, and its split is named in "
+                             f"the task ({base}:train or {base}:test)")
+        return arithmetic.generate(base, suffix or "test", SYNTHETIC_SIZE if limit is None else limit,
+                                   seed=SYNTHETIC_SEED)
     if base in FAMILIES:
         if path is not None or split is not None:
             raise ValueError(f"synthetic task {base!r} is generated: it takes no data file, and its split "
@@ -181,7 +189,7 @@ def load_task(name: str, path: str | Path | None = None, limit: int | None = Non
         raise ValueError(f"task {name!r}: only synthetic tasks take a ':split' suffix (a dataset's split: "
                          "task_split / eval_split in a training config, --split on the command line)")
     if base not in _CONVERTERS:
-        known = ", ".join([*_CONVERTERS, *FAMILIES])
+        known = ", ".join([*_CONVERTERS, *FAMILIES, *arithmetic.GENERATORS])
         raise ValueError(f"unknown task {name!r}; known: {known}")
     problems, warnings = load_file(base, _find_data(base, path), split, prompt_column, answer_column)
     for warning in warnings:
