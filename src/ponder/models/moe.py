@@ -15,6 +15,7 @@ dropless (no capacity limit), so no token is ever dropped or overflows.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -138,6 +139,7 @@ class SparseMoE(nn.Module):
         self.shared_experts = (SwiGLU(config.hidden_size, moe.moe_intermediate_size * moe.n_shared_experts)
                                if config.model_type == "deepseek_v3" else None)
         self.load: torch.Tensor | None = None  # tokens routed to each expert since the last reset
+        self.counting = True  # whether forwards add to `load` (see set_load_counting)
 
     def forward(self, x: torch.Tensor, recompute_experts: bool = False) -> torch.Tensor:
         """`recompute_experts`: keep only the experts' input for the backward pass and recompute
@@ -145,9 +147,10 @@ class SparseMoE(nn.Module):
         flat = x.reshape(-1, x.shape[-1])
         experts, weights = self.gate(flat)
         counts = torch.bincount(experts.reshape(-1), minlength=self.experts.gate_up_proj.shape[0])
-        # Out of place: the first count may be made under inference_mode (the engine), and an
-        # inference tensor cannot be updated in place by a later training forward.
-        self.load = counts if self.load is None else self.load.to(counts.device) + counts
+        if self.counting:
+            # Out of place: the first count may be made under inference_mode (the engine), and an
+            # inference tensor cannot be updated in place by a later training forward.
+            self.load = counts if self.load is None else self.load.to(counts.device) + counts
         if recompute_experts:
             y = checkpoint(self.experts, flat, experts, weights, use_reentrant=False).view_as(x)
             if self.shared_experts is not None:
@@ -164,8 +167,29 @@ def sparse_layers(model: nn.Module) -> dict[int, SparseMoE]:
     return {i: layer.mlp for i, layer in enumerate(model.model.layers) if isinstance(layer.mlp, SparseMoE)}
 
 
+def set_load_counting(model: nn.Module, on: bool) -> None:
+    """Whether `model`'s forwards add to the expert-load counts (on, for every forward, until
+    told otherwise). A trainer turns counting off and back on only around the policy's training
+    forwards (`load_counting`), so that generation, held-out evaluation, reference forwards and
+    FSDP's set-up forward leave the counts, and the routing bias they move, alone: N ranks then
+    balance as one process does, and a resumed run as an uninterrupted one."""
+    for block in sparse_layers(model).values():
+        block.counting = on
+
+
+@contextmanager
+def load_counting(model: nn.Module):
+    """Inside, `model`'s forwards count expert load; after, they do not (see set_load_counting)."""
+    set_load_counting(model, True)
+    try:
+        yield
+    finally:
+        set_load_counting(model, False)
+
+
 def router_stats(model: nn.Module, reset: bool = True) -> dict:
-    """Expert load per sparse layer since the last reset (every forward counts, generation included).
+    """Expert load per sparse layer since the last reset (every counted forward: all of them
+    unless a trainer limits counting to its training forwards, see set_load_counting).
 
     Returns {"load": {layer: [tokens per expert]}, "cv": {layer: std/mean of that load},
     "cv_mean", "cv_max", "max_share": the largest fraction of a layer's assignments one expert

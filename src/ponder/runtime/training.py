@@ -60,6 +60,18 @@ class ProblemStream:
         return {"size": self.size, "seed": self.seed, "epoch": self.epoch, "index": self.index}
 
 
+def sampling_seed(seed: int, step: int, attempt: int = 0, rollbacks: int = 0, group: int = 0) -> int:
+    """Seed of one prompt group's generation: a pure function of the run's seed, its position
+    (step or sampling round, try, rollbacks) and the group's place in the global batch, not of
+    the rank that generates it, so N ranks draw the completions one process draws."""
+    base = ((seed * 1_000_003 + step) * 1009 + attempt) * 101 + rollbacks
+    return (base * 1_000_033 + group) % (2**63)
+
+
+class NonFiniteGradient(RuntimeError):
+    """The gradient norm of a step was NaN or infinite: the update was not applied."""
+
+
 def adamw(params, lr: float, **options) -> torch.optim.AdamW:
     """AdamW as every trainer here builds it: the fused kernel, TRL's default ("adamw_torch_fused").
     The default multi-tensor path holds temporaries about the size of the weights during the step
@@ -206,7 +218,7 @@ class TrainingRun:
     """
 
     def __init__(self, cfg: TrainConfig, *, data_size: int, what: str, model=None, tokenizer=None,
-                 init_seed: int | None = None):
+                 init_seed: int | None = None, trains_model: bool = True):
         self.cfg, self.what = cfg, what
         self.device, self.parallel = distributed.setup(cfg.parallel, pick_device(cfg.device))
         self.out = Path(cfg.output_dir)
@@ -215,19 +227,64 @@ class TrainingRun:
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg)
         model = model if model is not None else load_model(cfg, init_seed)
         model.to(self.device).train()
-        if cfg.lora is not None:
+        if not trains_model:  # it only samples (a reward model's run trains a model of its own)
+            model.requires_grad_(False)
+        elif cfg.lora is not None:
             from ponder.runtime.lora import apply_lora
 
             apply_lora(model, cfg.lora, seed=cfg.seed)
-        if cfg.gradient_checkpointing:
+        if cfg.gradient_checkpointing and trains_model:
             model.set_gradient_checkpointing(True)
         self.model = model
         self.net = distributed.wrap(model, self.parallel, self.device)
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = adamw(self.params, cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                               weight_decay=cfg.weight_decay)
+        self.optimizer = self.adamw(self.params) if trains_model else None
+        # Models trained beside the policy (PPO's value model, a reward model): name -> (module,
+        # the module its forwards go through, its optimizer); saved and restored with the policy.
+        self.companions: dict[str, tuple[torch.nn.Module, torch.nn.Module, torch.optim.Optimizer]] = {}
         self.stream = ProblemStream(data_size, cfg.seed)
         self.checkpoints = self.out / "checkpoints"
+
+    def adamw(self, params, lr: float | None = None) -> torch.optim.AdamW:
+        """AdamW with the run's settings (betas, weight decay) at `lr` (default: cfg.lr): the one
+        optimizer every model of every method trains with."""
+        cfg = self.cfg
+        return adamw(params, cfg.lr if lr is None else lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                     weight_decay=cfg.weight_decay)
+
+    def add_model(self, name: str, module: torch.nn.Module, lr: float) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        """Train `module` beside the policy (PPO's value model, a reward model): on the run's
+        device, with its memory options, wrapped as the policy is (DDP, or FSDP2 shards), with the
+        run's AdamW at `lr`; saved and restored with the policy. Returns (the module to run
+        training forwards through, its optimizer). `module` needs the decoder's `model.layers`
+        and `config` (ponder.ladder.common.ScalarModel has them)."""
+        module.to(self.device).train()
+        if self.cfg.gradient_checkpointing:
+            module.set_gradient_checkpointing(True)
+        net = distributed.wrap(module, self.parallel, self.device)
+        optimizer = self.adamw([p for p in module.parameters() if p.requires_grad], lr)
+        self.companions[name] = (module, net, optimizer)
+        return net, optimizer
+
+    def frozen(self, model: torch.nn.Module) -> torch.nn.Module:
+        """A model that only computes (a KL or DPO reference, a reward model): on the run's device,
+        in eval mode, without gradients; under FSDP2 sharded as the policy is, so each rank holds
+        a shard of it rather than the whole model (elsewhere, whole)."""
+        model = model.to(self.device).eval().requires_grad_(False)
+        if self.parallel == "fsdp":
+            distributed.wrap(model, "fsdp", self.device)
+        return model
+
+    def _trained(self):
+        """(module, optimizer or list) as checkpoints hold them: the policy alone, as it always
+        was, or the policy and its companions under their names."""
+        if not self.companions:
+            return self.model, self.optimizer
+        modules = {name: m for name, (m, _, _) in self.companions.items()}
+        optimizers = [o for _, _, o in self.companions.values()]
+        if self.optimizer is not None:
+            modules, optimizers = {"policy": self.model, **modules}, [self.optimizer, *optimizers]
+        return torch.nn.ModuleDict(modules), optimizers
 
     # ---- train state ------------------------------------------------------------------------
     def resume(self) -> dict[str, Any] | None:
@@ -266,7 +323,7 @@ class TrainingRun:
         if s["size"] != self.stream.size:
             raise ValueError(f"{path}: checkpoint was trained on {s['size']} {self.what}, this run has "
                              f"{self.stream.size}")
-        checkpoint.load_train_state(path, self.model, self.optimizer)
+        checkpoint.load_train_state(path, *self._trained())
         self.stream = ProblemStream(s["size"], s["seed"], s["epoch"], s["index"])
         return saved
 
@@ -277,7 +334,7 @@ class TrainingRun:
         protect = None  # the best checkpoint, kept however old it gets
         if self.cfg.keep_best:
             protect = f"step-{step:06d}" if best else self._pointer("BEST")
-        path = checkpoint.save(self.checkpoints, step, self.model, self.optimizer, record,
+        path = checkpoint.save(self.checkpoints, step, *self._trained(), record,
                                keep=self.cfg.save_total_limit, protect=protect)
         if best and self.cfg.keep_best and distributed.is_main():
             checkpoint.write_pointer(self.checkpoints, "BEST", protect)
@@ -319,20 +376,31 @@ class TrainingRun:
         """Context for micro-batch `index` of `count`: gradients are synchronised on the last only."""
         return distributed.no_sync(self.net, index == count - 1)
 
-    def step(self) -> float:
-        """Clip the global gradient norm (max_grad_norm; 0: off), step the optimizer; the norm
-        before clipping (the same on every rank)."""
+    def step(self, params=None, optimizer=None) -> float:
+        """Clip the global gradient norm of `params` (default: the policy's; max_grad_norm, 0:
+        off), step `optimizer` (default: the policy's) and zero the gradients; returns the norm
+        before clipping (the same on every rank).
+
+        A NaN or infinite norm is an error for every method (NonFiniteGradient, raised on every
+        rank alike, before the optimizer moves anything): a skipped update would hide a broken
+        run behind a `grad_norm: nan` line. RL turns it into a rollback (rl.trainer.Collapse)."""
+        params = self.params if params is None else list(params)
+        optimizer = self.optimizer if optimizer is None else optimizer
         max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor over the shards
             norm = norm.full_tensor()
         norm = float(norm)
-        if math.isfinite(norm):
-            self.optimizer.step()
+        if not math.isfinite(norm):
+            optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteGradient(f"non-finite gradient norm ({norm}); the update was not applied. Lower lr "
+                                    f"(now {optimizer.param_groups[0]['lr']:g}) or max_grad_norm, or use float32")
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
         return norm
 
-    def set_lr(self, lr: float) -> None:
-        for group in self.optimizer.param_groups:
+    def set_lr(self, lr: float, optimizer=None) -> None:
+        for group in (self.optimizer if optimizer is None else optimizer).param_groups:
             group["lr"] = lr
 
     @contextmanager
