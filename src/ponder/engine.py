@@ -31,6 +31,16 @@ if TYPE_CHECKING:
     from ponder.tools import Tool, ToolCall
 
 
+def context_window(config) -> int | None:
+    """Positions a model was trained on: max_position_embeddings, or what its RoPE scaling
+    extends that to (None: the config does not say)."""
+    context = getattr(config, "max_position_embeddings", None)
+    scaling = getattr(config, "rope_scaling", None)
+    if context is not None and scaling is not None:
+        context = max(context, int(scaling.factor * (scaling.original_max_position_embeddings or context)))
+    return context
+
+
 @dataclass
 class SamplingParams:
     """How to sample. One object serves RL rollouts, evaluation and `ponder generate`."""
@@ -167,16 +177,12 @@ class Engine:
         return [int(t) for t in prompt]
 
     def _check_context(self, prompt_ids: list[list[int]], max_new_tokens: int) -> None:
-        """Positions past the model's context window (max_position_embeddings, or what its RoPE
-        scaling extends that to) were never trained, and what the model makes of them is garbage:
-        a prompt that is already past it is an error, a budget that may run past it a warning."""
-        config = self.model.config
-        context = getattr(config, "max_position_embeddings", None)
+        """Positions past the model's context window were never trained, and what the model makes
+        of them is garbage: a prompt that is already past it is an error, a budget that may run
+        past it a warning."""
+        context = context_window(self.model.config)
         if context is None:
             return
-        scaling = getattr(config, "rope_scaling", None)
-        if scaling is not None:
-            context = max(context, int(scaling.factor * (scaling.original_max_position_embeddings or context)))
         longest = max(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
         if len(prompt_ids[longest]) > context:
             raise ValueError(f"prompt {longest} is {len(prompt_ids[longest])} tokens, longer than the model's "

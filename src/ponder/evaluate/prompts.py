@@ -50,6 +50,19 @@ def build_prompt(problem: Problem, tokenizer, *, chat: bool | None = None, instr
     return text + "\n" if instructed else text  # the model answers on a line of its own
 
 
+def check_context(problems, tokenizer, context: int | None, what: str, source: str = "", **ask) -> None:
+    """Refuse, when the data loads, a problem whose prompt (asked as `ask` says: build_prompt's
+    options) is longer than the model's `context`, naming it, rather than when a batch draws it."""
+    if context is None:
+        return
+    for problem in problems:
+        length = len(tokenizer.encode(build_prompt(problem, tokenizer, **ask)))
+        if length > context:
+            where = f" in {source}" if source else ""
+            raise ValueError(f"{what} problem {problem.id}{where}: its prompt is {length} tokens, longer than the "
+                             f"model's context of {context} positions (max_position_embeddings in its config.json)")
+
+
 @dataclass
 class Grade:
     pred: str | None  # the extracted answer (None: nothing extracted, or code)

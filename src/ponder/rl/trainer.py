@@ -29,7 +29,8 @@ from typing import Any, Sequence
 import torch
 
 from ponder.evaluate.heldout import evaluate_greedy
-from ponder.evaluate.prompts import build_prompt
+from ponder.engine import context_window
+from ponder.evaluate.prompts import build_prompt, check_context
 from ponder.models import router_stats
 from ponder.models.moe import load_counting, set_load_counting
 from ponder.rl import losses
@@ -358,6 +359,10 @@ def train_rl(cfg: RLConfig, *, model=None, tokenizer=None, problems: Sequence | 
         raise ValueError(f"{len(cfg.reward_weights)} reward_weights for {len(fns)} reward functions")
     run = TrainingRun(cfg, data_size=len(problems), what="problems", model=model, tokenizer=tokenizer)
     model, tokenizer, out = run.model, run.tokenizer, run.out
+    ask = dict(chat=cfg.chat, instruction=cfg.instruction, enable_thinking=cfg.enable_thinking)
+    check_context(problems, tokenizer, context_window(model.config), "training", cfg.task_path or cfg.task, **ask)
+    check_context(eval_problems or [], tokenizer, context_window(model.config), "held-out",
+                  cfg.eval_path or cfg.eval_task or "", **ask)
     set_load_counting(model, False)  # MoE: count the policy's training forwards only (`update`)
     router_stats(model)  # ... and forget FSDP's set-up forward
 

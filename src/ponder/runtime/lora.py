@@ -157,10 +157,13 @@ def adapter_disabled(model: nn.Module) -> Iterator[nn.Module]:
             p.requires_grad_(flag)
 
 
-def save_adapter(model: nn.Module, path: str | Path, state: dict[str, torch.Tensor] | None = None) -> None:
+def save_adapter(model: nn.Module, path: str | Path, state: dict[str, torch.Tensor] | None = None,
+                 base_model: str | Path | None = None) -> None:
     """Write the adapter in PEFT's layout (adapter_config.json + adapter_model.safetensors):
     `peft.PeftModel.from_pretrained(<transformers model of the same base>, path)` loads it.
-    `state`: the model's full state dict when its live tensors are shards (FSDP2)."""
+    `state`: the model's full state dict when its live tensors are shards (FSDP2).
+    `base_model`: the base checkpoint it was trained on, recorded as PEFT records it
+    (base_model_name_or_path), so that the adapter names what to load it onto."""
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
@@ -175,6 +178,8 @@ def save_adapter(model: nn.Module, path: str | Path, state: dict[str, torch.Tens
     # sets (target names) as sorted lists, so the same adapter always writes the same file
     config = {k: sorted(v) if isinstance(v, set) else v for k, v in model.peft_config[ADAPTER].to_dict().items()}
     config["inference_mode"] = True  # as PeftModel.save_pretrained writes it: a loaded adapter is frozen
+    if base_model is not None:
+        config["base_model_name_or_path"] = str(base_model)
     (folder / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 

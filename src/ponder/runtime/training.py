@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import random
+import shutil
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -428,10 +429,14 @@ class TrainingRun:
                 from ponder.runtime.lora import save_adapter, save_merged
 
                 save_merged(self.model, folder, state=full)
-                save_adapter(self.model, folder / "adapter", state=full)
+                save_adapter(self.model, folder / "adapter", state=full, base_model=self.cfg.model or None)
             else:
                 save_checkpoint(self.model, folder, state=full)
             self.tokenizer.save_pretrained(folder)
+            # how the base is meant to be sampled (its eos tokens, temperature) stays with the model
+            generation = Path(self.cfg.model) / "generation_config.json" if self.cfg.model else None
+            if generation is not None and generation.is_file():
+                shutil.copyfile(generation, folder / generation.name)
         distributed.barrier()
         return folder
 
