@@ -107,3 +107,31 @@ def test_chat_template_renders_as_transformers(pair, system, generation_prompt):
     theirs = hf_tok.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=False)
     assert ours == theirs
     assert ("You are a helpful AI assistant named SmolLM" in ours) == (system is None)  # the template's default system turn
+
+
+def test_sft_renders_records_with_the_chat_template(pair):
+    """prompt/completion records are asked as eval asks (the template, by default), and TRL's
+    `messages` records learn the last assistant turn, closed by the template's own end token."""
+    from ponder.sft import _example
+
+    _, tok, _, hf_tok = pair
+    messages = [{"role": "user", "content": "What is 7 * 8?"}, {"role": "assistant", "content": "56"}]
+    chat = _example({"messages": messages}, tok, 512)
+    assert tok.decode(chat.prompt) == hf_tok.apply_chat_template(messages[:1], add_generation_prompt=True, tokenize=False)
+    assert tok.decode(chat.target) == "56<|im_end|>"  # one end token: the template's, no second eos
+    plain = _example({"prompt": "What is 7 * 8?", "completion": "56"}, tok, 512)
+    assert plain.prompt == chat.prompt and plain.target == chat.target
+    raw = _example({"prompt": "What is 7 * 8?", "completion": "56"}, tok, 512, chat=False)
+    assert tok.decode(raw.prompt) == "What is 7 * 8?"
+
+
+def test_bench_generate_on_the_real_model(folder, capsys):
+    import json
+
+    from ponder.cli import main
+
+    assert main(["bench", "generate", "--model", str(folder), "--batch", "2", "--new-tokens", "3", "--repeats", "1",
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["shape"]["vocab"] == 49152 and result["batch"] == 2 and result["prompt_len"] > 20
+    assert result["ponder_tok_s"] > 0 and result["transformers_tok_s"] > 0 and result["weight_MB"] > 500

@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="benchmarks against peers measured in the same run")
     bench = p.add_subparsers(dest="bench", required=True)
     b = bench.add_parser("generate", help="ponder engine vs transformers generate")
+    b.add_argument("--model", default=None,
+                   help="a checkpoint folder: its real weights and real prompts (else random weights at the shape below)")
     b.add_argument("--hidden", type=int, default=256)
     b.add_argument("--layers", type=int, default=4)
     b.add_argument("--heads", type=int, default=4)

@@ -1,5 +1,11 @@
 """`ponder bench generate`: ponder's engine against transformers `generate`, same weights,
-same prompts, batch and lengths, measured in one run; plus the machine's fp32 matmul rate."""
+same prompts, batch and lengths, measured in one run; plus the machine's fp32 matmul rate and
+memory bandwidth (decoding one sequence reads every weight per token: bandwidth is its ceiling).
+
+Random weights at a chosen shape (`--arch`, `--hidden`, ...) and random prompt ids, or a real
+checkpoint (`--model DIR`): its weights, and real prompts (word problems asked with its chat
+template, as `ponder eval` asks them; their lengths differ, so transformers pads on the left).
+Both sides generate exactly `--new-tokens` per row (no stop token), prefill included."""
 
 from __future__ import annotations
 
@@ -22,6 +28,29 @@ def matmul_gflops(size: int = 2048, dtype=torch.float32, repeats: int = 10) -> f
     for _ in range(repeats):
         a @ b
     return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def memory_gbps(megabytes: int = 512, repeats: int = 5) -> float:
+    """The machine's read bandwidth, GB/s: the best of a few full reads of a buffer far larger
+    than the caches (a sum touches each byte once)."""
+    x = torch.ones(megabytes * 2**20 // 4)
+    x.sum()
+    best = min(_timed(x.sum) for _ in range(repeats))
+    return x.numel() * 4 / best / 1e9
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def real_prompts(tokenizer, batch: int) -> list[list[int]]:
+    """`batch` prompt ids: held-out word problems asked as `ponder eval` asks them."""
+    from ponder.evaluate.prompts import build_prompt
+    from ponder.tasks import load_task
+
+    return [tokenizer.encode(build_prompt(p, tokenizer)) for p in load_task("wordproblems:test", limit=batch)]
 
 
 def cpu_name() -> str:
@@ -94,11 +123,20 @@ def best_times(fns, repeats: int) -> list[float]:
 def main(args) -> int:
     torch.manual_seed(0)
     dtype = getattr(torch, args.dtype)
-    config = build_config(args)
-    model = Decoder(config).to(dtype=dtype, device=args.device).eval()
-    prompts = torch.randint(1, args.vocab, (args.batch, args.prompt_len)).tolist()
+    if args.model:
+        from ponder.models import from_pretrained
+        from ponder.tokenizer import Tokenizer
+
+        model = from_pretrained(args.model, dtype=dtype).to(args.device).eval()
+        config = model.config
+        prompts = real_prompts(Tokenizer.from_pretrained(args.model), args.batch)
+    else:
+        config = build_config(args)
+        model = Decoder(config).to(dtype=dtype, device=args.device).eval()
+        prompts = torch.randint(1, args.vocab, (args.batch, args.prompt_len)).tolist()
     params = SamplingParams(max_new_tokens=args.new_tokens, temperature=1.0, stop_token_ids=())
     engine = Engine(model)
+    width = max(map(len, prompts))
 
     def run_ponder():
         out = engine.generate(prompts, n=1, params=params)
@@ -110,35 +148,43 @@ def main(args) -> int:
     except ImportError:
         print("transformers not installed: peer skipped (pip install -e '.[test]')")
     else:
-        with tempfile.TemporaryDirectory() as tmp:
-            model.save_pretrained(tmp)
-            peer = AutoModelForCausalLM.from_pretrained(tmp, dtype=dtype).to(args.device).eval()
-        input_ids = torch.tensor(prompts, device=args.device)
+        if args.model:
+            peer = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(args.device).eval()
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                model.save_pretrained(tmp)
+                peer = AutoModelForCausalLM.from_pretrained(tmp, dtype=dtype).to(args.device).eval()
+        # prompts of different lengths: padded on the left, masked out, as transformers batches them
+        input_ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts], device=args.device)
+        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=args.device)
 
         def run_peer():
             with torch.inference_mode():
-                out = peer.generate(input_ids, attention_mask=torch.ones_like(input_ids), do_sample=True,
+                out = peer.generate(input_ids, attention_mask=attention_mask, do_sample=True,
                                     temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=args.new_tokens,
                                     min_new_tokens=args.new_tokens, eos_token_id=None, pad_token_id=0)
-            assert out.shape[1] == args.prompt_len + args.new_tokens
+            assert out.shape[1] == width + args.new_tokens
 
         runs.append(run_peer)
 
     times = best_times(runs, args.repeats)
     ponder_s, peer_s = times[0], (times[1] if len(times) > 1 else None)
 
-    tokens = args.batch * args.new_tokens
-    context = args.prompt_len + args.new_tokens / 2
+    tokens = len(prompts) * args.new_tokens
+    prompt_len = sum(map(len, prompts)) / len(prompts)
+    context = prompt_len + args.new_tokens / 2
     flops = flops_per_token(config, model, context) * tokens
     if args.device == "cpu":
-        peak = matmul_gflops(dtype=dtype)
+        peak, bandwidth = matmul_gflops(dtype=dtype), memory_gbps()
     else:
-        peak = float("nan")
+        peak = bandwidth = float("nan")
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     result = {
-        "shape": {"arch": args.arch, "hidden": args.hidden, "layers": args.layers, "heads": args.heads,
-                  "kv_heads": args.kv_heads, "vocab": args.vocab,
-                  "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2)},
-        "batch": args.batch, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
+        "model": args.model,
+        "shape": {"arch": config.model_type, "hidden": config.hidden_size, "layers": config.num_hidden_layers,
+                  "heads": config.num_attention_heads, "kv_heads": config.num_key_value_heads,
+                  "vocab": config.vocab_size, "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2)},
+        "batch": len(prompts), "prompt_len": round(prompt_len, 1), "new_tokens": args.new_tokens,
         "dtype": args.dtype, "threads": torch.get_num_threads(),
         "decode_path": decode_path(model), "cpu": cpu_name(),
         "cache_bytes_per_token": KVCache.bytes_per_token(config, dtype),
@@ -150,13 +196,18 @@ def main(args) -> int:
         "matmul_gflops": round(peak, 1),
         "fraction_of_matmul": round(flops / ponder_s / 1e9 / peak, 3),
         "transformers_fraction_of_matmul": round(flops / peer_s / 1e9 / peak, 3) if peer_s else None,
+        # every weight is read once per decode step: at batch 1 that bounds tokens per second
+        "weight_MB": round(weight_bytes / 1e6, 1),
+        "memory_GBps": round(bandwidth, 1),
+        "bandwidth_bound_steps_s": round(bandwidth * 1e9 / weight_bytes, 1),
     }
     if args.json:
         print(json.dumps(result))
     else:
         s = result["shape"]
-        print(f"shape: {s['arch']} hidden {s['hidden']}, {s['layers']} layers, {s['heads']}/{s['kv_heads']} heads, "
-              f"vocab {s['vocab']}, {s['params_M']}M params; batch {args.batch}, prompt {args.prompt_len}, "
+        print((f"model: {args.model}; " if args.model else "") +
+              f"shape: {s['arch']} hidden {s['hidden']}, {s['layers']} layers, {s['heads']}/{s['kv_heads']} heads, "
+              f"vocab {s['vocab']}, {s['params_M']}M params; batch {result['batch']}, prompt {result['prompt_len']}, "
               f"{args.new_tokens} new tokens, {args.dtype}, {result['threads']} threads; "
               f"KV cache {result['cache_bytes_per_token']:,} bytes/token")
         print(f"CPU: {result['cpu']}; decode path: {result['decode_path']} (PONDER_DECODE overrides)")
@@ -166,4 +217,6 @@ def main(args) -> int:
             print(f"transformers  {result['transformers_tok_s']:>10,.0f} tok/s  "
                   f"({100 * result['transformers_fraction_of_matmul']:.0f}% of the same matmul rate)")
             print(f"ratio         {result['ratio']:.2f}x")
+        print(f"weights {result['weight_MB']:,} MB read per decode step; memory {result['memory_GBps']} GB/s: "
+              f"at most {result['bandwidth_bound_steps_s']} steps/s (a batch-1 ceiling)")
     return 0
