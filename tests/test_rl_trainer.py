@@ -88,6 +88,12 @@ def test_resume_after_kill_equals_uninterrupted_run(base, tmp_path, lora):
         ours = load_file(out / "model" / "adapter" / "adapter_model.safetensors")
         theirs = load_file(Path(full["model_dir"]) / "adapter" / "adapter_model.safetensors")
         assert ours.keys() == theirs.keys() and all(torch.equal(ours[n], theirs[n]) for n in ours)
+        # the checkpoint holds what trains (the adapter and its optimizer state), not the frozen base
+        from torch.distributed.checkpoint import FileSystemReader
+
+        saved = FileSystemReader(str(out / "checkpoints" / "step-000006" / "weights")).read_metadata()
+        weights = [k for k in saved.state_dict_metadata if k.startswith("model.")]
+        assert weights and all("lora_" in k for k in weights), weights[:3]
 
 
 def test_nan_loss_rolls_back_with_lower_lr(base, tmp_path, monkeypatch, caplog):

@@ -27,8 +27,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
-                                                     set_model_state_dict, set_optimizer_state_dict)
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                     get_optimizer_state_dict, set_model_state_dict,
+                                                     set_optimizer_state_dict)
+
+# What trains, and only that: frozen weights (a LoRA run's whole base) are reloaded from the
+# model folder on resume, so a checkpoint never holds them (a 135M base is 540 MB per save).
+TRAINED_ONLY = StateDictOptions(ignore_frozen_params=True)
 
 from ponder.runtime import distributed
 
@@ -92,7 +97,7 @@ def _train_state(model, optimizer) -> dict[str, Any]:
         for state in [*(s for o in optimizers for s in o.state.values()), *optimizer_state["state"].values()]:
             if torch.is_tensor(state.get("step")):
                 state["step"].zero_()
-    return {"model": get_model_state_dict(model), "optimizer": optimizer_state}
+    return {"model": get_model_state_dict(model, options=TRAINED_ONLY), "optimizer": optimizer_state}
 
 
 def save(root: str | Path, step: int, model, optimizer, state: dict[str, Any], keep: int = 1,
@@ -189,7 +194,7 @@ def load_train_state(path: str | Path, model, optimizer) -> None:
     target = _train_state(model, optimizer)
     with _one_process_is_fine():
         dcp.load(target, checkpoint_id=str(path / "weights"), no_dist=not torch.distributed.is_initialized())
-    set_model_state_dict(model, target["model"])
+    set_model_state_dict(model, target["model"], options=StateDictOptions(ignore_frozen_params=True, strict=False))
     set_optimizer_state_dict(model, optimizer, target["optimizer"])
     own = path / f"rng-{distributed.rank()}.pt"
     set_rng_state(torch.load(own if own.exists() else path / "rng-0.pt", weights_only=False))
