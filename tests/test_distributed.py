@@ -22,7 +22,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from ponder.models import Decoder, ModelConfig, MoEConfig
+from ponder.models import Decoder, MLAConfig, ModelConfig, MoEConfig
 from ponder.tasks import multiply
 from ponder.tokenizer import build_char_tokenizer
 
@@ -55,7 +55,16 @@ def root(tmp_path_factory):
               "moe": ModelConfig(vocab_size=tok.vocab_size, hidden_size=16, intermediate_size=32,
                                  num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=8,
                                  model_type="qwen3_moe", moe=MoEConfig(num_experts=4, num_experts_per_tok=2,
-                                                                       moe_intermediate_size=8))}
+                                                                       moe_intermediate_size=8)),
+              # DeepSeek-V3 routing: the expert-load counts move a routing bias (routing_bias_gamma)
+              "deepseek": ModelConfig(vocab_size=tok.vocab_size, hidden_size=16, intermediate_size=24,
+                                      num_hidden_layers=2, num_attention_heads=2, head_dim=4,
+                                      tie_word_embeddings=True, model_type="deepseek_v3",
+                                      moe=MoEConfig(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=8,
+                                                    n_shared_experts=1, n_group=2, topk_group=1,
+                                                    first_k_dense_replace=1),
+                                      mla=MLAConfig(kv_lora_rank=8, qk_nope_head_dim=4, qk_rope_head_dim=4,
+                                                    v_head_dim=4))}
     for name, shape in shapes.items():
         torch.manual_seed(0)
         Decoder(shape).save_pretrained(root / name)
@@ -233,3 +242,75 @@ def test_lora_on_two_ranks_equals_one_process(root, lora_reference, parallel):
     theirs = load_file(str(lora_reference / "model" / "adapter" / "adapter_model.safetensors"))
     ours = load_file(str(adapter))
     assert ours.keys() == theirs.keys() and all(torch.allclose(ours[n], theirs[n], atol=1e-5) for n in ours)
+
+
+def test_kl_reference_is_sharded_under_fsdp_and_gives_the_kl_of_one_process(root):
+    """Without LoRA the KL term's reference is a second model: under FSDP2 each rank holds a shard
+    of it (as of the policy), not the whole model, and the KL values are one process's."""
+    settings = lambda out, **kw: rl_settings(root, root / out, beta=0.1, save_every=0, **kw)
+    one = train(root, "rl", settings("kl-one"), ranks=1)
+    two = train(root, "rl", settings("kl-fsdp", parallel="fsdp"), ranks=2)
+    assert_same_records(two, one, ("kl", "loss", "grad_norm"))
+    assert any(json.loads(line)["kl"] > 0 for line in (one / "metrics.jsonl").read_text().splitlines())
+    assert_same_weights(weights(two), weights(one), initial(root, "dense"))
+    check = root / "check_reference.py"
+    check.write_text(REFERENCE_SHARDS.format(model=root / "dense", out=root / "kl-shards"))
+    job = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(check)], env=env(root), capture_output=True, text=True, timeout=TIMEOUT)
+    assert job.returncode == 0, job.stderr[-3000:]
+    held = [json.loads(path.read_text()) for path in sorted(root.glob("kl-shards-rank-*.json"))]
+    assert len(held) == 2 and all(0 < h["local"] < h["whole"] for h in held), held
+
+
+REFERENCE_SHARDS = """
+import json, os
+from ponder.models import from_pretrained
+from ponder.rl.config import RLConfig
+from ponder.runtime.training import TrainingRun
+
+cfg = RLConfig(model="{model}", parallel="fsdp", output_dir="{out}", beta=0.1)
+run = TrainingRun(cfg, data_size=1, what="problems")
+reference = run.frozen(from_pretrained("{model}"))
+local = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in reference.parameters())
+whole = sum(p.numel() for p in from_pretrained("{model}").parameters())
+with open("{out}-rank-" + os.environ["RANK"] + ".json", "w") as f:
+    json.dump({{"local": local, "whole": whole}}, f)
+"""
+
+
+def moe_settings(root, out, **kw):
+    """A DeepSeek-V3 MoE policy whose routing bias moves with the expert load, evaluated on
+    held-out problems every step (forwards that must not count)."""
+    return rl_settings(root, out, model=str(root / "deepseek"), routing_bias_gamma=0.001, seed=0, eval_task="multiply:test",
+                       eval_limit=4, eval_every=1, steps=2, **kw)
+
+
+def test_moe_routing_bias_on_two_fsdp_ranks_and_after_a_resume_equals_one_process(root):
+    """The expert load that moves the routing bias counts the policy's training forwards only:
+    not FSDP's set-up forward, not generation or held-out evaluation. So two FSDP ranks end
+    with one process's bias and weights, and so does a run resumed from its step-1 checkpoint
+    (whose evaluation after step 1 is not redone)."""
+    one = train(root, "rl", moe_settings(root, root / "moe-one", save_total_limit=0), ranks=1)
+    start = initial(root, "deepseek")
+    bias = "model.layers.1.mlp.gate.e_score_correction_bias"
+    assert (weights(one)[bias] - start[bias]).abs().max() > 0  # the bias moved
+    two = train(root, "rl", moe_settings(root, root / "moe-fsdp", parallel="fsdp"), ranks=2)
+    assert_same_weights(weights(two), weights(one), start)
+    assert_same_steps(two, one, ("router/cv_mean", "router/max_share", "loss", "eval/accuracy"))
+    resumed = root / "moe-resumed"
+    shutil.copytree(one / "checkpoints" / "step-000001", resumed / "checkpoints" / "step-000001")
+    (resumed / "checkpoints" / "LATEST").write_text("step-000001")
+    train(root, "rl", moe_settings(root, resumed, save_total_limit=0), ranks=1)
+    assert_same_weights(weights(resumed), weights(one), start)
+    assert_same_steps(resumed, one, ("router/cv_mean", "router/max_share", "loss", "eval/accuracy"))
+
+
+def assert_same_steps(out: Path, reference: Path, keys) -> None:
+    """The training steps' records (not the step-0 evaluation) agree on `keys`."""
+    ours, theirs = ([json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+                    for d in (out, reference))
+    ours, theirs = ([r for r in records if "loss" in r] for records in (ours, theirs))
+    assert [r["step"] for r in ours] == [r["step"] for r in theirs] == [1, 2]
+    for a, b in zip(ours, theirs):
+        for key in keys:
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (key, a["step"])

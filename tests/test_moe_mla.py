@@ -451,7 +451,7 @@ def test_rl_trains_a_tiny_sparse_policy_end_to_end(arch, tmp_path):
     (tmp_path / "rl.yaml").write_text(
         f"model: {tmp_path / 'base'}\ntask: multiply:train\ntask_limit: 16\nprompts_per_step: 2\n"
         "group_size: 4\nmax_new_tokens: 8\nsteps: 3\nlr: 0.03\neval_every: 0\nsave_every: 0\n"
-        f"micro_batch_size: 8\noutput_dir: {tmp_path / 'run'}\nseed: 1\nrewards: [test_moe_mla:sevens]\n"
+        f"micro_batch_size: 8\noutput_dir: {tmp_path / 'run'}\nseed: 0\nrewards: [test_moe_mla:sevens]\n"
         "importance_sampling: sequence\n"
         + ("routing_bias_gamma: 0.01\n" if arch == "deepseek_v3" else ""))
     assert main(["train", "rl", str(tmp_path / "rl.yaml")]) == 0
@@ -463,7 +463,7 @@ def test_rl_trains_a_tiny_sparse_policy_end_to_end(arch, tmp_path):
     assert after.config == cfg
     moved = after.model.layers[1].mlp.experts.gate_up_proj - before.model.layers[1].mlp.experts.gate_up_proj
     assert moved.abs().max() > 0
-    if arch == "deepseek_v3":  # the balancing bias moved (an odd number of +-gamma steps cannot cancel)
+    if arch == "deepseek_v3":  # the balancing bias moved (no step of seed 0 is exactly balanced: an odd number of +-gamma steps cannot cancel)
         bias = lambda m: m.model.layers[1].mlp.gate.e_score_correction_bias
         assert (bias(after) - bias(before)).abs().max() > 0
 

@@ -140,6 +140,7 @@ class SparseMoE(nn.Module):
                                if config.model_type == "deepseek_v3" else None)
         self.load: torch.Tensor | None = None  # tokens routed to each expert since the last reset
         self.counting = True  # whether forwards add to `load` (see set_load_counting)
+        self.count_only: torch.Tensor | None = None  # [B * T] bool: the positions that count (load_counting)
 
     def forward(self, x: torch.Tensor, recompute_experts: bool = False) -> torch.Tensor:
         """`recompute_experts`: keep only the experts' input for the backward pass and recompute
@@ -148,6 +149,9 @@ class SparseMoE(nn.Module):
         experts, weights = self.gate(flat)
         counts = torch.bincount(experts.reshape(-1), minlength=self.experts.gate_up_proj.shape[0])
         if self.counting:
+            if self.count_only is not None:  # padding does not count
+                counts = torch.bincount(experts[self.count_only.to(experts.device)].reshape(-1),
+                                        minlength=self.experts.gate_up_proj.shape[0])
             # Out of place: the first count may be made under inference_mode (the engine), and an
             # inference tensor cannot be updated in place by a later training forward.
             self.load = counts if self.load is None else self.load.to(counts.device) + counts
@@ -178,13 +182,20 @@ def set_load_counting(model: nn.Module, on: bool) -> None:
 
 
 @contextmanager
-def load_counting(model: nn.Module):
-    """Inside, `model`'s forwards count expert load; after, they do not (see set_load_counting)."""
+def load_counting(model: nn.Module, tokens: torch.Tensor | None = None):
+    """Inside, `model`'s forwards count expert load; after, they do not (see set_load_counting).
+    `tokens` [B, T] (bool) marks the input positions that count: padding, and the stand-in
+    micro-batches of a rank with fewer rows, must not, or N ranks would count other padding
+    than one process."""
+    for block in sparse_layers(model).values():
+        block.count_only = None if tokens is None else tokens.reshape(-1)
     set_load_counting(model, True)
     try:
         yield
     finally:
         set_load_counting(model, False)
+        for block in sparse_layers(model).values():
+            block.count_only = None
 
 
 def router_stats(model: nn.Module, reset: bool = True) -> dict:

@@ -259,7 +259,12 @@ def update(cfg: RLConfig, run: TrainingRun, ref_model, rollout: Rollout,
         for b in range(count):
             ids, starts, length, mask, _, adv = tensors(b)
             with run.accumulate(b, count):
-                with load_counting(run.model):  # MoE: the routing bias follows training forwards only
+                # MoE: the routing bias follows the training forwards' real tokens only
+                real = torch.zeros_like(ids, dtype=torch.bool)
+                if b < len(micro):
+                    ends = [len(rollout.prompt_ids[i]) + len(comps[i].token_ids) for i in micro[b]]
+                    real = torch.arange(ids.size(1), device=device) < torch.tensor(ends, device=device)[:, None]
+                with load_counting(run.model, real):
                     logp, ent = run.logprobs(ids, starts, length, cfg.temperature, with_entropy=inner == 0)
                 ref = None
                 if cfg.beta:
