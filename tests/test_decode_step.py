@@ -258,3 +258,35 @@ def test_every_decode_path_samples_the_same_tokens(monkeypatch):
         assert [c.token_ids for c in results[path]] == [c.token_ids for c in want], path
         for a, b in zip(results[path], want):
             torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("path", ["onednn", "unpacked"])
+def test_a_lora_policy_decodes_on_the_fused_step_with_its_adapter_merged(path):
+    """LoRA on every projection: the step's packed copies carry W + B A (the adapter moved the
+    logits, so equality is not the base's), and the engine picks the step, not Decoder.forward."""
+    from ponder.runtime.lora import LoRAConfig, apply_lora
+
+    cfg = CONFIGS["qwen3-gqa2-hd24-tied"]
+    base = ours(cfg, seed=11)
+    model = apply_lora(ours(cfg, seed=11), LoRAConfig(r=4, alpha=8)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:  # B starts at zero: draw it, so the adapter changes the output
+                p.copy_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))))
+    assert DecodeStep.supports(model)
+    step = DecodeStep(model, path)
+    if step.path != path:
+        pytest.skip(f"no {path} packing here")
+    want_cache, got_cache = two_caches(cfg, model, [4, 1, 6])
+    base_cache = two_caches(cfg, base, [4, 1, 6])[0]
+    for t in range(3):
+        tokens = random_ids(cfg, (3,), seed=20 + t)
+        with torch.no_grad():
+            want = model(tokens[:, None], want_cache)[:, -1]
+            plain = base(tokens[:, None], base_cache)[:, -1]
+        got = step(tokens, got_cache)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+        assert (want - plain).abs().max() > 1e-2  # the adapter is in the logits
+    engine = Engine(model)
+    engine.generate([[1, 2, 3]], params=SamplingParams(max_new_tokens=2, temperature=0))
+    assert isinstance(engine._decode_step, DecodeStep)

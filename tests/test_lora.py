@@ -151,7 +151,7 @@ def test_engine_samples_from_the_current_adapter():
                       num_key_value_heads=2, head_dim=16, initializer_range=0.3)
     torch.manual_seed(0)
     model = apply_lora(Decoder(cfg).eval(), LoRAConfig(r=4))
-    assert not DecodeStep.supports(model)  # its fused weight copies would leave the adapter out
+    assert DecodeStep.supports(model)  # decoded on the fused step, the adapter merged into its copies
     engine = Engine(model)
     prompts = [[5, 9, 12], [7, 3, 3, 30, 2]]
     greedy = SamplingParams(max_new_tokens=12, temperature=0, stop_token_ids=())

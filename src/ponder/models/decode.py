@@ -165,6 +165,33 @@ def _sparse_mlp(block: SparseMoE, norm_weight: torch.Tensor):
     return lambda h: block(h * norm_weight)
 
 
+# The projections DecodeStep fuses: a LoRA adapter on one of them is merged into its copy.
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _weight(linear) -> torch.Tensor:
+    """A projection's weight as its forward applies it. A LoRA layer (peft's, which keeps the
+    original as `base_layer`) gets its active adapters' low-rank updates merged in, so a LoRA
+    policy decodes on the same packed matmuls as a plain one; the step is rebuilt whenever the
+    adapter's weights change, as for any weight."""
+    base = getattr(linear, "base_layer", None)
+    if base is None:
+        return linear.weight
+    weight = base.weight
+    if linear.merged or linear.disable_adapters:
+        return weight
+    for name in linear.active_adapters:
+        if name in linear.lora_A:
+            weight = weight + linear.get_delta_weight(name).to(weight.dtype)
+    return weight
+
+
+def _adapters_mergeable(model) -> bool:
+    """Every adapter is a LoRA layer on a projection the step fuses (not the embedding or head)."""
+    return all(name.rsplit(".", 1)[-1] in PROJECTIONS and hasattr(m, "get_delta_weight")
+               for name, m in model.named_modules() if hasattr(m, "base_layer"))
+
+
 def _scale(norm) -> torch.Tensor:
     """What an RMSNorm multiplies by: its weight, or for Gemma's 1 + weight, in fp32 as the model
     computes it (a copy made from the weights of the time)."""
@@ -206,12 +233,12 @@ class DecodeStep:
     @staticmethod
     def supports(model) -> bool:
         """A plain `Decoder` (a subclass may change the forward this step mirrors) with grouped-query
-        attention (not MLA) in fp32 or bf16 and no adapters (the fused copies would leave a LoRA
-        adapter out); the others keep `Decoder.forward`. Mixture-of-experts MLPs run as their own
-        modules inside the step."""
+        attention (not MLA) in fp32 or bf16, whose adapters, if any, are LoRA on the projections
+        (merged into the step's copies); the others keep `Decoder.forward`. Mixture-of-experts MLPs
+        run as their own modules inside the step."""
         config = model.config
         return (type(model) is Decoder and config.mla is None and model.dtype in (torch.float32, torch.bfloat16)
-                and not has_adapters(model))
+                and (not has_adapters(model) or _adapters_mergeable(model)))
 
     @torch.no_grad()
     def __init__(self, model, path: str | None = None):
@@ -219,7 +246,7 @@ class DecodeStep:
         says."""
         if not self.supports(model):
             raise ValueError("DecodeStep needs an fp32 or bf16 decoder with grouped-query attention (not MLA) "
-                             "and no adapters")
+                             "and no adapters but LoRA on its projections")
         config = model.config
         self.model, self.eps = model, config.rms_norm_eps
         self.heads, self.kv_heads, self.head_dim = (config.num_attention_heads, config.num_key_value_heads,
@@ -249,13 +276,13 @@ class DecodeStep:
                 feed_forward = _sparse_mlp(mlp, _scale(mlp_norm))
             else:
                 feed_forward = DenseMLP(
-                    PackedLinear(_fused([mlp.gate_proj.weight, mlp.up_proj.weight], _scale(mlp_norm)),
+                    PackedLinear(_fused([_weight(mlp.gate_proj), _weight(mlp.up_proj)], _scale(mlp_norm)),
                                  _cat_bias(mlp.gate_proj, mlp.up_proj), pack),
-                    PackedLinear(_fused([mlp.down_proj.weight]), mlp.down_proj.bias, pack), mlp.activation)
+                    PackedLinear(_fused([_weight(mlp.down_proj)]), mlp.down_proj.bias, pack), mlp.activation)
             self.layers.append((
-                PackedLinear(_fused([m.weight for m in qkv], _scale(layer.input_layernorm)), _cat_bias(*qkv), pack),
+                PackedLinear(_fused([_weight(m) for m in qkv], _scale(layer.input_layernorm)), _cat_bias(*qkv), pack),
                 qk_norm,
-                PackedLinear(_fused([attn.o_proj.weight]), attn.o_proj.bias, pack),
+                PackedLinear(_fused([_weight(attn.o_proj)]), attn.o_proj.bias, pack),
                 feed_forward,
             ))
             self.post_norms.append((_scale(layer.post_attention_layernorm), _scale(layer.post_feedforward_layernorm))
