@@ -210,3 +210,14 @@ def test_resume_after_a_kill_is_exact(tmp_path, capsys):
     # a changed setting is refused on resume
     assert main(["train", "trm", str(config), f"output_dir={run}", "lr=0.5"]) == 2
     assert "lr" in capsys.readouterr().err
+
+
+def test_attention_mixer_runs_the_same_recursion():
+    torch.manual_seed(0)
+    model = TRM(ModelShape(hidden=16, layers=2, mixer="attention", heads=2))
+    puzzle = torch.as_tensor(sudoku.generate(3, 14, seed=0)[0])
+    y, z = model.start(3)
+    y2, z2, logits, q = model.supervision_step(model.embed_puzzle(puzzle), y, z, T=2, n=2)
+    assert logits.shape == (3, 36, 6) and q.shape == (3,) and not y2.requires_grad
+    logits.sum().backward()
+    assert all(p.grad is not None for p in model.net.parameters())
