@@ -13,6 +13,12 @@ before it) keep a ring of window - 1 slots instead of max_len: position p lives 
 p % (window - 1), so their memory grows with the window, not with the sequence. A forward
 attends over [the ring as it was | the new tokens] (the mask says which slots hold positions
 still in each query's window), then writes the newest window - 1 real tokens into the ring.
+
+Linear-attention layers (Qwen3.5's Gated DeltaNet) hold no keys or values: their cache is a
+fixed-size state per row, `conv[layer]` [B, conv_dim, kernel - 1] (the convolution's last inputs,
+in the model's dtype) and `state[layer]` [B, value heads, key_head_dim, value_head_dim] (the
+delta rule's state, in fp32 whatever the model's dtype: it accumulates over the whole sequence).
+The layer itself reads and replaces them (linear_attention.py); `select` copies them with the rest.
 """
 
 from __future__ import annotations
@@ -86,6 +92,13 @@ def ring_size(window: int | None, max_len: int) -> int | None:
     return None if window is None else min(max(window - 1, 1), max_len)
 
 
+def linear_state_shapes(config: ModelConfig) -> tuple[tuple[int, int], tuple[int, int, int]]:
+    """Per row, a linear-attention layer's conv inputs [conv_dim, kernel - 1] and recurrent state
+    [value heads, key_head_dim, value_head_dim]."""
+    lin = config.linear
+    return (lin.conv_dim, lin.conv_kernel_dim - 1), (lin.num_value_heads, lin.key_head_dim, lin.value_head_dim)
+
+
 class KVCache:
     """Per-layer K/V tensors [B, Hkv, slots, D] and `lengths` [B] (tokens held per row); slots is
     max_len, or a sliding-window layer's ring (see the module's notes).
@@ -98,10 +111,18 @@ class KVCache:
         self.windows = [config.layer_window(i) for i in range(config.num_hidden_layers)]
         self.rings = [ring_size(w, max_len) for w in self.windows]
         slots = [max_len if ring is None else ring for ring in self.rings]
+        linear = [config.is_linear_layer(i) for i in range(config.num_hidden_layers)]
+        slots = [0 if lin else n for n, lin in zip(slots, linear)]  # linear layers: no keys, no values
         self.k = [torch.zeros(batch, config.cache_heads, n, config.k_head_dim, dtype=dtype, device=device)
                   for n in slots]
         self.v = [torch.zeros(batch, config.cache_heads, n, config.v_head_dim, dtype=dtype, device=device)
                   for n in slots]
+        self.conv: list[torch.Tensor | None] = [None] * len(linear)
+        self.state: list[torch.Tensor | None] = [None] * len(linear)
+        for i in (i for i, lin in enumerate(linear) if lin):
+            conv_shape, state_shape = linear_state_shapes(config)
+            self.conv[i] = torch.zeros(batch, *conv_shape, dtype=dtype, device=device)
+            self.state[i] = torch.zeros(batch, *state_shape, dtype=torch.float32, device=device)
         self.lengths = torch.zeros(batch, dtype=torch.long, device=device)
         self.max_len = max_len
 
@@ -114,15 +135,24 @@ class KVCache:
 
     @staticmethod
     def bytes_for(config: ModelConfig, positions: int, dtype: torch.dtype = torch.float32) -> int:
-        """Cache bytes of one row holding `positions` tokens: sliding-window layers hold their ring."""
+        """Cache bytes of one row holding `positions` tokens: sliding-window layers hold their ring,
+        linear-attention layers their fixed state (conv inputs in `dtype`, the recurrent state in fp32)."""
         per_token = KVCache.bytes_per_token(config, dtype) // config.num_hidden_layers
-        return sum(per_token * (positions if ring is None else ring)
-                   for ring in (ring_size(config.layer_window(i), positions) for i in range(config.num_hidden_layers)))
+        total = 0
+        for i in range(config.num_hidden_layers):
+            if config.is_linear_layer(i):
+                conv, state = linear_state_shapes(config)
+                total += (conv[0] * conv[1] * torch.empty(0, dtype=dtype).element_size()
+                          + state[0] * state[1] * state[2] * 4)
+            else:
+                ring = ring_size(config.layer_window(i), positions)
+                total += per_token * (positions if ring is None else ring)
+        return total
 
     @property
     def nbytes(self) -> int:
         """Bytes the cache's tensors hold."""
-        return sum(t.numel() * t.element_size() for t in self.k + self.v)
+        return sum(t.numel() * t.element_size() for t in self.k + self.v + self.conv + self.state if t is not None)
 
     def window_of(self, layer: int) -> int | None:
         return self.windows[layer]
@@ -136,6 +166,8 @@ class KVCache:
         rows = torch.as_tensor(rows, dtype=torch.long, device=self.lengths.device)
         self.k = [k.index_select(0, rows) for k in self.k]
         self.v = [v.index_select(0, rows) for v in self.v]
+        self.conv = [None if c is None else c.index_select(0, rows) for c in self.conv]
+        self.state = [None if s is None else s.index_select(0, rows) for s in self.state]
         self.lengths = self.lengths.index_select(0, rows)
         return self
 

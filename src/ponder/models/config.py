@@ -22,11 +22,14 @@ ARCHITECTURES = {
     "qwen3_moe": "Qwen3MoeForCausalLM",
     "deepseek_v3": "DeepseekV3ForCausalLM",
     "gemma3_text": "Gemma3ForCausalLM",
+    "qwen3_5_text": "Qwen3_5ForCausalLM",
 }
 # The MLP's activation: "silu" (SwiGLU) for every family but Gemma, whose GeGLU uses the
 # tanh approximation of GELU (config.json: `hidden_activation`).
 ACTIVATIONS = ("silu", "gelu_pytorch_tanh")
 LAYER_TYPES = ("full_attention", "sliding_attention")
+# Qwen3.5's layer types: Gated DeltaNet (linear attention) or gated full attention.
+HYBRID_LAYER_TYPES = ("full_attention", "linear_attention")
 ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
 
@@ -63,6 +66,33 @@ class MLAConfig:
     v_head_dim: int  # per-head value width
     q_lora_rank: int | None = None  # None: q_proj; else q_a_proj -> RMSNorm -> q_b_proj
     rope_interleave: bool = True  # RoPE rotates adjacent pairs (x0, x1), (x2, x3), ... instead of halves
+
+
+@dataclass
+class LinearAttentionConfig:
+    """Qwen3.5's Gated DeltaNet layers (names as in config.json, without their `linear_` prefix).
+
+    Each layer keeps a fixed-size state per sequence: the last conv_kernel_dim - 1 inputs of its
+    causal convolution and a [num_value_heads, key_head_dim, value_head_dim] recurrent state."""
+
+    conv_kernel_dim: int = 4  # width of the depthwise causal convolution over q, k and v
+    key_head_dim: int = 128  # per-head query/key width
+    value_head_dim: int = 128  # per-head value width
+    num_key_heads: int = 16  # query/key heads; each serves num_value_heads / num_key_heads value heads
+    num_value_heads: int = 32  # value heads (the recurrent states)
+
+    @property
+    def key_dim(self) -> int:
+        return self.num_key_heads * self.key_head_dim
+
+    @property
+    def value_dim(self) -> int:
+        return self.num_value_heads * self.value_head_dim
+
+    @property
+    def conv_dim(self) -> int:
+        """Channels of the convolution: [q | k | v]."""
+        return 2 * self.key_dim + self.value_dim
 
 
 @dataclass
@@ -131,6 +161,11 @@ class ModelConfig:
     query_pre_attn_scalar: float | None = None  # attention scale = this ** -0.5 (other families: head_dim ** -0.5)
     attn_logit_softcapping: float | None = None  # scores -> c * tanh(scores / c) before the softmax; None: off
     final_logit_softcapping: float | None = None  # logits -> c * tanh(logits / c); None: off
+    # Qwen3.5 (qwen3_5_text): Gated DeltaNet layers (`linear`; layer_types says which layers are
+    # "linear_attention", by default three of every four) beside gated full attention that
+    # rotates only the first partial_rotary_factor of each head (None: 0.25 for Qwen3.5, else 1).
+    linear: LinearAttentionConfig | None = None
+    partial_rotary_factor: float | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -152,8 +187,10 @@ class ModelConfig:
                 f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
                 f"num_key_value_heads ({self.num_key_value_heads})"
             )
-        if self.head_dim % 2:
-            raise ConfigError(f"head_dim must be even for RoPE, got {self.head_dim}")
+        self._check_qwen3_5_options()
+        if self.rope_dim % 2 or self.rope_dim <= 0:
+            raise ConfigError(f"the rotated part of a head (head_dim x partial_rotary_factor) must be even "
+                              f"for RoPE, got {self.rope_dim}")
         if (self.moe is not None) != (self.model_type in ("qwen3_moe", "deepseek_v3")):
             raise ConfigError(f"model_type {self.model_type!r} {'needs' if self.moe is None else 'takes no'} moe settings")
         if (self.mla is not None) != (self.model_type == "deepseek_v3"):
@@ -163,6 +200,32 @@ class ModelConfig:
         if self.mla is not None:
             _check_mla(self.mla, self.head_dim)
         self._check_gemma_options()
+
+    def _check_qwen3_5_options(self) -> None:
+        if not self.qwen3_5:
+            if self.linear is not None:
+                raise ConfigError(f"model_type {self.model_type!r} takes no linear-attention settings")
+            if self.partial_rotary_factor not in (None, 1.0):
+                raise ConfigError(f"model_type {self.model_type!r} takes no partial_rotary_factor")
+            return
+        # transformers' Qwen3_5TextConfig defaults: every fourth layer full, a quarter of each head rotated
+        self.linear = self.linear or LinearAttentionConfig()
+        _positive(self.linear, ("conv_kernel_dim", "key_head_dim", "value_head_dim", "num_key_heads",
+                                "num_value_heads"))
+        if self.linear.num_value_heads % self.linear.num_key_heads:
+            raise ConfigError(f"linear_num_value_heads ({self.linear.num_value_heads}) must be a multiple of "
+                              f"linear_num_key_heads ({self.linear.num_key_heads})")
+        if self.layer_types is None:
+            self.layer_types = tuple("linear_attention" if (i + 1) % 4 else "full_attention"
+                                     for i in range(self.num_hidden_layers))
+        self.layer_types = tuple(self.layer_types)
+        if len(self.layer_types) != self.num_hidden_layers or not set(self.layer_types) <= set(HYBRID_LAYER_TYPES):
+            raise ConfigError(f"layer_types must give one of {', '.join(HYBRID_LAYER_TYPES)} for each of the "
+                              f"{self.num_hidden_layers} layers, got {list(self.layer_types)!r}")
+        factor = 0.25 if self.partial_rotary_factor is None else self.partial_rotary_factor
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor <= 1:
+            raise ConfigError(f"partial_rotary_factor must be in (0, 1], got {factor!r}")
+        self.partial_rotary_factor = float(factor)
 
     def _check_gemma_options(self) -> None:
         if self.gemma:  # transformers' Gemma3TextConfig defaults
@@ -176,7 +239,7 @@ class ModelConfig:
         self.hidden_act = self.hidden_act or "silu"
         if self.hidden_act not in ACTIVATIONS:
             raise ConfigError(f"hidden_act {self.hidden_act!r} is not supported (supported: {', '.join(ACTIVATIONS)})")
-        if self.layer_types is not None:
+        if self.layer_types is not None and not self.qwen3_5:
             self.layer_types = tuple(self.layer_types)
             if len(self.layer_types) != self.num_hidden_layers or not set(self.layer_types) <= set(LAYER_TYPES):
                 raise ConfigError(f"layer_types must give one of {', '.join(LAYER_TYPES)} for each of the "
@@ -196,6 +259,8 @@ class ModelConfig:
                       if getattr(self, name) is not None]
         if self.hidden_act != "silu":
             gemma_only.append("hidden_act")
+        if self.qwen3_5 and "layer_types" in gemma_only:
+            gemma_only.remove("layer_types")
         if gemma_only and not self.gemma:
             raise ConfigError(f"model_type {self.model_type!r} takes no {', '.join(gemma_only)} "
                               "(sliding windows, GeGLU and soft-capping are read for gemma3_text only)")
@@ -203,7 +268,22 @@ class ModelConfig:
     # Which optional parts each family has (as transformers builds them).
     @property
     def qk_norm(self) -> bool:
-        return self.model_type in ("qwen3", "qwen3_moe", "gemma3_text")
+        return self.model_type in ("qwen3", "qwen3_moe", "gemma3_text", "qwen3_5_text")
+
+    @property
+    def qwen3_5(self) -> bool:
+        """Qwen3.5's hybrid: Gated DeltaNet layers beside full attention whose output is gated by a
+        sigmoid of a second query-sized projection, partial RoPE, and RMSNorms that scale by 1 + weight."""
+        return self.model_type == "qwen3_5_text"
+
+    @property
+    def norm_offset(self) -> bool:
+        """Whether RMSNorm weights are stored as an offset from 1 (Gemma 3, Qwen3.5)."""
+        return self.gemma or self.qwen3_5
+
+    def is_linear_layer(self, layer_idx: int) -> bool:
+        """Whether layer `layer_idx` is a Gated DeltaNet (linear attention) layer."""
+        return self.layer_types is not None and self.layer_types[layer_idx] == "linear_attention"
 
     @property
     def gemma(self) -> bool:
@@ -272,7 +352,10 @@ class ModelConfig:
 
     @property
     def rope_dim(self) -> int:
-        return self.mla.qk_rope_head_dim if self.mla else self.head_dim
+        """The width RoPE rotates: MLA's rope part, or the first partial_rotary_factor of a head."""
+        if self.mla:
+            return self.mla.qk_rope_head_dim
+        return int(self.head_dim * (self.partial_rotary_factor or 1.0))
 
     def is_sparse_layer(self, layer_idx: int) -> bool:
         """Whether layer `layer_idx` uses routed experts (as transformers decides it per family)."""
@@ -294,6 +377,12 @@ class ModelConfig:
         if d.get("model_type") == "gemma3" and isinstance(d.get("text_config"), dict):
             # The multimodal Gemma 3 config: its text decoder is a gemma3_text config of its own.
             d = {**d["text_config"], "model_type": "gemma3_text", "architectures": [ARCHITECTURES["gemma3_text"]]}
+        if d.get("model_type") == "qwen3_5" and isinstance(d.get("text_config"), dict):
+            # Qwen3.5's multimodal config: the text decoder is its qwen3_5_text part (the vision
+            # tower's weights are skipped when the checkpoint loads).
+            text = d["text_config"]
+            d = {"tie_word_embeddings": d.get("tie_word_embeddings", False), **text,
+                 "model_type": "qwen3_5_text", "architectures": [ARCHITECTURES["qwen3_5_text"]]}
         archs = d.get("architectures") or []
         model_type = d.get("model_type")
         if model_type not in ARCHITECTURES:
@@ -357,8 +446,10 @@ class ModelConfig:
             raise fail(f"{rope_field}.rope_type",
                        f"{rope_type!r} is not supported (supported: {', '.join(ROPE_TYPES)})")
         rope_scaling = _rope_scaling_from_hf(rope, rope_type, d, lambda name, why: fail(f"{rope_field}.{name}", why))
-        if rope.get("partial_rotary_factor", 1.0) != 1.0 or d.get("partial_rotary_factor", 1.0) != 1.0:
-            raise fail("partial_rotary_factor", "partial rotary embeddings are not supported")
+        qwen3_5 = model_type == "qwen3_5_text"
+        partial = rope.get("partial_rotary_factor", d.get("partial_rotary_factor", 0.25 if qwen3_5 else 1.0))
+        if partial != 1.0 and not qwen3_5:
+            raise fail("partial_rotary_factor", "partial rotary embeddings are read for qwen3_5_text only")
         theta = rope.get("rope_theta", d.get("rope_theta", 1_000_000.0 if gemma else 10_000.0))
         if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not math.isfinite(theta) or theta <= 0:
             raise fail("rope_theta", f"expected a positive number, got {theta!r}")
@@ -376,7 +467,7 @@ class ModelConfig:
                 num_hidden_layers=get("num_hidden_layers", int),
                 num_attention_heads=get("num_attention_heads", int),
                 num_key_value_heads=get("num_key_value_heads", int, None),
-                head_dim=get("head_dim", int, None),
+                head_dim=get("head_dim", int, 256 if qwen3_5 else None),
                 model_type=model_type,
                 rms_norm_eps=get("rms_norm_eps", float, 1e-6),
                 rope_theta=float(theta),
@@ -389,6 +480,7 @@ class ModelConfig:
                 moe=moe,
                 mla=mla,
                 **(_gemma_from_hf(d, get, fail, local_theta) if gemma else {}),
+                **(_qwen3_5_from_hf(d, get, fail, partial) if qwen3_5 else {}),
                 raw=dict(d),
             )
         except ConfigError as e:
@@ -428,6 +520,13 @@ class ModelConfig:
             d.update(_moe_to_hf(self.moe, self.model_type, d))
         if self.gemma:
             d.update(_gemma_to_hf(self, d["rope_parameters"]))
+        if self.qwen3_5:
+            lin = self.linear
+            d["rope_parameters"]["partial_rotary_factor"] = self.partial_rotary_factor
+            d.update(partial_rotary_factor=self.partial_rotary_factor, layer_types=list(self.layer_types),
+                     linear_conv_kernel_dim=lin.conv_kernel_dim, linear_key_head_dim=lin.key_head_dim,
+                     linear_value_head_dim=lin.value_head_dim, linear_num_key_heads=lin.num_key_heads,
+                     linear_num_value_heads=lin.num_value_heads)
         if self.mla is not None:
             m = self.mla
             d.update(kv_lora_rank=m.kv_lora_rank, q_lora_rank=m.q_lora_rank, qk_nope_head_dim=m.qk_nope_head_dim,
@@ -496,6 +595,24 @@ def _gemma_from_hf(d: dict[str, Any], get, fail, local_theta: float) -> dict[str
                 query_pre_attn_scalar=optional("query_pre_attn_scalar"),
                 attn_logit_softcapping=optional("attn_logit_softcapping"),
                 final_logit_softcapping=optional("final_logit_softcapping"))
+
+
+def _qwen3_5_from_hf(d: dict[str, Any], get, fail, partial: Any) -> dict[str, Any]:
+    """Qwen3.5's fields of ModelConfig, with transformers' defaults for those a file leaves out."""
+    n = get("num_hidden_layers", int)
+    layer_types = d.get("layer_types")
+    if layer_types is None:
+        interval = get("full_attention_interval", int, 4)
+        layer_types = ["linear_attention" if (i + 1) % interval else "full_attention" for i in range(n)]
+    if not isinstance(layer_types, list) or len(layer_types) != n or not set(layer_types) <= set(HYBRID_LAYER_TYPES):
+        raise fail("layer_types", f"expected one of {', '.join(HYBRID_LAYER_TYPES)} for each of the {n} layers")
+    if isinstance(partial, bool) or not isinstance(partial, (int, float)) or not 0 < partial <= 1:
+        raise fail("partial_rotary_factor", f"expected a number in (0, 1], got {partial!r}")
+    defaults = LinearAttentionConfig()
+    linear = LinearAttentionConfig(**{name: get("linear_" + name, int, getattr(defaults, name))
+                                      for name in ("conv_kernel_dim", "key_head_dim", "value_head_dim",
+                                                   "num_key_heads", "num_value_heads")})
+    return dict(layer_types=tuple(layer_types), linear=linear, partial_rotary_factor=float(partial))
 
 
 def _int_if_whole(x: float) -> float | int:

@@ -235,9 +235,11 @@ class DecodeStep:
         """A plain `Decoder` (a subclass may change the forward this step mirrors) with grouped-query
         attention (not MLA) in fp32 or bf16, whose adapters, if any, are LoRA on the projections
         (merged into the step's copies); the others keep `Decoder.forward`. Mixture-of-experts MLPs
-        run as their own modules inside the step."""
+        run as their own modules inside the step. Qwen3.5's linear-attention hybrid is not mirrored
+        (its layers carry a recurrent state, not keys): it keeps `Decoder.forward`."""
         config = model.config
-        return (type(model) is Decoder and config.mla is None and model.dtype in (torch.float32, torch.bfloat16)
+        return (type(model) is Decoder and config.mla is None and not config.qwen3_5
+                and model.dtype in (torch.float32, torch.bfloat16)
                 and (not has_adapters(model) or _adapters_mergeable(model)))
 
     @torch.no_grad()

@@ -1,10 +1,11 @@
-"""Decoder: the decoder-only transformer (Qwen3 / Qwen2 / Llama / Qwen3-MoE / DeepSeek-V3 / Gemma 3)
-with HF parameter names.
+"""Decoder: the decoder-only transformer (Qwen3 / Qwen2 / Llama / Qwen3-MoE / DeepSeek-V3 / Gemma 3 /
+Qwen3.5) with HF parameter names.
 
 Layout (as transformers names it, so state dicts map 1:1):
     model.embed_tokens, model.layers.N.{input_layernorm, self_attn, post_attention_layernorm, mlp},
     model.norm, lm_head (absent when tie_word_embeddings: logits reuse embed_tokens.weight).
-    Gemma 3 adds model.layers.N.{pre_feedforward_layernorm, post_feedforward_layernorm}.
+    Gemma 3 adds model.layers.N.{pre_feedforward_layernorm, post_feedforward_layernorm}; Qwen3.5's
+    linear-attention layers hold model.layers.N.linear_attn instead of self_attn.
 
 Each layer's attention and MLP come from `make_attention` / `make_mlp`; a variant (MoE MLP,
 multi-head latent attention) is a new module with the same forward signature chosen there.
@@ -23,6 +24,7 @@ from torch.utils.checkpoint import checkpoint
 from .cache import KVCache
 from .config import ModelConfig
 from .layers import Attention, RMSNorm, RotaryTable, SwiGLU
+from .linear_attention import GatedAttention, GatedDeltaNet, GatedRMSNorm
 from .mla import LatentAttention
 from .moe import Experts, SigmoidGroupRouter, SoftmaxRouter, SparseMoE
 
@@ -31,6 +33,8 @@ def make_attention(config: ModelConfig, layer_idx: int) -> nn.Module:
     """The attention block of layer `layer_idx`: forward(x, cos, sin, cache, step) -> [B, T, H]."""
     if config.mla is not None:
         return LatentAttention(config, layer_idx)
+    if config.qwen3_5:  # Qwen3.5: Gated DeltaNet (HF name linear_attn) or gated full attention
+        return GatedDeltaNet(config, layer_idx) if config.is_linear_layer(layer_idx) else GatedAttention(config, layer_idx)
     return Attention(config, layer_idx)
 
 
@@ -42,8 +46,8 @@ def make_mlp(config: ModelConfig, layer_idx: int) -> nn.Module:
 
 
 def make_norm(config: ModelConfig, dim: int | None = None) -> RMSNorm:
-    """An RMSNorm over `dim` (default hidden_size) as the family builds it (Gemma: 1 + weight)."""
-    return RMSNorm(config.hidden_size if dim is None else dim, config.rms_norm_eps, offset=config.gemma)
+    """An RMSNorm over `dim` (default hidden_size) as the family builds it (Gemma, Qwen3.5: 1 + weight)."""
+    return RMSNorm(config.hidden_size if dim is None else dim, config.rms_norm_eps, offset=config.norm_offset)
 
 
 def has_adapters(model: nn.Module) -> bool:
@@ -67,7 +71,9 @@ class DecoderLayer(nn.Module):
     def __init__(self, config: ModelConfig, self_attn: nn.Module, mlp: nn.Module):
         super().__init__()
         self.input_layernorm = make_norm(config)
-        self.self_attn = self_attn
+        # the token mixer under its HF name: self_attn, or linear_attn for Qwen3.5's Gated DeltaNet
+        self.mixer_name = getattr(self_attn, "hf_name", "self_attn")
+        self.add_module(self.mixer_name, self_attn)
         self.post_attention_layernorm = make_norm(config)
         self.mlp = mlp
         self.sandwich = config.gemma
@@ -87,7 +93,7 @@ class DecoderLayer(nn.Module):
 
     def _attention(self, x, cos, sin, cache=None, step=None):
         """What the attention block adds to the residual stream."""
-        out = self.self_attn(self.input_layernorm(x), cos, sin, cache, step)
+        out = getattr(self, self.mixer_name)(self.input_layernorm(x), cos, sin, cache, step)
         return self.post_attention_layernorm(out) if self.sandwich else out
 
     def _feed_forward(self, x):
@@ -135,8 +141,10 @@ class Decoder(nn.Module):
                     module.bias.zero_()
             elif isinstance(module, RMSNorm):
                 module.weight.fill_(module.unit_weight)
-            elif isinstance(module, (Experts, SoftmaxRouter, SigmoidGroupRouter)):
+            elif isinstance(module, (Experts, SoftmaxRouter, SigmoidGroupRouter, GatedDeltaNet)):
                 module.reset_parameters(self.config.initializer_range)
+            elif isinstance(module, GatedRMSNorm):
+                module.weight.fill_(1.0)
 
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
         """Recompute each decoder layer in the backward pass instead of keeping its activations

@@ -217,8 +217,8 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(H, self.n_kv * D, bias=config.qkv_bias)
         self.o_proj = nn.Linear(self.n_heads * D, H, bias=config.o_bias)
         if config.qk_norm:
-            self.q_norm = RMSNorm(D, config.rms_norm_eps, offset=config.gemma)
-            self.k_norm = RMSNorm(D, config.rms_norm_eps, offset=config.gemma)
+            self.q_norm = RMSNorm(D, config.rms_norm_eps, offset=config.norm_offset)
+            self.k_norm = RMSNorm(D, config.rms_norm_eps, offset=config.norm_offset)
         else:
             self.q_norm = self.k_norm = None
 
