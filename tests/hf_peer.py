@@ -22,9 +22,10 @@ def hf_config(cfg: ModelConfig):
     if cfg.model_type == "gemma3_text":  # its many options: ponder's own config.json dict, read by transformers
         d = {k: v for k, v in cfg.to_hf_dict().items() if k not in ("architectures", "model_type")}
         return transformers.Gemma3TextConfig(**d, attn_implementation="eager")
-    if cfg.model_type == "qwen3_5_text":  # likewise: Qwen3.5's linear-attention fields from ponder's dict
+    if cfg.qwen3_5:  # likewise: Qwen3.5's linear-attention (and expert) fields from ponder's dict
         d = {k: v for k, v in cfg.to_hf_dict().items() if k not in ("architectures", "model_type")}
-        return transformers.Qwen3_5TextConfig(**d, attn_implementation="eager")
+        kind = transformers.Qwen3_5MoeTextConfig if cfg.moe is not None else transformers.Qwen3_5TextConfig
+        return kind(**d, attn_implementation="eager")
 
     common = dict(
         vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,

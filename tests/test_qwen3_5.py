@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from ponder.models import ConfigError, Decoder, KVCache, ModelConfig, from_pretrained
-from ponder.models.config import LinearAttentionConfig
+from ponder.models.config import LinearAttentionConfig, MoEConfig
 from ponder.models.linear_attention import chunked_delta_rule, l2norm, recurrent_delta_rule
 
 from hf_peer import hf_config, import_transformers, randomize  # tests/ is on sys.path under pytest
@@ -45,6 +45,11 @@ CONFIGS = {
                                      num_value_heads=3)),
     "all-full-mqa-whole-rope": qwen3_5(num_hidden_layers=2, layer_types=(F, F), num_attention_heads=4,
                                        num_key_value_heads=1, head_dim=8, partial_rotary_factor=1.0),
+    # Qwen3.5-MoE: every MLP routed (ponder's SparseMoE) plus one sigmoid-gated shared expert
+    "moe-4experts-top2-shared": qwen3_5(
+        model_type="qwen3_5_moe_text", intermediate_size=48,
+        moe=MoEConfig(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, norm_topk_prob=True,
+                      shared_expert_intermediate_size=48)),
 }
 
 
@@ -94,14 +99,14 @@ def test_loads_transformers_checkpoint_with_same_logits(name, tmp_path):
     torch.testing.assert_close(logits(model, ids), logits(peer, ids), atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["3to1-gqa-k4", "full-first-mha-k2-half-rope-tied"])
+@pytest.mark.parametrize("name", ["3to1-gqa-k4", "full-first-mha-k2-half-rope-tied", "moe-4experts-top2-shared"])
 def test_transformers_loads_our_checkpoint_with_same_logits(name, tmp_path):
     cfg = CONFIGS[name]
     model = ours(cfg, seed=4)
     model.save_pretrained(tmp_path)
     transformers = import_transformers()
     peer = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").eval()
-    assert type(peer).__name__ == "Qwen3_5ForCausalLM"
+    assert type(peer).__name__ == cfg.architecture
     assert list(peer.config.layer_types) == list(cfg.layer_types)
     assert sum(p.numel() for p in peer.parameters()) == model.num_parameters()
     ids = random_ids(cfg, (3, 19), seed=1)
@@ -126,7 +131,7 @@ def test_bfloat16_logits_match_transformers_bfloat16(name):
     assert (got - want).abs().max() > 0  # bf16 did change something
 
 
-@pytest.mark.parametrize("name", ["3to1-gqa-k4", "full-first-mha-k2-half-rope-tied"])
+@pytest.mark.parametrize("name", ["3to1-gqa-k4", "full-first-mha-k2-half-rope-tied", "moe-4experts-top2-shared"])
 def test_gradients_match_transformers(name, tmp_path):
     """The RL trainer backpropagates through the uncached forward (the chunked rule): gradients
     of every weight, A_log, dt_bias and the convolution included, must match too."""
@@ -253,6 +258,14 @@ def test_config_round_trips_reads_the_multimodal_config_and_takes_defaults():
     assert bare.layer_types == (L, L, L, F) and bare.partial_rotary_factor == 0.25
     assert bare.linear == LinearAttentionConfig() and ModelConfig.from_hf_dict(bare.to_hf_dict()) == bare
     assert list(hf_config(bare).layer_types) == list(bare.layer_types)
+    # the sparse family: no dense intermediate_size in its file, every layer routed
+    moe_text = {k: v for k, v in text.items() if k != "intermediate_size"}
+    moe_text.update(model_type="qwen3_5_moe_text", num_experts=8, num_experts_per_tok=2, moe_intermediate_size=64,
+                    shared_expert_intermediate_size=96)
+    sparse = ModelConfig.from_hf_dict(dict(model_type="qwen3_5_moe", text_config=moe_text))
+    assert sparse.model_type == "qwen3_5_moe_text" and sparse.architecture == "Qwen3_5MoeForCausalLM"
+    assert sparse.moe.shared_expert_intermediate_size == 96 and sparse.moe.norm_topk_prob
+    assert all(sparse.is_sparse_layer(i) for i in range(8))
 
 
 def test_bad_qwen3_5_configs_name_the_field():

@@ -23,7 +23,9 @@ ARCHITECTURES = {
     "deepseek_v3": "DeepseekV3ForCausalLM",
     "gemma3_text": "Gemma3ForCausalLM",
     "qwen3_5_text": "Qwen3_5ForCausalLM",
+    "qwen3_5_moe_text": "Qwen3_5MoeForCausalLM",
 }
+MOE_TYPES = ("qwen3_moe", "deepseek_v3", "qwen3_5_moe_text")
 # The MLP's activation: "silu" (SwiGLU) for every family but Gemma, whose GeGLU uses the
 # tanh approximation of GELU (config.json: `hidden_activation`).
 ACTIVATIONS = ("silu", "gelu_pytorch_tanh")
@@ -54,6 +56,9 @@ class MoEConfig:
     n_group: int = 1  # experts are split into n_group groups ...
     topk_group: int = 1  # ... and a token may only use experts of its topk_group best groups
     first_k_dense_replace: int = 0  # layers [0, first_k_dense_replace) use the dense MLP
+    # Qwen3.5-MoE: one always-on shared expert of this inner width, its output scaled by
+    # sigmoid(shared_expert_gate(x)) per token; 0: none.
+    shared_expert_intermediate_size: int = 0
 
 
 @dataclass
@@ -191,7 +196,7 @@ class ModelConfig:
         if self.rope_dim % 2 or self.rope_dim <= 0:
             raise ConfigError(f"the rotated part of a head (head_dim x partial_rotary_factor) must be even "
                               f"for RoPE, got {self.rope_dim}")
-        if (self.moe is not None) != (self.model_type in ("qwen3_moe", "deepseek_v3")):
+        if (self.moe is not None) != (self.model_type in MOE_TYPES):
             raise ConfigError(f"model_type {self.model_type!r} {'needs' if self.moe is None else 'takes no'} moe settings")
         if (self.mla is not None) != (self.model_type == "deepseek_v3"):
             raise ConfigError(f"model_type {self.model_type!r} {'needs' if self.mla is None else 'takes no'} mla settings")
@@ -268,13 +273,13 @@ class ModelConfig:
     # Which optional parts each family has (as transformers builds them).
     @property
     def qk_norm(self) -> bool:
-        return self.model_type in ("qwen3", "qwen3_moe", "gemma3_text", "qwen3_5_text")
+        return self.model_type in ("qwen3", "qwen3_moe", "gemma3_text", "qwen3_5_text", "qwen3_5_moe_text")
 
     @property
     def qwen3_5(self) -> bool:
         """Qwen3.5's hybrid: Gated DeltaNet layers beside full attention whose output is gated by a
         sigmoid of a second query-sized projection, partial RoPE, and RMSNorms that scale by 1 + weight."""
-        return self.model_type == "qwen3_5_text"
+        return self.model_type in ("qwen3_5_text", "qwen3_5_moe_text")
 
     @property
     def norm_offset(self) -> bool:
@@ -377,12 +382,12 @@ class ModelConfig:
         if d.get("model_type") == "gemma3" and isinstance(d.get("text_config"), dict):
             # The multimodal Gemma 3 config: its text decoder is a gemma3_text config of its own.
             d = {**d["text_config"], "model_type": "gemma3_text", "architectures": [ARCHITECTURES["gemma3_text"]]}
-        if d.get("model_type") == "qwen3_5" and isinstance(d.get("text_config"), dict):
-            # Qwen3.5's multimodal config: the text decoder is its qwen3_5_text part (the vision
-            # tower's weights are skipped when the checkpoint loads).
-            text = d["text_config"]
+        if d.get("model_type") in ("qwen3_5", "qwen3_5_moe") and isinstance(d.get("text_config"), dict):
+            # Qwen3.5's multimodal config: the text decoder is its qwen3_5(_moe)_text part (the
+            # vision tower's weights are skipped when the checkpoint loads).
+            text, text_type = d["text_config"], d["model_type"] + "_text"
             d = {"tie_word_embeddings": d.get("tie_word_embeddings", False), **text,
-                 "model_type": "qwen3_5_text", "architectures": [ARCHITECTURES["qwen3_5_text"]]}
+                 "model_type": text_type, "architectures": [ARCHITECTURES[text_type]]}
         archs = d.get("architectures") or []
         model_type = d.get("model_type")
         if model_type not in ARCHITECTURES:
@@ -446,7 +451,10 @@ class ModelConfig:
             raise fail(f"{rope_field}.rope_type",
                        f"{rope_type!r} is not supported (supported: {', '.join(ROPE_TYPES)})")
         rope_scaling = _rope_scaling_from_hf(rope, rope_type, d, lambda name, why: fail(f"{rope_field}.{name}", why))
-        qwen3_5 = model_type == "qwen3_5_text"
+        qwen3_5 = model_type in ("qwen3_5_text", "qwen3_5_moe_text")
+        if model_type == "qwen3_5_moe_text" and "intermediate_size" not in d:
+            # every layer is sparse: no dense MLP width in the file (ModelConfig wants one)
+            d = {**d, "intermediate_size": d.get("shared_expert_intermediate_size") or d.get("moe_intermediate_size")}
         partial = rope.get("partial_rotary_factor", d.get("partial_rotary_factor", 0.25 if qwen3_5 else 1.0))
         if partial != 1.0 and not qwen3_5:
             raise fail("partial_rotary_factor", "partial rotary embeddings are read for qwen3_5_text only")
@@ -636,6 +644,7 @@ def _gemma_to_hf(cfg: "ModelConfig", full_rope: dict[str, Any]) -> dict[str, Any
 # transformers' defaults for the routing options a config.json may leave out.
 _MOE_DEFAULTS = {
     "qwen3_moe": dict(norm_topk_prob=False, decoder_sparse_step=1),
+    "qwen3_5_moe_text": dict(norm_topk_prob=True, decoder_sparse_step=1),
     "deepseek_v3": dict(norm_topk_prob=True, n_shared_experts=1, routed_scaling_factor=2.5, n_group=8,
                         topk_group=4, first_k_dense_replace=3),
 }
@@ -645,6 +654,11 @@ def _moe_from_hf(d: dict[str, Any], model_type: str, get) -> MoEConfig | None:
     if model_type not in _MOE_DEFAULTS:
         return None
     defaults = _MOE_DEFAULTS[model_type]
+    if model_type == "qwen3_5_moe_text":
+        # every layer sparse, the top-k weights always renormalised, one gated shared expert
+        return MoEConfig(num_experts=get("num_experts", int), num_experts_per_tok=get("num_experts_per_tok", int),
+                         moe_intermediate_size=get("moe_intermediate_size", int), norm_topk_prob=True,
+                         shared_expert_intermediate_size=get("shared_expert_intermediate_size", int, 0))
     if model_type == "qwen3_moe":
         # transformers 5 writes num_local_experts (an alias it maps num_experts onto).
         experts = "num_local_experts" if "num_local_experts" in d and "num_experts" not in d else "num_experts"
@@ -664,7 +678,9 @@ def _moe_from_hf(d: dict[str, Any], model_type: str, get) -> MoEConfig | None:
 def _moe_to_hf(moe: MoEConfig, model_type: str, d: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = dict(num_experts_per_tok=moe.num_experts_per_tok,
                                moe_intermediate_size=moe.moe_intermediate_size, norm_topk_prob=moe.norm_topk_prob)
-    if model_type == "qwen3_moe":
+    if model_type == "qwen3_5_moe_text":
+        out.update(num_experts=moe.num_experts, shared_expert_intermediate_size=moe.shared_expert_intermediate_size)
+    elif model_type == "qwen3_moe":
         out.update(num_experts=moe.num_experts, decoder_sparse_step=moe.decoder_sparse_step,
                    mlp_only_layers=list(moe.mlp_only_layers))
         if "num_local_experts" in d:

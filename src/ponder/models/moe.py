@@ -138,6 +138,12 @@ class SparseMoE(nn.Module):
         # so that checkpoints match tensor for tensor.
         self.shared_experts = (SwiGLU(config.hidden_size, moe.moe_intermediate_size * moe.n_shared_experts)
                                if config.model_type == "deepseek_v3" else None)
+        # Qwen3.5-MoE: one shared expert whose output each token scales by a sigmoid gate
+        if moe.shared_expert_intermediate_size:
+            self.shared_expert = SwiGLU(config.hidden_size, moe.shared_expert_intermediate_size)
+            self.shared_expert_gate = nn.Linear(config.hidden_size, 1, bias=False)
+        else:
+            self.shared_expert = self.shared_expert_gate = None
         self.load: torch.Tensor | None = None  # tokens routed to each expert since the last reset
         self.counting = True  # whether forwards add to `load` (see set_load_counting)
         self.count_only: torch.Tensor | None = None  # [B * T] bool: the positions that count (load_counting)
@@ -159,11 +165,18 @@ class SparseMoE(nn.Module):
             y = checkpoint(self.experts, flat, experts, weights, use_reentrant=False).view_as(x)
             if self.shared_experts is not None:
                 y = y + checkpoint(self.shared_experts, x, use_reentrant=False)
+            if self.shared_expert is not None:
+                y = y + checkpoint(self._gated_shared, x, use_reentrant=False)
             return y
         y = self.experts(flat, experts, weights).view_as(x)
         if self.shared_experts is not None:
             y = y + self.shared_experts(x)
+        if self.shared_expert is not None:
+            y = y + self._gated_shared(x)
         return y
+
+    def _gated_shared(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
 
 
 def sparse_layers(model: nn.Module) -> dict[int, SparseMoE]:
