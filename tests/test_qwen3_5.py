@@ -292,3 +292,29 @@ def test_activation_checkpointing_gives_the_same_gradients():
     for name, g in grads[0].items():
         assert g.abs().max() > 0, name
         torch.testing.assert_close(grads[1][name], g, atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_a_multimodal_checkpoint_loads_its_text_decoder_and_skips_the_vision_tower(tmp_path):
+    """As Qwen/Qwen3.5-* ship: config.json of model_type qwen3_5 with a text_config, the decoder's
+    tensors under model.language_model., the vision tower under model.visual., an mtp head."""
+    from safetensors.torch import load_file, save_file
+
+    cfg = CONFIGS["3to1-gqa-k4"]
+    model = ours(cfg, seed=11)
+    model.save_pretrained(tmp_path / "text")
+    tensors = load_file(tmp_path / "text" / "model.safetensors")
+    multi = {("model.language_model." + k[len("model."):] if k.startswith("model.") else k): v
+             for k, v in tensors.items()}
+    multi["model.visual.blocks.0.attn.qkv.weight"] = torch.zeros(4, 4)
+    multi["mtp.fc.weight"] = torch.zeros(4, 4)
+    (tmp_path / "multi").mkdir()
+    save_file(multi, tmp_path / "multi" / "model.safetensors")
+    text = {k: v for k, v in cfg.to_hf_dict().items() if k != "architectures"}
+    (tmp_path / "multi" / "config.json").write_text(json.dumps(dict(
+        model_type="qwen3_5", architectures=["Qwen3_5ForConditionalGeneration"], text_config=text,
+        vision_config={"model_type": "qwen3_5_vision", "depth": 1})))
+    with pytest.warns(UserWarning, match="vision tower"):
+        loaded = from_pretrained(tmp_path / "multi")
+    assert loaded.config == cfg
+    ids = random_ids(cfg, (1, 9))
+    torch.testing.assert_close(logits(loaded, ids), logits(model, ids), atol=0, rtol=0)

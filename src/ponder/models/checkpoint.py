@@ -146,6 +146,7 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32,
     mtp_prefixes = tuple(f"model.layers.{config.num_hidden_layers + i}." for i in range(mtp_layers))
     for name in [n for n in stored if n.startswith(mtp_prefixes)]:  # () matches nothing
         del stored[name]
+    file_key, model_key = _multimodal_text_part(config, stored, folder)
     block = _fp8_block(config, folder)
     scales = _take_scales(stored, block)  # FP8 weight name -> (its scale's name, file)
     parts = _per_expert_parts(stored, expected)  # fused name -> its per-expert tensors, when stored so
@@ -166,10 +167,11 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32,
                else f"not part of the model {CONFIG} describes")
         raise CheckpointError(f"{stored[name][0]}: unexpected tensor {name!r} ({why})")
 
-    scale_values = {name: t for name, t, _ in _read(scales.values())}
+    scale_values = {model_key(name): t for name, t, _ in _read((file_key(n), f) for n, f in scales.values())}
     state: dict[str, torch.Tensor] = {}
     to_read = [part for name, (file, _) in stored.items() for part in parts.get(name, [(name, file)])]
-    for name, t, file in _read(to_read):
+    for name, t, file in _read((file_key(n), f) for n, f in to_read):
+        name = model_key(name)
         if not t.is_floating_point():
             raise CheckpointError(f"{file}: tensor {name!r} has dtype {t.dtype}, expected floating point")
         if name in scales:
@@ -193,6 +195,36 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32,
                                   f"'model.embed_tokens.weight' but {CONFIG} sets tie_word_embeddings")
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval()
+
+
+def _multimodal_text_part(config: ModelConfig, stored: dict[str, tuple[Path, tuple[int, ...]]], folder: Path):
+    """Qwen3.5's released checkpoints are multimodal (Qwen3_5ForConditionalGeneration): the text
+    decoder under `model.language_model.`, the vision tower under `model.visual.`, and a
+    multi-token-prediction head under `mtp.`. Only the text decoder is loaded: the others are
+    dropped from `stored` (with a message naming what was skipped) and the decoder's names
+    renamed in place. Returns (file_key, model_key): a model tensor name -> its name in the file,
+    and back. Any other checkpoint: both are the identity."""
+    text = "model.language_model."
+    if not config.qwen3_5 or not any(n.startswith(text) for n in stored):
+        return (lambda n: n), (lambda n: n)
+    skipped = [n for n in stored if n.startswith(("model.visual.", "mtp."))]
+    for name in skipped:
+        del stored[name]
+    for name in [n for n in stored if n.startswith(text)]:
+        stored["model." + name[len(text):]] = stored.pop(name)
+    if skipped:
+        import warnings
+        warnings.warn(f"{weights_source(folder)}: loading the text decoder only; skipped {len(skipped)} tensors of "
+                      "the vision tower (model.visual.*) and multi-token prediction (mtp.*), which ponder does not use",
+                      stacklevel=3)
+
+    def file_key(name: str) -> str:
+        return text + name[len("model."):] if name.startswith("model.") else name
+
+    def model_key(name: str) -> str:
+        return "model." + name[len(text):] if name.startswith(text) else name
+
+    return file_key, model_key
 
 
 def _read(named: Iterable[tuple[str, Path]]):
