@@ -11,6 +11,12 @@ Sliding windows (Gemma 3): bytes per token while the sequence is within the wind
 whole cache of one sequence at 4k and 32k positions, against a cache that keeps every position
 on every layer; ponder's are also checked against a KVCache actually allocated (one row), and,
 on a tiny Gemma shape, against transformers' cache after a forward past the window.
+
+Linear-attention hybrids (Qwen3.5): three of four layers keep a fixed-size state (conv inputs in
+bf16, the delta rule's state in fp32) whatever the length; the full layers keep K/V. The cache of
+one sequence at 1k, 8k and 32k positions against the same model with full attention on every
+layer, checked against a KVCache actually allocated, and on a tiny shape against transformers'
+cache after a forward.
 """
 
 from __future__ import annotations
@@ -48,6 +54,19 @@ GEMMA3_270M = dict(architectures=["Gemma3ForCausalLM"], model_type="gemma3_text"
                    rope_theta=1000000.0, rope_local_base_freq=10000.0, _sliding_window_pattern=6,
                    max_position_embeddings=32768)
 POSITIONS = (4096, 32768)
+
+# transformers' Qwen3_5TextConfig and Qwen3_5MoeTextConfig defaults (their docstrings: Qwen3.5-9B
+# and Qwen3.5-35B-A3B style): every fourth layer full, linear layers with 16 key heads and 32 value
+# heads of 128, conv kernel 4. Only the attention/cache fields matter here.
+QWEN3_5_SHAPES = {
+    "Qwen3_5TextConfig defaults (32 layers, GQA 16/4 x 256)": dict(
+        model_type="qwen3_5_text", hidden_size=4096, intermediate_size=12288, num_hidden_layers=32,
+        num_attention_heads=16, num_key_value_heads=4, head_dim=256),
+    "Qwen3_5MoeTextConfig defaults (40 layers, GQA 16/2 x 256)": dict(
+        model_type="qwen3_5_text", hidden_size=2048, intermediate_size=512, num_hidden_layers=40,
+        num_attention_heads=16, num_key_value_heads=2, head_dim=256),
+}
+HYBRID_POSITIONS = (1024, 8192, 32768)
 
 
 def mla_config(shape: dict) -> ModelConfig:
@@ -140,6 +159,51 @@ def sliding_window_table() -> None:
               f"bytes, transformers' DynamicCache {measured:,} bytes (measured).")
 
 
+def transformers_hybrid_measured(cfg: ModelConfig, tokens: int) -> int | None:
+    """Bytes of transformers' own Qwen3.5 cache for cfg after a forward of `tokens` tokens (bf16):
+    every tensor its cache layers hold (keys, values, conv and recurrent states)."""
+    try:
+        import transformers
+    except ImportError:
+        return None
+    d = {k: v for k, v in cfg.to_hf_dict().items() if k not in ("architectures", "model_type")}
+    model = transformers.AutoModelForCausalLM.from_config(transformers.Qwen3_5TextConfig(**d)).to(torch.bfloat16).eval()
+    with torch.no_grad():
+        cache = model(input_ids=torch.zeros(1, tokens, dtype=torch.long), use_cache=True).past_key_values
+    total = 0
+    for layer in cache.layers:
+        for value in vars(layer).values():
+            for t in (value.values() if isinstance(value, dict) else [value]):
+                if isinstance(t, torch.Tensor):
+                    total += t.numel() * t.element_size()
+    return total
+
+
+def hybrid_table() -> None:
+    print("\nLinear-attention hybrids (Qwen3.5), one sequence, bf16 (the delta rule's state in fp32):\n")
+    print("| shape | positions | ponder (hybrid) | full attention on every layer | ratio |")
+    print("|---|---:|---:|---:|---:|")
+    for name, shape in QWEN3_5_SHAPES.items():
+        cfg = ModelConfig(vocab_size=256, **shape)
+        everywhere = ModelConfig(vocab_size=256, **{**shape, "model_type": "qwen3"})  # same heads, all full
+        per_token = KVCache.bytes_per_token(everywhere, torch.bfloat16)
+        for n in HYBRID_POSITIONS:
+            ours, full = KVCache.bytes_for(cfg, n, torch.bfloat16), per_token * n
+            assert ours == allocated(cfg, n)
+            print(f"| {name} | {n:,} | {ours:,} ({ours / 2**20:.1f} MiB) | {full:,} ({full / 2**20:.1f} MiB) "
+                  f"| {full / ours:.2f} |")
+        linear = sum(map(cfg.is_linear_layer, range(cfg.num_hidden_layers)))
+        fixed = KVCache.bytes_for(cfg, 0, torch.bfloat16)
+        print(f"| {name}: the {linear} linear layers' fixed state | | {fixed:,} ({fixed / 2**20:.1f} MiB) | | |")
+    tiny = ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=32, num_hidden_layers=4, num_attention_heads=2,
+                       num_key_value_heads=1, head_dim=16, model_type="qwen3_5_text")
+    measured = transformers_hybrid_measured(tiny, 40)
+    if measured is not None:
+        print(f"\nTiny Qwen3.5 shape (4 layers, 3 linear) after 40 tokens: ponder "
+              f"{KVCache.bytes_for(tiny, 40, torch.bfloat16):,} bytes, transformers' cache {measured:,} bytes (measured).")
+
+
 if __name__ == "__main__":
     main()
     sliding_window_table()
+    hybrid_table()
