@@ -1,7 +1,8 @@
-"""The ladder's losses and estimators against references: DPO against TRL's own DPOTrainer code;
-GAE and PPO's losses against computations written independently here (TRL 1.16 no longer ships
-PPO); Bradley-Terry by its definition. Each also checks the direction of one gradient step, so a
-flipped sign fails, and puts junk in the padding, so a missing mask fails."""
+"""The ladder's losses and estimators against references: DPO against TRL's own DPOTrainer code
+(skipped without trl, a test extra; nothing else here needs it); GAE and PPO's losses against
+computations written independently here (TRL 1.16 no longer ships PPO); Bradley-Terry by its
+definition. Each also checks the direction of one gradient step, so a flipped sign fails, and puts
+junk in the padding, so a missing mask fails."""
 
 from collections import defaultdict
 from types import SimpleNamespace
@@ -13,8 +14,18 @@ import torch
 
 from ponder.ladder.common import LadderConfig, Sample, padded, pairs_of
 from ponder.ladder.dpo import dpo_loss, sequence_logps
-from ponder.ladder.ppo import gae, policy_loss, value_loss, whiten
+from ponder.ladder.ppo import gae, value_loss, whiten
 from ponder.ladder.reward_model import bradley_terry_loss
+from ponder.runtime.losses import policy_loss as shared_policy_loss
+
+
+def policy_loss(logp, old, adv, mask, eps, tokens=None):
+    """PPO's clipped surrogate as ponder.ladder.ppo calls the shared loss: per-token advantages,
+    the token mean over `tokens` (default: this batch's), symmetric clip. (loss, clipped tokens)."""
+    loss, stats = shared_policy_loss(logp, old, adv, mask, loss_type="dapo", epsilon_low=eps, epsilon_high=eps,
+                                     batch_sequences=len(logp), batch_tokens=tokens or mask.sum().item(),
+                                     max_completion_length=logp.size(1))
+    return loss, stats["clip_low"] + stats["clip_high"]
 
 VOCAB, HID = 11, 8
 
@@ -48,13 +59,11 @@ def rows(seed, n):
 
 # --- DPO against TRL ---------------------------------------------------------------------------
 
-trl_dpo = pytest.importorskip("trl.trainer.dpo_trainer", reason="trl is a test extra")
-from trl.trainer.utils import selective_log_softmax  # noqa: E402
-
-
 def trl_model(model):
     """TRL calls model(input_ids=..., labels=..., fused_lm_head=True) and reads per-token log-probs
     of the next-token labels (0 where the label is -100), as its fused lm_head returns them."""
+
+    from trl.trainer.utils import selective_log_softmax
 
     def forward(input_ids, attention_mask, labels, use_cache, fused_lm_head):
         logits = model(input_ids)[:, :-1]
@@ -89,6 +98,7 @@ def trl_inputs(chosen, rejected, ref_chosen, ref_rejected):
 
 @pytest.mark.parametrize("beta", [0.1, 0.5])
 def test_dpo_loss_and_gradient_match_trl(beta):
+    trl_dpo = pytest.importorskip("trl.trainer.dpo_trainer", reason="trl is a test extra")
     torch.manual_seed(0)
     model = TinyCausalLM()
     chosen, rejected = rows(1, 5), rows(2, 5)
@@ -306,3 +316,16 @@ def test_bradley_terry_is_the_negative_log_likelihood_that_chosen_wins():
     torch.testing.assert_close(loss, torch.tensor(want))
     loss.sum().backward()
     assert (chosen.grad < 0).all()  # descending raises the chosen score
+
+
+def test_everything_but_the_trl_comparison_runs_without_trl():
+    """Without trl installed only the comparison with TRL skips: GAE, PPO's losses, DPO's own
+    checks and Bradley-Terry still run (a module-level skip would hide them all)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, pytest; sys.modules['trl'] = None; "  # None in sys.modules: `import trl` fails
+            f"sys.exit(pytest.main([{__file__!r}, '-q', '-p', 'no:cacheprovider', '-k', 'not without_trl']))")
+    job = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert job.returncode == 0, job.stdout[-2000:]
+    assert "2 skipped" in job.stdout and " passed" in job.stdout, job.stdout[-500:]

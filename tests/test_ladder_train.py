@@ -76,17 +76,22 @@ def test_ppo_with_the_verifier_trains_policy_and_value_model(tmp_path, data):
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if r["step"] > 0]
     assert all("kl" in r and "value_loss" in r for r in steps)
-    assert steps[-1]["value_mean"] != 0.0  # the value model learned something after the first update
     assert "reward_gap" not in steps[-1]
+    # The value model starts at 0 everywhere (a zero head); with gamma = lam = 1 the return of each
+    # token is the completion's reward (less a small KL), so the values move toward the mean reward.
+    first, last = steps[0], steps[-1]
+    assert first["value_mean"] == 0.0 and 0 < last["accuracy"]
+    assert 0 < last["value_mean"] < last["accuracy"]
 
 
 def test_reward_model_then_ppo_with_it(tmp_path, data):
+    settings = {**TINY, "prompts_per_round": 16}  # enough held-out pairs (16) for "better than chance" to mean something
     rm = train_reward_model(RewardModelConfig(model=base(), output_dir=str(tmp_path / "rm"), rounds=2,
-                                              held_out=0.25, epochs=2.0, pairs_per_step=8, **TINY),
+                                              held_out=0.25, epochs=3.0, pairs_per_step=8, **settings),
                             problems=data["problems"], progress=False)
-    assert rm["samples"] == 2 * 24 and rm["pairs"] > 0 and rm["held_out_pairs"] > 0
-    assert 0.0 <= rm["pair_accuracy"] <= 1.0
+    assert rm["samples"] == 2 * 16 * 4 and rm["pairs"] > 0 and rm["held_out_pairs"] >= 10
     assert rm["train_pair_accuracy"] > 0.5  # it fits its training pairs better than a coin
+    assert rm["pair_accuracy"] > 0.5  # ... and ranks chosen above rejected on prompts it never saw
     loaded = ScalarModel.load(rm["model_dir"])
     assert "threshold" in loaded.extra
 
@@ -94,8 +99,8 @@ def test_reward_model_then_ppo_with_it(tmp_path, data):
                                   reward_model=rm["model_dir"], **TINY), **data)
     assert summary["models_in_memory"] == 3  # policy, value model, reward model
     record = [json.loads(x) for x in (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()][-1]
-    assert 0.0 < record["reward"] < 1.0
-    assert record["reward_gap"] == pytest.approx(record["reward"] - record["accuracy"], abs=1e-6)
+    # The learned reward agrees with the verifier on more samples than a coin would.
+    assert record["reward_agreement"] > 0.5
 
 
 def test_scalar_model_reads_only_its_positions():
@@ -159,7 +164,7 @@ RESUMABLE = {
     "ppo": lambda out: (train_ppo, PPOConfig(model=base(), output_dir=out, steps=3, minibatch_size=12, kl_coef=0.05,
                                              save_every=1, **TINY)),
     "rm": lambda out: (train_reward_model, RewardModelConfig(model=base(), output_dir=out, rounds=1, epochs=3.0,
-                                                             pairs_per_step=4, save_every=1, **TINY)),
+                                                             pairs_per_step=2, save_every=1, **TINY)),
 }
 
 
@@ -212,5 +217,9 @@ def test_a_rerun_with_other_settings_is_refused(tmp_path, data):
     from ponder.config import ConfigError
 
     train_rft(RFTConfig(model=base(), output_dir=str(tmp_path), rounds=1, save_every=1, **TINY), **data)
+    record = (tmp_path / "config.yaml").read_text()
+    assert "lr: 0.0001" in record
     with pytest.raises(ConfigError, match=r"lr: 0.0001 -> 0.001"):
         train_rft(RFTConfig(model=base(), output_dir=str(tmp_path), rounds=1, save_every=1, lr=1e-3, **TINY), **data)
+    # The refused settings never replace the record of what the checkpoint was trained with.
+    assert (tmp_path / "config.yaml").read_text() == record

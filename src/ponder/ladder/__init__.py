@@ -6,6 +6,8 @@
     ppo.py           token-level PPO with a value model and GAE; reward from the verifier or the reward model
     compare.py       `ponder ladder`: every rung on the demo's model and task, same number of samples
 
-All share ponder.runtime (device, schedule, data stream, metrics) and common.py (the config
-fields every method has, sampling with the task's verifier, the scalar-head model).
+All run on the training runtime RL and SFT use (ponder.runtime: optimizer and schedule, clipping,
+chunked loss head, metrics and TensorBoard, checkpoints, torchrun with DDP / FSDP2, LoRA,
+activation checkpointing) through common.py (LadderConfig extends TrainConfig, Run extends
+TrainingRun; sampling with the task's verifier; the scalar-head model).
 """

@@ -23,9 +23,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ponder.ladder.common import (LadderConfig, chunks, clip_and_step, completion_logprobs, copy_decoder, pairs_of,
-                                  round_seed, sample_groups, start)
-from ponder.runtime.training import ProblemStream
+from ponder.ladder.common import LadderConfig, Run, completion_logprobs, micro_batches, over_ranks, pairs_of, sample_groups
+from ponder.runtime import distributed
+from ponder.runtime.training import ProblemStream, sampling_seed
 
 log = logging.getLogger("ponder.ladder")
 
@@ -38,7 +38,7 @@ class DPOConfig(LadderConfig):
     pairs_per_prompt: int = 4  # most pairs taken from one prompt's group; 0: every right x wrong combination
     beta: float = 0.1  # DPO's beta: strength of the implicit KL to the reference (sigmoid loss)
     refresh_every: int = 0  # 0: offline, one set of pairs from the base model; K: re-sample pairs from the current policy every K steps
-    lr: float = 1e-5  # AdamW learning rate (constant)
+    lr: float = 1e-5  # AdamW peak learning rate
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -66,81 +66,87 @@ def train_dpo(cfg: DPOConfig, *, model=None, tokenizer=None, problems=None, eval
               progress: bool = True) -> dict[str, Any]:
     """DPO as `cfg` says. Returns a summary (held-out accuracy, samples generated, pairs, seconds)."""
     t_start = time.perf_counter()
-    run = start(cfg, model, tokenizer, problems, eval_problems)
-    engine = run.engine()
-    optimizer = run.optimizer()
-    params = [p for p in run.model.parameters() if p.requires_grad]
-    reference = None
-    if cfg.refresh_every:
-        reference = copy_decoder(run.model).eval().requires_grad_(False)
-    prompts = ProblemStream(len(run.problems), cfg.seed)
+    # Online, the reference is the starting policy: with LoRA the model with its adapter off,
+    # else a frozen copy (sharded under FSDP2).
+    copy = cfg.refresh_every and cfg.lora is None
+    run = Run(cfg, model, tokenizer, problems, eval_problems, copies=1 if copy else 0)
+    reference = run.frozen(run.copies.pop()) if copy else None
     rng = random.Random(cfg.seed)
     pairs: list = []
     order = None
-    saved = run.resume({"policy": run.model}, [optimizer])
-    metrics = run.metrics(engine, saved)
+    saved = run.resume()
+    metrics = run.start_metrics(saved)
     if saved is None:
         done = samples = rounds = 0
     else:  # the pairs in use and their order come back too: a refresh need not fall on a checkpoint
-        prompts, pairs = ProblemStream(**saved["prompts"]), saved["pairs"]
+        pairs = saved["pairs"]
         order = ProblemStream(**saved["order"]) if saved["order"] else None
         rng.setstate(saved["rng"])
         done, samples, rounds = saved["step"], saved["samples"], saved["rounds"]
+    world = distributed.world()
     for step in range(done + 1, cfg.steps + 1):
-        record: dict[str, Any] = {"step": step}
+        record: dict[str, Any] = {"step": step, "lr": run.set_step_lr(step, cfg.steps)}
         if step == 1 or (cfg.refresh_every and (step - 1) % cfg.refresh_every == 0):
             rounds += 1
-            groups = sample_groups(run, engine, prompts.take(cfg.prompts_per_round), round_seed(cfg.seed, rounds))
+            groups = sample_groups(run, run.stream.take(cfg.prompts_per_round), rounds)
             samples += sum(map(len, groups))
             found = pairs_of(groups, cfg.pairs_per_prompt, rng)
             record["accuracy"] = sum(s.reward for g in groups for s in g) / sum(map(len, groups))
             record["new_pairs"] = len(found)
             if found:  # a round with no pair keeps training on the last set
-                pairs = [(c, r, *ref) for (c, r), ref in zip(found, reference_logps(
-                    reference or run.model, found, cfg, run.device))]
-                order = ProblemStream(len(pairs), round_seed(cfg.seed, rounds))
+                pairs = [(c, r, *ref) for (c, r), ref in zip(found, reference_logps(run, reference, found))]
+                order = ProblemStream(len(pairs), sampling_seed(cfg.seed, rounds))
         if not pairs:
             raise RuntimeError("no prompt had both a right and a wrong completion: nothing for DPO to learn from "
                                "(raise group_size or prompts_per_round)")
         batch = [pairs[i] for i in order.take(cfg.pairs_per_step)]
         loss_sum = margin = right = 0.0
-        for micro in chunks(batch, cfg.micro_batch_size):
-            logps = sequence_logps(run.model, [(s.prompt_ids, s.token_ids) for c, r, _, _ in micro for s in (c, r)],
-                                   cfg, run.device)
-            chosen, rejected = logps[0::2], logps[1::2]
-            ref_c = torch.tensor([x[2] for x in micro], device=run.device)
-            ref_r = torch.tensor([x[3] for x in micro], device=run.device)
-            losses = dpo_loss(chosen, rejected, ref_c, ref_r, cfg.beta)
-            (losses.sum() / len(batch)).backward()
-            loss_sum += losses.sum().item()
-            with torch.no_grad():
-                m = cfg.beta * ((chosen - ref_c) - (rejected - ref_r))
-                margin += m.sum().item()
-                right += (m > 0).sum().item()
+        parts = micro_batches(run, batch, cfg.micro_batch_size)
+        for b, (micro, real) in enumerate(parts):
+            with run.accumulate(b, len(parts)):
+                logps = sequence_logps(run.net, [(s.prompt_ids, s.token_ids) for c, r, _, _ in micro for s in (c, r)],
+                                       cfg, run.device)
+                chosen, rejected = logps[0::2], logps[1::2]
+                ref_c = torch.tensor([x[2] for x in micro], device=run.device)
+                ref_r = torch.tensor([x[3] for x in micro], device=run.device)
+                losses = dpo_loss(chosen, rejected, ref_c, ref_r, cfg.beta) * float(real)
+                # DDP / FSDP average gradients over ranks; the batch's mean loss needs their sum.
+                (losses.sum() * world / len(batch)).backward()
+            if real:
+                loss_sum += losses.sum().item()
+                with torch.no_grad():
+                    m = cfg.beta * ((chosen - ref_c) - (rejected - ref_r))
+                    margin += m.sum().item()
+                    right += (m > 0).sum().item()
+        loss_sum, margin, right = distributed.all_sum([loss_sum, margin, right]).tolist()
         record.update({"loss": loss_sum / len(batch), "reward_margin": margin / len(batch),
-                       "reward_accuracy": right / len(batch), "samples": samples,
-                       "grad_norm": clip_and_step(params, optimizer, cfg.max_grad_norm)})
+                       "reward_accuracy": right / len(batch), "samples": samples, "grad_norm": run.step()})
         if run.due(step, cfg.steps):
-            record.update(run.evaluate(engine))
+            record.update(run.evaluate())
         metrics.log(record)
-        run.save(step, {"policy": run.model}, [optimizer], {
-            "step": step, "samples": samples, "rounds": rounds, "prompts": prompts.state(), "pairs": pairs,
-            "order": order.state() if order else None, "rng": rng.getstate(), "history": metrics.history})
-        if progress and (step % 10 == 0 or step == cfg.steps):
+        if run.checkpoint_due(step, cfg.steps):
+            run.save(step, {"samples": samples, "rounds": rounds, "pairs": pairs,
+                            "order": order.state() if order else None, "rng": rng.getstate(),
+                            "history": metrics.history})
+        if progress and distributed.is_main() and (step % 10 == 0 or step == cfg.steps):
             log.info(f"dpo step {step}/{cfg.steps}: loss {record['loss']:.4f}, "
                      f"held-out {record.get('eval/accuracy', float('nan')):.3f}")
-    metrics.close()
     summary = run.finish(metrics.history, {"dpo_loss": ["loss"], "dpo_accuracy": ["accuracy", "eval/accuracy"]})
+    metrics.close()
     return {**summary, "steps": cfg.steps, "samples": samples, "sampling_rounds": rounds,
             "pairs": [r["new_pairs"] for r in metrics.history if "new_pairs" in r],
             "models_in_memory": 2 if reference is not None else 1, "seconds": time.perf_counter() - t_start}
 
 
-@torch.no_grad()
-def reference_logps(reference, pairs, cfg: DPOConfig, device) -> list[tuple[float, float]]:
-    """(chosen, rejected) summed log-probs of each pair under the reference model."""
-    out = []
-    for micro in chunks(pairs, cfg.micro_batch_size):
-        logps = sequence_logps(reference, [(s.prompt_ids, s.token_ids) for pair in micro for s in pair], cfg, device)
-        out += list(zip(logps[0::2].tolist(), logps[1::2].tolist()))
-    return out
+def reference_logps(run: Run, reference, pairs) -> list[tuple[float, float]]:
+    """(chosen, rejected) summed log-probs of each pair under the reference: `reference`, else the
+    policy with its LoRA adapter off (online), else the policy as it is (offline: before training)."""
+    def score(micro):
+        logps = sequence_logps(reference or run.net, [(s.prompt_ids, s.token_ids) for pair in micro for s in pair],
+                               run.cfg, run.device)
+        return list(zip(logps[0::2].tolist(), logps[1::2].tolist()))
+
+    if reference is None and run.cfg.refresh_every:
+        with run.reference():
+            return over_ranks(run, pairs, score)
+    return over_ranks(run, pairs, score)

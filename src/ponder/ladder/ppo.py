@@ -25,9 +25,11 @@ from typing import Any, Literal
 
 import torch
 
-from ponder.ladder.common import (LadderConfig, ScalarModel, chunks, clip_and_step, completion_logprobs, copy_decoder,
-                                  padded, round_seed, sample_groups, start)
-from ponder.runtime.training import ProblemStream, adamw, autocast
+from ponder.ladder.common import (LadderConfig, Run, ScalarModel, chunks, completion_logprobs, micro_batches,
+                                  over_ranks, padded, sample_groups)
+from ponder.runtime import distributed
+from ponder.runtime.losses import policy_loss
+from ponder.runtime.training import autocast, lr_at
 
 log = logging.getLogger("ponder.ladder")
 
@@ -44,8 +46,8 @@ class PPOConfig(LadderConfig):
     value_clip: float = 0.2  # new values stay within +- value_clip of the values at sampling (clipped value loss)
     kl_coef: float = 0.0  # per-token penalty kl_coef * (logp - ref_logp) in the reward; 0: off, and no reference model is kept
     whiten_advantages: bool = True  # normalise advantages to mean 0, std 1 over the step's completion tokens
-    lr: float = 1e-4  # AdamW learning rate of the policy (constant)
-    value_lr: float = 1e-4  # AdamW learning rate of the value model (constant)
+    lr: float = 1e-4  # AdamW peak learning rate of the policy
+    value_lr: float = 1e-4  # AdamW peak learning rate of the value model (the policy's schedule)
     reward: Literal["verifier", "model"] = "verifier"  # score at a completion's last token: the task's verifier, or a learned reward model
     reward_model: str | None = None  # reward: model: folder written by `ponder train rm`
 
@@ -59,7 +61,9 @@ class PPOConfig(LadderConfig):
             raise ValueError("reward: model needs reward_model (a folder written by `ponder train rm`)")
 
 
-# --- estimators and losses (pure functions; tests/test_ladder_ppo.py checks them) ----------------------
+# --- estimators and losses (pure functions; tests/test_ladder_losses.py checks them) -------------------
+# The clipped policy loss is the one RL uses (ponder.runtime.losses.policy_loss, "dapo" aggregation:
+# the minibatch's token mean, with epsilon_low = epsilon_high = clip).
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
         lam: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,17 +95,6 @@ def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tens
     return (x - mean) * torch.rsqrt(var + eps) * mask
 
 
-def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                clip: float, tokens: float | None = None) -> tuple[torch.Tensor, float]:
-    """PPO's clipped surrogate, -min(r A, clip(r, 1-clip, 1+clip) A) per token, summed over masked
-    tokens and divided by `tokens` (default: this batch's; pass the minibatch's when accumulating).
-    Returns the loss and how many tokens had their ratio clipped."""
-    ratio = torch.exp(logp - old_logp)
-    per_token = torch.max(-advantages * ratio, -advantages * torch.clamp(ratio, 1 - clip, 1 + clip))
-    clipped = float((((ratio - 1).abs() > clip).to(mask.dtype) * mask).sum())
-    return (per_token * mask).sum() / (tokens or mask.sum()), clipped
-
-
 def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
                clip: float, tokens: float | None = None) -> torch.Tensor:
     """Clipped value loss 0.5 max((V - R)^2, (V_clipped - R)^2), V_clipped = V_old + clip(V - V_old,
@@ -128,38 +121,55 @@ def train_ppo(cfg: PPOConfig, *, model=None, tokenizer=None, problems=None, eval
     from ponder.ladder.reward_model import reward as model_reward
 
     t_start = time.perf_counter()
-    run = start(cfg, model, tokenizer, problems, eval_problems)
+    # The KL reference is the starting policy: with LoRA the model with its adapter off, else a
+    # frozen copy (sharded under FSDP2). The value model starts as a copy too.
+    keep_reference = bool(cfg.kl_coef) and cfg.lora is None
+    run = Run(cfg, model, tokenizer, problems, eval_problems, copies=1 + keep_reference)
     device = run.device
-    engine = run.engine()
-    policy_params = [p for p in run.model.parameters() if p.requires_grad]
-    optimizer = run.optimizer(policy_params)
-    critic = ScalarModel(copy_decoder(run.model)).to(device).train()
-    critic_optimizer = adamw(critic.parameters(), cfg.value_lr)
-    reference = copy_decoder(run.model).eval().requires_grad_(False) if cfg.kl_coef else None
+    critic_module = ScalarModel(run.copies.pop())
+    critic, critic_optimizer = run.add_model("critic", critic_module, cfg.value_lr)
+    critic_params = [p for p in critic_module.parameters() if p.requires_grad]
+    reference = run.frozen(run.copies.pop()) if keep_reference else None
     if cfg.reward == "model" and reward_model is None:
         reward_model = ScalarModel.load(cfg.reward_model)
     if reward_model is not None:
-        reward_model = reward_model.to(device).eval().requires_grad_(False)
+        reward_model = run.frozen(reward_model)
     models = 2 + (reference is not None) + (cfg.reward == "model")
-    prompts = ProblemStream(len(run.problems), cfg.seed)
     shuffle = torch.Generator().manual_seed(cfg.seed)
-    trained = {"policy": run.model, "critic": critic}  # the reference and the reward model stay as loaded
-    saved = run.resume(trained, [optimizer, critic_optimizer])
-    metrics = run.metrics(engine, saved)
-    if saved is None:
-        done = samples = 0
-    else:
-        prompts = ProblemStream(**saved["prompts"])
+    saved = run.resume()
+    metrics = run.start_metrics(saved)
+    done = samples = 0
+    if saved is not None:
         shuffle.set_state(saved["shuffle"])
         done, samples = saved["step"], saved["samples"]
+    world = distributed.world()
+
+    def fixed(part):
+        """Per row: the sampling policy's log-probs, the values and the reference's log-probs."""
+        logp, _ = completion_logprobs(run.net, part, cfg, device)
+        values = state_values(critic, part, cfg, device).float()
+        ref = None
+        if cfg.kl_coef and reference is not None:
+            ref = completion_logprobs(reference, part, cfg, device)[0]
+        elif cfg.kl_coef:
+            with run.reference():
+                ref = completion_logprobs(run.net, part, cfg, device)[0]
+        return [(logp[i, :len(c)].cpu(), values[i, :len(c)].cpu(), None if ref is None else ref[i, :len(c)].cpu())
+                for i, (_, c) in enumerate(part)]
+
     for step in range(done + 1, cfg.steps + 1):
-        flat = [s for g in sample_groups(run, engine, prompts.take(cfg.prompts_per_round), round_seed(cfg.seed, step))
-                for s in g]
+        lr = run.set_step_lr(step, cfg.steps)
+        run.set_lr(lr_at(cfg, step, cfg.steps, cfg.value_lr / cfg.lr), critic_optimizer)
+        flat = [s for g in sample_groups(run, run.stream.take(cfg.prompts_per_round), step) for s in g]
         samples += len(flat)
         rows = [(s.prompt_ids, s.token_ids) for s in flat]
         verifier = torch.tensor([s.reward for s in flat], device=device)
-        score = model_reward(reward_model, rows, cfg, device) if cfg.reward == "model" else verifier
-        record: dict[str, Any] = {"step": step, "accuracy": verifier.mean().item(), "reward": score.mean().item()}
+        score = verifier
+        if cfg.reward == "model":
+            score = torch.tensor(over_ranks(run, rows, lambda part: model_reward(reward_model, part, cfg, device).tolist()),
+                                 device=device)
+        record: dict[str, Any] = {"step": step, "lr": lr, "accuracy": verifier.mean().item(),
+                                  "reward": score.mean().item()}
         if cfg.reward == "model":
             record["reward_gap"] = (score - verifier).mean().item()
             record["reward_agreement"] = ((score > 0.5).float() == verifier).float().mean().item()
@@ -168,58 +178,63 @@ def train_ppo(cfg: PPOConfig, *, model=None, tokenizer=None, problems=None, eval
         length = max(len(c) for _, c in rows)
         old_logp = torch.zeros(len(rows), length, device=device)
         old_values, ref_logp, mask = torch.zeros_like(old_logp), torch.zeros_like(old_logp), torch.zeros_like(old_logp)
-        with torch.no_grad():
-            for idx in chunks(list(range(len(rows))), cfg.micro_batch_size):
-                part = [rows[i] for i in idx]
-                logp, m = completion_logprobs(run.model, part, cfg, device)
-                old_logp[idx, :m.size(1)], mask[idx, :m.size(1)] = logp, m
-                old_values[idx, :m.size(1)] = state_values(critic, part, cfg, device).float()
-                if reference is not None:
-                    ref_logp[idx, :m.size(1)] = completion_logprobs(reference, part, cfg, device)[0]
-        token_rewards = -cfg.kl_coef * (old_logp - ref_logp) * mask if reference is not None else torch.zeros_like(mask)
+        for i, (logp, values, ref) in enumerate(over_ranks(run, rows, fixed)):
+            n = len(logp)
+            old_logp[i, :n], old_values[i, :n], mask[i, :n] = logp.to(device), values.to(device), 1.0
+            if ref is not None:
+                ref_logp[i, :n] = ref.to(device)
+        kl = cfg.kl_coef != 0
+        token_rewards = -cfg.kl_coef * (old_logp - ref_logp) * mask if kl else torch.zeros_like(mask)
         last = mask.sum(-1).long() - 1
         token_rewards[torch.arange(len(rows), device=device), last] += score.float()
         advantages, returns = gae(token_rewards, old_values, mask, cfg.gamma, cfg.lam)
         if cfg.whiten_advantages:
             advantages = whiten(advantages, mask)
-        if reference is not None:
+        if kl:
             record["kl"] = (((old_logp - ref_logp) * mask).sum() / mask.sum()).item()
 
-        totals = {"policy_loss": 0.0, "value_loss": 0.0, "clipped": 0.0, "tokens": 0.0}
+        totals = {"policy_loss": 0.0, "value_loss": 0.0, "clipped": 0.0}
+        tokens_seen = 0.0
         for _ in range(cfg.ppo_epochs):
             for mb in chunks(torch.randperm(len(rows), generator=shuffle).tolist(), cfg.minibatch_size):
-                tokens = mask[mb].sum().item()
-                for idx in chunks(mb, cfg.micro_batch_size):
+                tokens = mask[mb].sum().item()  # the minibatch's, over every rank
+                parts = micro_batches(run, mb, cfg.micro_batch_size)
+                for b, (idx, real) in enumerate(parts):
                     part = [rows[i] for i in idx]
-                    logp, m = completion_logprobs(run.model, part, cfg, device)
-                    width = m.size(1)
-                    pl, clipped = policy_loss(logp, old_logp[idx, :width], advantages[idx, :width], m, cfg.clip, tokens)
-                    pl.backward()
-                    vl = value_loss(state_values(critic, part, cfg, device), old_values[idx, :width],
-                                    returns[idx, :width], m, cfg.value_clip, tokens)
-                    vl.backward()
-                    totals["policy_loss"] += pl.item()
-                    totals["value_loss"] += vl.item()
-                    totals["clipped"] += clipped
-                totals["tokens"] += tokens
-                record["grad_norm"] = clip_and_step(policy_params, optimizer, cfg.max_grad_norm)
-                clip_and_step(list(critic.parameters()), critic_optimizer, cfg.max_grad_norm)
+                    with run.accumulate(b, len(parts)), distributed.no_sync(critic, b == len(parts) - 1):
+                        logp, m = completion_logprobs(run.net, part, cfg, device)
+                        width = m.size(1)
+                        pl, stats = policy_loss(logp, old_logp[idx, :width], advantages[idx, :width], m,
+                                                loss_type="dapo", epsilon_low=cfg.clip, epsilon_high=cfg.clip,
+                                                batch_sequences=len(mb), batch_tokens=tokens,
+                                                max_completion_length=cfg.max_new_tokens)
+                        vl = value_loss(state_values(critic, part, cfg, device), old_values[idx, :width],
+                                        returns[idx, :width], m, cfg.value_clip, tokens)
+                        # DDP / FSDP average gradients over ranks; the minibatch's loss needs their sum.
+                        ((pl + vl) * float(real) * world).backward()
+                    if real:
+                        totals["policy_loss"] += pl.item()
+                        totals["value_loss"] += vl.item()
+                        totals["clipped"] += stats["clip_low"] + stats["clip_high"]
+                tokens_seen += tokens
+                record["grad_norm"] = run.step()
+                run.step(critic_params, critic_optimizer)
+        totals = dict(zip(totals, distributed.all_sum(list(totals.values())).tolist()))
         updates = cfg.ppo_epochs * len(chunks(range(len(rows)), cfg.minibatch_size))
         record.update({"policy_loss": totals["policy_loss"] / updates, "value_loss": totals["value_loss"] / updates,
-                       "clip_frac": totals["clipped"] / max(totals["tokens"], 1.0),
+                       "clip_frac": totals["clipped"] / max(tokens_seen, 1.0),
                        "value_mean": ((old_values * mask).sum() / mask.sum()).item(), "samples": samples})
         if run.due(step, cfg.steps):
-            record.update(run.evaluate(engine))
+            record.update(run.evaluate())
         metrics.log(record)
-        run.save(step, trained, [optimizer, critic_optimizer], {
-            "step": step, "samples": samples, "prompts": prompts.state(), "shuffle": shuffle.get_state(),
-            "history": metrics.history})
-        if progress and (step % 10 == 0 or step == cfg.steps):
+        if run.checkpoint_due(step, cfg.steps):
+            run.save(step, {"samples": samples, "shuffle": shuffle.get_state(), "history": metrics.history})
+        if progress and distributed.is_main() and (step % 10 == 0 or step == cfg.steps):
             log.info(f"ppo step {step}/{cfg.steps}: sampled accuracy {record['accuracy']:.3f}, "
                      f"reward {record['reward']:.3f}, held-out {record.get('eval/accuracy', float('nan')):.3f}")
-    metrics.close()
     series = {"ppo_reward": ["accuracy", "reward", "eval/accuracy"], "ppo_losses": ["policy_loss", "value_loss"]}
     summary = run.finish(metrics.history, series)
+    metrics.close()
     gaps = [r["reward_gap"] for r in metrics.history if "reward_gap" in r]
     return {**summary, "steps": cfg.steps, "samples": samples, "models_in_memory": models,
             "reward_gap_first": gaps[0] if gaps else None, "reward_gap_last": gaps[-1] if gaps else None,

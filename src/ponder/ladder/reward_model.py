@@ -25,9 +25,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ponder.ladder.common import (LadderConfig, ScalarModel, chunks, clip_and_step, copy_decoder, padded, pairs_of,
-                                  round_seed, sample_groups, start)
-from ponder.runtime.training import ProblemStream, adamw, autocast
+from ponder.ladder.common import (LadderConfig, Run, ScalarModel, chunks, micro_batches, over_ranks, padded, pairs_of,
+                                  sample_groups)
+from ponder.runtime import distributed
+from ponder.runtime.training import ProblemStream, autocast, lr_at
 
 log = logging.getLogger("ponder.ladder")
 
@@ -40,7 +41,7 @@ class RewardModelConfig(LadderConfig):
     held_out: float = 0.2  # share of the sampled prompts whose pairs are kept for the held-out accuracy
     epochs: float = 2.0  # passes over the training pairs
     pairs_per_step: int = 64  # pairs per optimizer step
-    lr: float = 1e-4  # AdamW learning rate (constant)
+    lr: float = 1e-4  # AdamW peak learning rate of the reward model
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -70,16 +71,15 @@ def reward(model: ScalarModel, rows, cfg: LadderConfig, device) -> torch.Tensor:
     return torch.cat(out)
 
 
-@torch.no_grad()
-def pair_accuracy(model: ScalarModel, pairs, cfg: LadderConfig, device) -> tuple[float, float, float]:
-    """(share of pairs scored right, mean chosen score, mean rejected score)."""
-    chosen, rejected = [], []
-    for micro in chunks(pairs, cfg.micro_batch_size):
-        s = scores(model, [(x.prompt_ids, x.token_ids) for pair in micro for x in pair], cfg, device)
-        chosen.append(s[0::2])
-        rejected.append(s[1::2])
-    c, r = torch.cat(chosen), torch.cat(rejected)
-    return (c > r).float().mean().item(), c.mean().item(), r.mean().item()
+def pair_accuracy(run: Run, model, pairs) -> tuple[float, float, float]:
+    """(share of pairs scored right, mean chosen score, mean rejected score); under torchrun each
+    rank scores its share."""
+    def score(micro):
+        s = scores(model, [(x.prompt_ids, x.token_ids) for pair in micro for x in pair], run.cfg, run.device)
+        return list(zip(s[0::2].tolist(), s[1::2].tolist()))
+
+    c, r = torch.tensor(over_ranks(run, pairs, score), dtype=torch.float64).unbind(-1)
+    return (c > r).double().mean().item(), c.mean().item(), r.mean().item()
 
 
 def train_reward_model(cfg: RewardModelConfig, *, model=None, tokenizer=None, problems=None,
@@ -87,18 +87,17 @@ def train_reward_model(cfg: RewardModelConfig, *, model=None, tokenizer=None, pr
     """Sample pairs from the policy, train the reward model, save it to output_dir/model.
     Returns a summary: held-out and training pair accuracy, pairs, samples, seconds, model folder."""
     t_start = time.perf_counter()
-    run = start(cfg, model, tokenizer, problems, [])
-    rm = ScalarModel(copy_decoder(run.model)).to(run.device).train()
-    optimizer = adamw(rm.parameters(), cfg.lr)
-    params = list(rm.parameters())
-    saved = run.resume({"reward_model": rm}, [optimizer])
+    # The policy only samples; the reward model, a copy of it with a scalar head, trains.
+    run = Run(cfg, model, tokenizer, problems, [], copies=1, trains_policy=False)
+    module = ScalarModel(run.copies.pop())
+    rm, optimizer = run.add_model("reward_model", module, cfg.lr)
+    params = [p for p in module.parameters() if p.requires_grad]
+    saved = run.resume()
     if saved is None:
-        engine = run.engine()
-        stream = ProblemStream(len(run.problems), cfg.seed)
         rng = random.Random(cfg.seed)
         groups = []
         for r in range(1, cfg.rounds + 1):
-            groups += sample_groups(run, engine, stream.take(cfg.prompts_per_round), round_seed(cfg.seed, 10_000 + r))
+            groups += sample_groups(run, run.stream.take(cfg.prompts_per_round), 10_000 + r)
         samples = sum(map(len, groups))
         rng.shuffle(groups)  # prompts, not pairs, are held out: no held-out prompt is ever trained on
         cut = round(len(groups) * cfg.held_out)
@@ -113,40 +112,48 @@ def train_reward_model(cfg: RewardModelConfig, *, model=None, tokenizer=None, pr
         samples, test_pairs, train_pairs = saved["samples"], saved["test_pairs"], saved["train_pairs"]
         order = ProblemStream(**saved["order"])
         done = saved["step"]
-    metrics = run.metrics(None, saved)  # no held-out problems: nothing evaluated at step 0
+    metrics = run.start_metrics(saved)  # no held-out problems: nothing evaluated at step 0
 
     steps = max(1, round(cfg.epochs * len(train_pairs) / cfg.pairs_per_step))
+    world = distributed.world()
     for step in range(done + 1, steps + 1):
+        lr = lr_at(cfg, step, steps)
+        run.set_lr(lr, optimizer)
         batch = [train_pairs[i] for i in order.take(cfg.pairs_per_step)]
         loss_sum = 0.0
-        for micro in chunks(batch, cfg.micro_batch_size):
-            s = scores(rm, [(x.prompt_ids, x.token_ids) for pair in micro for x in pair], cfg, run.device)
-            losses = bradley_terry_loss(s[0::2], s[1::2])
-            (losses.sum() / len(batch)).backward()
+        parts = micro_batches(run, batch, cfg.micro_batch_size)
+        for b, (micro, real) in enumerate(parts):
+            with distributed.no_sync(rm, b == len(parts) - 1):
+                s = scores(rm, [(x.prompt_ids, x.token_ids) for pair in micro for x in pair], cfg, run.device)
+                losses = bradley_terry_loss(s[0::2], s[1::2]) * float(real)
+                (losses.sum() * world / len(batch)).backward()  # DDP / FSDP average over ranks
             loss_sum += losses.sum().item()
-        record = {"step": step, "loss": loss_sum / len(batch),
-                  "grad_norm": clip_and_step(params, optimizer, cfg.max_grad_norm)}
+        record = {"step": step, "lr": lr, "loss": distributed.all_sum([loss_sum]).item() / len(batch),
+                  "grad_norm": run.step(params, optimizer)}
         if step == steps or (cfg.eval_every and step % cfg.eval_every == 0):
             if test_pairs:
-                record["eval/pair_accuracy"] = pair_accuracy(rm, test_pairs, cfg, run.device)[0]
+                module.eval()
+                record["eval/pair_accuracy"] = pair_accuracy(run, rm, test_pairs)[0]
+                module.train()
         metrics.log(record)
-        run.save(step, {"reward_model": rm}, [optimizer], {
-            "step": step, "samples": samples, "test_pairs": test_pairs, "train_pairs": train_pairs,
-            "order": order.state(), "history": metrics.history})
-    rm.eval()
-    train_acc, mean_chosen, mean_rejected = pair_accuracy(rm, train_pairs, cfg, run.device)
-    rm.extra = {"threshold": (mean_chosen + mean_rejected) / 2}
-    held_out_acc = pair_accuracy(rm, test_pairs, cfg, run.device)[0] if test_pairs else None
+        if run.checkpoint_due(step, steps):
+            run.save(step, {"samples": samples, "test_pairs": test_pairs, "train_pairs": train_pairs,
+                            "order": order.state(), "history": metrics.history})
+    module.eval()
+    train_acc, mean_chosen, mean_rejected = pair_accuracy(run, rm, train_pairs)
+    module.extra = {"threshold": (mean_chosen + mean_rejected) / 2}
+    held_out_acc = pair_accuracy(run, rm, test_pairs)[0] if test_pairs else None
     model_dir = run.out / "model"
-    rm.save(model_dir)
-    run.tokenizer.save_pretrained(model_dir)
+    module.save(model_dir)
     metrics.close()
-    from ponder.runtime.metrics import plot
+    if distributed.is_main():
+        from ponder.runtime.metrics import plot
 
-    plot(metrics.history, run.out, {"rm_loss": ["loss"], "rm_pair_accuracy": ["eval/pair_accuracy"]})
-    if progress:
+        run.tokenizer.save_pretrained(model_dir)
+        plot(metrics.history, run.out, {"rm_loss": ["loss"], "rm_pair_accuracy": ["eval/pair_accuracy"]})
+    if progress and distributed.is_main():
         log.info(f"reward model: {len(train_pairs)} training pairs, pair accuracy {train_acc:.3f} (train), "
                  f"{held_out_acc if held_out_acc is None else round(held_out_acc, 3)} (held out)")
     return {"pair_accuracy": held_out_acc, "train_pair_accuracy": train_acc, "pairs": len(train_pairs),
             "held_out_pairs": len(test_pairs), "samples": samples, "steps": steps, "model_dir": str(model_dir),
-            "output_dir": str(run.out), "threshold": rm.extra["threshold"], "seconds": time.perf_counter() - t_start}
+            "output_dir": str(run.out), "threshold": module.extra["threshold"], "seconds": time.perf_counter() - t_start}
