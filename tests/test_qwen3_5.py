@@ -318,3 +318,84 @@ def test_a_multimodal_checkpoint_loads_its_text_decoder_and_skips_the_vision_tow
     assert loaded.config == cfg
     ids = random_ids(cfg, (1, 9))
     torch.testing.assert_close(logits(loaded, ids), logits(model, ids), atol=0, rtol=0)
+
+
+def test_one_grpo_step_at_the_real_vocabulary_through_the_chunked_loss_head(tmp_path, monkeypatch):
+    """Qwen3.5's 248,320-entry vocabulary (narrow layers so it runs in seconds), activation
+    checkpointing on: one GRPO step samples (the engine on Decoder.forward), scores through the loss
+    head in chunks of 16 positions (never [B, T, vocab]), and moves the linear layers' weights too."""
+    from ponder.models import logprobs as head
+    from ponder.rl import RLConfig, train_rl
+    from ponder.tasks import multiply
+    from ponder.tokenizer import build_char_tokenizer
+
+    vocab = 248_320
+    extra = vocab - 4 - len(multiply.ALPHABET)  # four special tokens
+    tok = build_char_tokenizer(multiply.ALPHABET + "".join(chr(0x10000 + i) for i in range(extra)))
+    cfg = qwen3_5(vocab_size=vocab, hidden_size=32, intermediate_size=32, num_hidden_layers=2, layer_types=(L, F),
+                  num_attention_heads=2, num_key_value_heads=1, head_dim=16)
+    torch.manual_seed(0)
+    model = Decoder(cfg)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    chunks = []
+    real_chunk = head._chunk
+    monkeypatch.setattr(head, "_chunk", lambda h, *rest: (chunks.append(h.shape[0]), real_chunk(h, *rest))[1])
+
+    def high_chars(prompt, completion, problem):  # random weights: any reward with variance will do
+        return sum(ord(c) >= 0x28000 for c in completion) / max(len(completion), 1)
+
+    rl = RLConfig(model="", output_dir=str(tmp_path), prompts_per_step=2, group_size=4, max_new_tokens=6, steps=1,
+                  lr=1e-2, micro_batch_size=8, eval_every=0, save_every=0, rollback=False, seed=0,
+                  gradient_checkpointing=True, loss_chunk_mb=16 * 4 * vocab / 2**20)
+    summary = train_rl(rl, model=model, tokenizer=tok, problems=multiply.generate("train", 2, seed=0),
+                       rewards=[high_chars], progress=False)
+    assert summary["steps"] == 1
+    assert chunks and max(chunks) == 16 and len(chunks) > 2
+    moved = {name for name, p in model.named_parameters() if not torch.equal(p.detach(), before[name])}
+    for name in ("model.embed_tokens.weight", "model.layers.0.linear_attn.in_proj_qkv.weight",
+                 "model.layers.0.linear_attn.conv1d.weight", "model.layers.0.linear_attn.A_log",
+                 "model.layers.1.self_attn.q_proj.weight"):
+        assert name in moved, name
+
+
+@pytest.fixture(scope="module")
+def sft_base(tmp_path_factory):
+    """A Qwen3.5-shaped checkpoint with a character tokenizer, and prompt/completion records."""
+    from ponder.tasks import multiply
+    from ponder.tokenizer import build_char_tokenizer
+
+    root = tmp_path_factory.mktemp("qwen3_5_sft")
+    tok = build_char_tokenizer(multiply.ALPHABET)
+    ours(qwen3_5(vocab_size=tok.vocab_size, num_hidden_layers=2, layer_types=(L, F)), seed=0).save_pretrained(root / "init")
+    tok.save_pretrained(root / "init")
+    with open(root / "pc.jsonl", "w") as f:
+        for p in multiply.generate("train", 8, seed=0):
+            f.write(json.dumps({"prompt": p.prompt, "completion": multiply.sft_text(p, scratchpad=False)}) + "\n")
+    return root
+
+
+@pytest.mark.parametrize("lora_targets", [None, "default", "with-linear-attention"])
+def test_sft_trains_a_qwen3_5_model_fully_or_through_lora(sft_base, tmp_path, lora_targets):
+    """SFT lowers the loss; LoRA's default targets (attention and MLP projections by their names)
+    adapt the full-attention layers and every MLP but not the Gated DeltaNet projections, which
+    are adapted when named (in_proj_qkv, in_proj_z, out_proj)."""
+    from ponder.runtime.lora import LoRAConfig
+    from ponder.sft import SFTConfig, train_sft
+
+    lora = None
+    if lora_targets == "default":
+        lora = LoRAConfig(r=4)
+    elif lora_targets == "with-linear-attention":
+        lora = LoRAConfig(r=4, target_modules=LoRAConfig().target_modules + ["in_proj_qkv", "in_proj_z", "out_proj"])
+    cfg = SFTConfig(model=str(sft_base / "init"), data=str(sft_base / "pc.jsonl"), batch_size=4, micro_batch_size=2,
+                    steps=6, lr=1e-2, save_every=0, output_dir=str(tmp_path), lora=lora, gradient_checkpointing=True,
+                    device="cpu")
+    summary = train_sft(cfg, progress=False)
+    losses = [r["loss"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert summary["steps"] == 6 and losses[-1] < losses[0]
+    if lora is not None:
+        from safetensors.torch import load_file
+
+        names = list(load_file(tmp_path / "model" / "adapter" / "adapter_model.safetensors"))
+        assert any("layers.1.self_attn.q_proj" in n for n in names) and any("layers.0.mlp.up_proj" in n for n in names)
+        assert any("linear_attn.in_proj_qkv" in n for n in names) == (lora_targets == "with-linear-attention")
