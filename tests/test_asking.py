@@ -128,3 +128,11 @@ def test_output_folder_carries_the_generation_config_and_the_adapter_names_its_b
     out = Path(summary["model_dir"])
     assert json.loads((out / "generation_config.json").read_text())["temperature"] == 0.7
     assert json.loads((out / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] == str(base)
+
+
+def test_eval_strategies_refuse_the_asking_switches_they_do_not_follow(tiny_checkpoint, capsys):
+    from ponder.cli import main
+
+    assert main(["eval", "--model", str(tiny_checkpoint), "--task", "multiply", "--strategy", "majority",
+                 "--no-chat"]) == 2
+    assert "--chat works without --strategy" in capsys.readouterr().err

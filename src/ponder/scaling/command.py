@@ -52,6 +52,10 @@ def main(args) -> int:
     strategy, scorer_name = args.strategy, getattr(args, "scorer", "loglik")
     if getattr(args, "tool", "none") != "none":
         raise ValueError("--tool/--python-tool works without --strategy")
+    changed = [f"--{name}" for name, default in (("chat", None), ("instruction", None), ("extract", "lenient"))
+               if getattr(args, name, default) != default]
+    if changed:  # the strategies ask and read the default way (ponder.evaluate.prompts) for now
+        raise ValueError(f"{', '.join(changed)} works without --strategy")
     if strategy not in STRATEGIES:
         raise ValueError(f"--strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
     if scorer_name not in SCORERS:
