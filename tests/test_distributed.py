@@ -23,6 +23,7 @@ import yaml
 from safetensors.torch import load_file
 
 from ponder.models import Decoder, MLAConfig, ModelConfig, MoEConfig
+from ponder.models.config import LinearAttentionConfig
 from ponder.tasks import multiply
 from ponder.tokenizer import build_char_tokenizer
 
@@ -64,7 +65,13 @@ def root(tmp_path_factory):
                                                     n_shared_experts=1, n_group=2, topk_group=1,
                                                     first_k_dense_replace=1),
                                       mla=MLAConfig(kv_lora_rank=8, qk_nope_head_dim=4, qk_rope_head_dim=4,
-                                                    v_head_dim=4))}
+                                                    v_head_dim=4)),
+              # Qwen3.5: a Gated DeltaNet layer beside a gated full-attention one
+              "qwen3_5": ModelConfig(vocab_size=tok.vocab_size, hidden_size=16, intermediate_size=32,
+                                     num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+                                     model_type="qwen3_5_text", layer_types=("linear_attention", "full_attention"),
+                                     linear=LinearAttentionConfig(conv_kernel_dim=4, key_head_dim=4, value_head_dim=4,
+                                                                  num_key_heads=1, num_value_heads=2))}
     for name, shape in shapes.items():
         torch.manual_seed(0)
         Decoder(shape).save_pretrained(root / name)
@@ -142,6 +149,26 @@ def test_rl_on_two_ranks_equals_one_process(root, rl_reference, parallel):
     out = train(root, "rl", rl_settings(root, root / f"rl-{parallel}", parallel=parallel), ranks=2)
     assert_same_weights(weights(out), weights(rl_reference), initial(root, "dense"))
     assert_same_records(out, rl_reference, ("reward/total/mean", "completion_len", "loss_tokens", "loss", "grad_norm"))
+
+
+QWEN3_5_RL = dict(steps=2)
+
+
+@pytest.fixture(scope="module")
+def qwen3_5_reference(root):
+    return train(root, "rl", rl_settings(root, root / "qwen3_5-one", model=str(root / "qwen3_5"), **QWEN3_5_RL),
+                 ranks=1)
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_rl_of_a_qwen3_5_model_on_two_ranks_equals_one_process(root, qwen3_5_reference, parallel):
+    """The linear-attention hybrid (its conv and recurrent state in generation, the chunked delta
+    rule in training) on two ranks: the weights and metrics of one process."""
+    one = qwen3_5_reference
+    out = train(root, "rl", rl_settings(root, root / f"qwen3_5-{parallel}", model=str(root / "qwen3_5"),
+                                        parallel=parallel, **QWEN3_5_RL), ranks=2)
+    assert_same_weights(weights(out), weights(one), initial(root, "qwen3_5"))
+    assert_same_records(out, one, ("reward/total/mean", "completion_len", "loss_tokens", "loss", "grad_norm"))
 
 
 def assert_same_records(out: Path, reference: Path, keys) -> None:
