@@ -399,3 +399,20 @@ def test_sft_trains_a_qwen3_5_model_fully_or_through_lora(sft_base, tmp_path, lo
         names = list(load_file(tmp_path / "model" / "adapter" / "adapter_model.safetensors"))
         assert any("layers.1.self_attn.q_proj" in n for n in names) and any("layers.0.mlp.up_proj" in n for n in names)
         assert any("linear_attn.in_proj_qkv" in n for n in names) == (lora_targets == "with-linear-attention")
+
+
+def test_bench_generate_runs_the_hybrid_against_transformers(capsys):
+    """`ponder bench generate --arch qwen3_5` on a tiny shape (three linear layers, one full): both
+    rates, and the cache of a sequence: the full layer's K/V plus the linear layers' fixed state."""
+    from ponder.cli import main
+
+    assert main(["bench", "generate", "--arch", "qwen3_5", "--hidden", "32", "--layers", "4", "--heads", "2",
+                 "--kv-heads", "1", "--vocab", "64", "--batch", "2", "--prompt-len", "4",
+                 "--new-tokens", "3", "--repeats", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["shape"]["arch"] == "qwen3_5_text" and result["decode_path"] == "plain"
+    assert result["ponder_tok_s"] > 0 and result["transformers_tok_s"] > 0
+    assert result["cache_bytes_per_token"] == 1 * 2 * 16 * 4  # one full layer, one KV head of 16, fp32
+    # per linear layer: conv inputs [q | k | v] = 16 + 16 + 2 x 16 channels x 3, and 2 value heads x 16 x 16 of state
+    fixed = 3 * ((16 + 16 + 2 * 16) * 3 * 4 + 2 * 16 * 16 * 4)
+    assert result["cache_bytes_per_sequence"] == fixed + 7 * result["cache_bytes_per_token"]

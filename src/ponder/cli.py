@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--kv-heads", type=int, default=2)
     b.add_argument("--intermediate", type=int, default=None, help="default 3 x hidden")
     b.add_argument("--vocab", type=int, default=1024)
-    b.add_argument("--arch", default="qwen3", help="qwen3, qwen2, llama, qwen3_moe, deepseek_v3")
+    b.add_argument("--arch", default="qwen3", help="qwen3, qwen2, llama, qwen3_moe, deepseek_v3, qwen3_5")
     b.add_argument("--batch", type=int, default=64)
     b.add_argument("--prompt-len", type=int, default=16)
     b.add_argument("--new-tokens", type=int, default=64)

@@ -77,15 +77,23 @@ def flops_per_token(config: ModelConfig, model: torch.nn.Module, context: float)
         non_embedding -= routed * (1 - config.moe.num_experts_per_tok / config.moe.num_experts)
     # MLA attends in its absorbed form: keys of width kv_lora_rank + rope, values of width kv_lora_rank.
     value_width = config.mla.kv_lora_rank if config.mla is not None else config.v_head_dim
-    attention = 2 * config.num_hidden_layers * config.num_attention_heads * (config.k_head_dim + value_width) * context
+    linear = sum(map(config.is_linear_layer, range(config.num_hidden_layers)))
+    full = config.num_hidden_layers - linear
+    attention = 2 * full * config.num_attention_heads * (config.k_head_dim + value_width) * context
+    if linear:  # a Gated DeltaNet token: decay, read (S^T k), write (k delta^T) and query its state, whatever the context
+        lin = config.linear
+        attention += 8 * linear * lin.num_value_heads * lin.key_head_dim * lin.value_head_dim
     return 2 * non_embedding + attention
 
 
 def build_config(args) -> ModelConfig:
+    model_type = {"qwen3_5": "qwen3_5_text"}.get(args.arch, args.arch)
     architecture = {"qwen3": "Qwen3ForCausalLM", "qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM",
-                    "qwen3_moe": "Qwen3MoeForCausalLM", "deepseek_v3": "DeepseekV3ForCausalLM"}[args.arch]
+                    "qwen3_moe": "Qwen3MoeForCausalLM", "deepseek_v3": "DeepseekV3ForCausalLM",
+                    "qwen3_5_text": "Qwen3_5ForCausalLM"}[model_type]
+    head_dim = args.hidden // args.heads
     return ModelConfig.from_hf_dict({
-        "architectures": [architecture], "model_type": args.arch,
+        "architectures": [architecture], "model_type": model_type,
         "vocab_size": args.vocab, "hidden_size": args.hidden, "num_hidden_layers": args.layers,
         "num_attention_heads": args.heads, "num_key_value_heads": args.kv_heads,
         "head_dim": args.hidden // args.heads, "intermediate_size": args.intermediate or 3 * args.hidden,
@@ -101,6 +109,11 @@ def build_config(args) -> ModelConfig:
             "kv_lora_rank": 4 * (args.hidden // args.heads), "qk_nope_head_dim": args.hidden // args.heads,
             "qk_rope_head_dim": args.hidden // args.heads // 2, "v_head_dim": args.hidden // args.heads,
             "rope_interleave": True} if args.arch == "deepseek_v3" else {}),
+        # Qwen3.5's proportions: three linear layers per full one, RoPE on a quarter of each head,
+        # twice as many value heads as key heads in the linear layers, conv kernel 4.
+        **({"full_attention_interval": 4, "partial_rotary_factor": 0.25, "linear_conv_kernel_dim": 4,
+            "linear_num_key_heads": max(1, args.heads // 2), "linear_num_value_heads": args.heads,
+            "linear_key_head_dim": head_dim, "linear_value_head_dim": head_dim} if model_type == "qwen3_5_text" else {}),
     })
 
 
@@ -188,6 +201,8 @@ def main(args) -> int:
         "dtype": args.dtype, "threads": torch.get_num_threads(),
         "decode_path": decode_path(model), "cpu": cpu_name(),
         "cache_bytes_per_token": KVCache.bytes_per_token(config, dtype),
+        # one row's whole cache at its final length (linear-attention layers: a fixed-size state)
+        "cache_bytes_per_sequence": KVCache.bytes_for(config, int(prompt_len) + args.new_tokens, dtype),
         "ponder_tok_s": round(tokens / ponder_s, 1),
         "transformers_tok_s": round(tokens / peer_s, 1) if peer_s else None,
         "ratio": round(peer_s / ponder_s, 2) if peer_s else None,
@@ -209,7 +224,8 @@ def main(args) -> int:
               f"shape: {s['arch']} hidden {s['hidden']}, {s['layers']} layers, {s['heads']}/{s['kv_heads']} heads, "
               f"vocab {s['vocab']}, {s['params_M']}M params; batch {result['batch']}, prompt {result['prompt_len']}, "
               f"{args.new_tokens} new tokens, {args.dtype}, {result['threads']} threads; "
-              f"KV cache {result['cache_bytes_per_token']:,} bytes/token")
+              f"KV cache {result['cache_bytes_per_token']:,} bytes/token, "
+              f"{result['cache_bytes_per_sequence']:,} bytes/sequence at its final length")
         print(f"CPU: {result['cpu']}; decode path: {result['decode_path']} (PONDER_DECODE overrides)")
         print(f"ponder        {result['ponder_tok_s']:>10,.0f} tok/s  ({result['ponder_gflops']} GFLOP/s, "
               f"{100 * result['fraction_of_matmul']:.0f}% of {result['matmul_gflops']} GFLOP/s matmul)")

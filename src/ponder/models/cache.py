@@ -129,15 +129,21 @@ class KVCache:
     @staticmethod
     def bytes_per_token(config: ModelConfig, dtype: torch.dtype = torch.float32) -> int:
         """Cache bytes one token takes over all layers: K and V of every KV head, or MLA's latent row
-        (for sliding-window layers, while the sequence is shorter than their window)."""
+        (for sliding-window layers, while the sequence is shorter than their window; linear-attention
+        layers hold no per-token cache and are not counted)."""
+        attention_layers = config.num_hidden_layers - sum(map(config.is_linear_layer, range(config.num_hidden_layers)))
+        return attention_layers * KVCache._bytes_per_layer_token(config, dtype)
+
+    @staticmethod
+    def _bytes_per_layer_token(config: ModelConfig, dtype: torch.dtype) -> int:
         per_layer = config.cache_heads * (config.k_head_dim + config.v_head_dim)
-        return config.num_hidden_layers * per_layer * torch.empty(0, dtype=dtype).element_size()
+        return per_layer * torch.empty(0, dtype=dtype).element_size()
 
     @staticmethod
     def bytes_for(config: ModelConfig, positions: int, dtype: torch.dtype = torch.float32) -> int:
         """Cache bytes of one row holding `positions` tokens: sliding-window layers hold their ring,
         linear-attention layers their fixed state (conv inputs in `dtype`, the recurrent state in fp32)."""
-        per_token = KVCache.bytes_per_token(config, dtype) // config.num_hidden_layers
+        per_token = KVCache._bytes_per_layer_token(config, dtype)
         total = 0
         for i in range(config.num_hidden_layers):
             if config.is_linear_layer(i):
