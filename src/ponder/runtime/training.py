@@ -442,7 +442,7 @@ class TrainingRun:
 
     def metrics(self, history: list[dict[str, Any]]):
         """metrics.jsonl + TensorBoard on rank 0; the other ranks log nothing."""
-        return MetricsLog(self.out, history) if distributed.is_main() else _NoMetrics()
+        return MetricsLog(self.out, history) if distributed.is_main() else _NoMetrics(history)
 
     def progress(self, total: int, initial: int, desc: str, enabled: bool):
         """A progress bar on rank 0 when stderr is a terminal (pipes and log files get none);
@@ -464,8 +464,15 @@ class TrainingRun:
 
 
 class _NoMetrics:
-    def log(self, record): ...
+    """The other ranks' log: it writes nothing but keeps the history, as rank 0's does."""
 
-    def rewrite(self, history): ...
+    def __init__(self, history: list[dict[str, Any]]):
+        self.history = history
+
+    def log(self, record):
+        self.history.append(record)
+
+    def rewrite(self, history):
+        self.history = history
 
     def close(self): ...
