@@ -214,7 +214,7 @@ def test_linear_layers_cache_a_fixed_size_state():
 
 
 def test_engine_greedy_tokens_equal_transformers_generate():
-    """Ragged prompts, two samples per prompt, on Decoder.forward (DecodeStep refuses the hybrid):
+    """Ragged prompts, two samples per prompt, on the fused decode step and on Decoder.forward:
     the same tokens as transformers' generate, one prompt at a time."""
     from ponder.engine import Engine, SamplingParams
     from ponder.models.decode import decode_path
@@ -223,10 +223,14 @@ def test_engine_greedy_tokens_equal_transformers_generate():
     model, peer = ours(cfg, seed=1), hf_model(cfg, seed=1)
     peer.load_state_dict(model.state_dict(), strict=False)
     peer.generation_config.eos_token_id = None
-    assert decode_path(model) == "plain"
+    assert decode_path(model) != "plain"
     prompts = [random_ids(cfg, (n,), seed=n).tolist() for n in (3, 8, 14)]
     params = SamplingParams(max_new_tokens=12, temperature=0.0, stop_token_ids=())
     outs = Engine(model, max_rows=6).generate(prompts, n=2, params=params)
+    with pytest.MonkeyPatch.context() as mp:  # Decoder.forward gives the same
+        mp.setenv("PONDER_DECODE", "plain")
+        plain = Engine(model, max_rows=6).generate(prompts, n=2, params=params)
+    assert [[c.token_ids for c in group] for group in plain] == [[c.token_ids for c in group] for group in outs]
     for prompt, (first, second) in zip(prompts, outs):
         with torch.no_grad():
             want = peer.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False)[0, len(prompt):]
@@ -410,9 +414,61 @@ def test_bench_generate_runs_the_hybrid_against_transformers(capsys):
                  "--kv-heads", "1", "--vocab", "64", "--batch", "2", "--prompt-len", "4",
                  "--new-tokens", "3", "--repeats", "1", "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result["shape"]["arch"] == "qwen3_5_text" and result["decode_path"] == "plain"
+    assert result["shape"]["arch"] == "qwen3_5_text" and result["decode_path"] != "plain"
     assert result["ponder_tok_s"] > 0 and result["transformers_tok_s"] > 0
     assert result["cache_bytes_per_token"] == 1 * 2 * 16 * 4  # one full layer, one KV head of 16, fp32
     # per linear layer: conv inputs [q | k | v] = 16 + 16 + 2 x 16 channels x 3, and 2 value heads x 16 x 16 of state
     fixed = 3 * ((16 + 16 + 2 * 16) * 3 * 4 + 2 * 16 * 16 * 4)
     assert result["cache_bytes_per_sequence"] == fixed + 7 * result["cache_bytes_per_token"]
+
+
+@pytest.mark.parametrize("name", ["3to1-gqa-k4", "full-first-mha-k2-half-rope-tied", "moe-4experts-top2-shared"])
+@pytest.mark.parametrize("path", ["unpacked", "torch-ops", "packed"])
+def test_decode_step_equals_the_model(name, path):
+    """The engine's fused decode step on the hybrid (the mixers as the model's modules, the
+    1 + weight norms fused, the MLP's folded into its packed matmul): ragged rows, then a row copy;
+    the same logits and the same conv and recurrent states as Decoder.forward."""
+    from ponder.models.decode import DecodeStep, _packings
+
+    cfg = CONFIGS[name]
+    model = ours(cfg, seed=12)
+    packed = sorted(_packings(model.device))
+    if path == "packed" and not packed:
+        pytest.skip("no weight packing on this machine")
+    step = DecodeStep(model, packed[0] if path == "packed" else "unpacked")
+    if path == "torch-ops":
+        step.kernels = None
+    lens = torch.tensor([2, 7, 4])
+    prompt = random_ids(cfg, (3, 7), seed=4)
+    caches = [KVCache(cfg, 3, 20) for _ in range(2)]
+    with torch.no_grad():
+        for cache in caches:
+            model.hidden(prompt, cache, lens)
+        for t in range(8):
+            if t == 5:
+                for cache in caches:
+                    cache.select([1, 1, 0])
+            tokens = random_ids(cfg, (3,), seed=30 + t)
+            want = model(tokens[:, None], caches[0])[:, -1]
+            torch.testing.assert_close(step(tokens, caches[1]), want, atol=1e-5, rtol=0)
+    for want, got in zip(caches[0].state + caches[0].conv + caches[0].k, caches[1].state + caches[1].conv + caches[1].k):
+        if want is not None:
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_bf16_decode_step_stays_close_to_the_model():
+    from ponder.models.decode import DecodeStep
+
+    cfg = CONFIGS["3to1-gqa-k4"]
+    model = ours(cfg, seed=13).to(torch.bfloat16)
+    step = DecodeStep(model, "unpacked")
+    prompt = random_ids(cfg, (2, 6), seed=5)
+    caches = [KVCache(cfg, 2, 16, dtype=torch.bfloat16) for _ in range(2)]
+    with torch.no_grad():
+        for cache in caches:
+            model(prompt, cache)
+        for t in range(6):
+            tokens = random_ids(cfg, (2,), seed=40 + t)
+            want = model(tokens[:, None], caches[0])[:, -1].float()
+            got = step(tokens, caches[1]).float()
+            assert (got - want).abs().max() < 0.05 * want.abs().max()

@@ -235,11 +235,10 @@ class DecodeStep:
         """A plain `Decoder` (a subclass may change the forward this step mirrors) with grouped-query
         attention (not MLA) in fp32 or bf16, whose adapters, if any, are LoRA on the projections
         (merged into the step's copies); the others keep `Decoder.forward`. Mixture-of-experts MLPs
-        run as their own modules inside the step. Qwen3.5's linear-attention hybrid is not mirrored
-        (its layers carry a recurrent state, not keys): it keeps `Decoder.forward`."""
+        run as their own modules inside the step, and so do Qwen3.5's token mixers (Gated DeltaNet with
+        its conv and recurrent state, gated attention): the step fuses their norms and MLPs."""
         config = model.config
-        return (type(model) is Decoder and config.mla is None and not config.qwen3_5
-                and model.dtype in (torch.float32, torch.bfloat16)
+        return (type(model) is Decoder and config.mla is None and model.dtype in (torch.float32, torch.bfloat16)
                 and (not has_adapters(model) or _adapters_mergeable(model)))
 
     @torch.no_grad()
@@ -254,6 +253,8 @@ class DecodeStep:
         self.heads, self.kv_heads, self.head_dim = (config.num_attention_heads, config.num_key_value_heads,
                                                     config.head_dim)
         self.gemma, self.scale = config.gemma, config.attention_scale
+        # Qwen3.5: each layer's token mixer runs as the model's module, on the input norm's output
+        self.hybrid, self.offset = config.qwen3_5, config.norm_offset
         self.windows = [config.layer_window(i) for i in range(config.num_hidden_layers)]
         if path is None:
             path = decode_path(model)
@@ -267,6 +268,12 @@ class DecodeStep:
         # Gemma's block outputs are normed before the residual add: (norm weight, or None) per layer
         self.post_norms: list[tuple[torch.Tensor, torch.Tensor] | None] = []
         for layer in model.model.layers:
+            if self.hybrid:  # (mixer, its norm's scale, -, MLP with its norm folded in)
+                mlp = layer.mlp
+                self.layers.append((getattr(layer, layer.mixer_name), _scale(layer.input_layernorm), None,
+                                    self._mlp(mlp, _scale(layer.post_attention_layernorm), pack)))
+                self.post_norms.append(None)
+                continue
             attn, mlp = layer.self_attn, layer.mlp
             qk_norm = None
             if attn.q_norm is not None:  # one weight row per head, query heads then key heads
@@ -274,13 +281,7 @@ class DecodeStep:
                                      _scale(attn.k_norm).expand(self.kv_heads, -1)])
             qkv = [attn.q_proj, attn.k_proj, attn.v_proj]
             mlp_norm = layer.pre_feedforward_layernorm if self.gemma else layer.post_attention_layernorm
-            if isinstance(mlp, SparseMoE):
-                feed_forward = _sparse_mlp(mlp, _scale(mlp_norm))
-            else:
-                feed_forward = DenseMLP(
-                    PackedLinear(_fused([_weight(mlp.gate_proj), _weight(mlp.up_proj)], _scale(mlp_norm)),
-                                 _cat_bias(mlp.gate_proj, mlp.up_proj), pack),
-                    PackedLinear(_fused([_weight(mlp.down_proj)]), mlp.down_proj.bias, pack), mlp.activation)
+            feed_forward = self._mlp(mlp, _scale(mlp_norm), pack)
             self.layers.append((
                 PackedLinear(_fused([_weight(m) for m in qkv], _scale(layer.input_layernorm)), _cat_bias(*qkv), pack),
                 qk_norm,
@@ -303,6 +304,17 @@ class DecodeStep:
         self.eps_tensor = torch.tensor(self.eps, device=model.device)
         # the fused C kernels (fp32, CPU); None: the same steps as torch ops
         self.kernels = kernels() if model.device.type == "cpu" and model.dtype == torch.float32 else None
+
+    @staticmethod
+    def _mlp(mlp, norm_scale: torch.Tensor, pack: str | None):
+        """The feed-forward block after its norm: dense (gate and up fused, the norm's weight folded
+        in, packed) or mixture-of-experts (the block as it is)."""
+        if isinstance(mlp, SparseMoE):
+            return _sparse_mlp(mlp, norm_scale)
+        return DenseMLP(
+            PackedLinear(_fused([_weight(mlp.gate_proj), _weight(mlp.up_proj)], norm_scale),
+                         _cat_bias(mlp.gate_proj, mlp.up_proj), pack),
+            PackedLinear(_fused([_weight(mlp.down_proj)]), mlp.down_proj.bias, pack), mlp.activation)
 
     def _rms(self, x: torch.Tensor) -> torch.Tensor:
         """1 / sqrt(mean(x^2) + eps) over the last axis, from a single fused reduction (in fp32)."""
@@ -334,8 +346,8 @@ class DecodeStep:
 
     def _normed_scaled(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """RMSNorm(x) with its (scale) weight applied, as the model's norm computes it: Gemma's in
-        fp32 and cast last."""
-        if self.gemma:
+        fp32 and cast last (Qwen3.5's too)."""
+        if self.offset:
             return (x.float() * self._rms(x) * weight).to(x.dtype)
         return self._normed(x) * weight
 
@@ -376,6 +388,8 @@ class DecodeStep:
         rope = self._rope(self.model.rope, step, x.dtype)
         local = rope if self.model.local_rope is None else self._rope(self.model.local_rope, step, x.dtype)
         x, h = self._add_norm(x, None)
+        if self.hybrid:
+            return self._hybrid(x, h, cache, step)
         for i, (qkv_proj, qk_norm, o_proj, feed_forward) in enumerate(self.layers):
             cos, sin = local if self.windows[i] is not None else rope
             out = o_proj(self._attend(i, qkv_proj(h), qk_norm, cos, sin, cache, step).view(B, -1))
@@ -383,7 +397,20 @@ class DecodeStep:
             x, h = self._add_norm(x, out if post is None else self._normed_scaled(out, post[0]))
             out = feed_forward(h)
             x, h = self._add_norm(x, out if post is None else self._normed_scaled(out, post[1]))
+        return self._head(h, cache)
+
+    def _hybrid(self, x: torch.Tensor, h: torch.Tensor, cache: KVCache, step: CacheStep) -> torch.Tensor:
+        """Qwen3.5's layers: the mixer module on [B, 1, hidden] (a linear layer takes the recurrent
+        form and updates its state in the cache; a full one attends over its keys), then the fused MLP."""
+        cos, sin = self.model.rope.lookup(step.positions, x.dtype, step.key_len - 1)
+        for mixer, norm_scale, _, feed_forward in self.layers:
+            out = mixer(self._normed_scaled(x, norm_scale)[:, None], cos, sin, cache, step)[:, 0]
+            x, h = self._add_norm(x, out)
+            x, h = self._add_norm(x, feed_forward(h))
+        return self._head(h, cache)
+
+    def _head(self, h: torch.Tensor, cache: KVCache) -> torch.Tensor:
         cache.advance(1)
-        h = (h.float() * self.final_norm).to(h.dtype) if self.gemma else h * self.final_norm
+        h = (h.float() * self.final_norm).to(h.dtype) if self.offset else h * self.final_norm
         logits = self.head_linear(h, self.head_weight)
         return logits if self.softcap is None else torch.tanh(logits / self.softcap) * self.softcap
