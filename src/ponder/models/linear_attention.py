@@ -183,7 +183,10 @@ class GatedDeltaNet(nn.Module):
         else:
             state = cache.state[self.layer_idx].float()
         rule = recurrent_delta_rule if T == 1 else chunked_delta_rule
-        out, state = rule(q, k, v, g, beta, state)
+        # fp32 under a bf16 autocast too (training's dtype: bfloat16): the state accumulates
+        # over the whole sequence, and the triangular solve wants one dtype
+        with torch.autocast(x.device.type, enabled=False):
+            out, state = rule(q, k, v, g, beta, state)
         if cache is not None:
             cache.state[self.layer_idx] = state.to(cache.state[self.layer_idx].dtype)
         out = self.norm(out.transpose(1, 2).to(x.dtype), z)  # [B, T, n_v, dv]
