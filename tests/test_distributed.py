@@ -380,3 +380,22 @@ def test_ladder_method_on_two_ranks_equals_one_process(root, ladder_reference, m
                                                                             "kl", "accuracy")
     # The demo's model is ~0.8M parameters: summation order moves a second step's losses by ~1e-5.
     assert_same_records(out, one, keys, rel=1e-4)
+
+
+def test_ladder_with_lora_and_activation_checkpointing_on_two_ranks(root, ladder_reference):
+    """DPO training LoRA adapters (its reference: the model with the adapter off) on two FSDP2
+    ranks ends as in one process; PPO with activation checkpointing on two DDP ranks ends as
+    the one-process run without it (recomputing activations changes nothing)."""
+    from ponder.demo import base_model_dir
+
+    start = load_file(str(base_model_dir() / "model.safetensors"))
+    lora = {"r": 4, "target_modules": ["q_proj", "v_proj"]}
+    one = train(root, "dpo", ladder_settings("dpo", root / "dpo-lora-one", lora=lora), ranks=1)
+    two = train(root, "dpo", ladder_settings("dpo", root / "dpo-lora-fsdp", lora=lora, parallel="fsdp"), ranks=2)
+    assert_same_weights(weights(two), weights(one), start)
+    assert_same_records(two, one, ("loss", "grad_norm", "accuracy"), rel=1e-4)
+    assert (two / "model" / "adapter" / "adapter_model.safetensors").exists()
+    ppo = train(root, "ppo", ladder_settings("ppo", root / "ppo-ckpt-ddp", gradient_checkpointing=True,
+                                             parallel="ddp"), ranks=2)
+    assert_same_weights(weights(ppo), weights(ladder_reference["ppo"]), start)
+    assert_same_records(ppo, ladder_reference["ppo"], ("policy_loss", "value_loss", "grad_norm"), rel=1e-4)
