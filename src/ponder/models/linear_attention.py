@@ -97,10 +97,8 @@ class GatedRMSNorm(nn.Module):
 
     def __init__(self, dim: int, eps: float):
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.weight = nn.Parameter(torch.ones(dim))  # a plain scale (not 1 + weight): starts at 1
         self.eps = eps
-
-    unit_weight = 1.0
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         normed = F.rms_norm(x.float(), self.weight.shape, eps=self.eps).to(x.dtype)
