@@ -97,3 +97,48 @@ def test_rl_training_runs_and_resumes_on_the_gpu(base, tmp_path, options):
                        allow_config_change=True, **options))
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "event" not in r][-2:] == [cfg.steps + 1, cfg.steps + 2]
+
+
+def rl_step(base, out, device: str, rollout_of):
+    """One RL update (rl.trainer.update) on `device` of the batch `rollout_of(run)` returns:
+    its metrics and the weights after the step, on the CPU."""
+    from rl_setup import rl_config
+
+    from ponder.rl.trainer import update
+    from ponder.runtime.training import TrainingRun
+
+    cfg = rl_config(base, out, device=device, lr=1e-2)
+    run = TrainingRun(cfg, data_size=1, what="problems")
+    metrics = update(cfg, run, None, rollout_of(run), None)
+    return metrics, {k: v.detach().cpu() for k, v in run.model.state_dict().items()}
+
+
+def test_an_rl_step_on_the_gpu_equals_the_cpu_step_on_the_same_batch(base, tmp_path, device="cuda"):
+    """The same completions and advantages, one optimizer step on each device: the same loss,
+    entropy, gradient norm and weights after the step (not merely a finite loss)."""
+    from ponder.rl.trainer import Rollout
+
+    batch = {}
+
+    def rollout_of(run):
+        if not batch:  # sampled once, on the CPU run, then given to both
+            tok = run.tokenizer
+            prompts = [tok.encode(f"{a}*{b}=") for a, b in ((12, 34), (7, 89), (56, 78), (9, 9))]
+            with run.generation():
+                groups = Engine(run.model, tok).generate(prompts, 4, SamplingParams(max_new_tokens=8, temperature=1.0,
+                                                                                    seed=1))
+            batch["prompts"] = [p for p in prompts for _ in range(4)]
+            batch["completions"] = [c for g in groups for c in g]
+        comps = batch["completions"]
+        return Rollout(batch["prompts"], comps, torch.linspace(-1, 1, len(comps)), sequences=len(comps),
+                       tokens=sum(len(c.token_ids) for c in comps))
+
+    cpu, cpu_weights = rl_step(base, tmp_path / "cpu", "cpu", rollout_of)
+    gpu, gpu_weights = rl_step(base, tmp_path / device, device, rollout_of)
+    assert cpu["grad_norm"] > 0 and cpu["loss_tokens"] == gpu["loss_tokens"]
+    for key in ("loss", "entropy", "grad_norm"):
+        assert gpu[key] == pytest.approx(cpu[key], rel=1e-4, abs=1e-6), key
+    start = from_pretrained(base / "base").state_dict()
+    assert any(not torch.equal(cpu_weights[k], start[k]) for k in start)  # the step moved the weights
+    for k in cpu_weights:
+        assert torch.allclose(gpu_weights[k], cpu_weights[k], atol=1e-5, rtol=1e-4), k
