@@ -472,3 +472,28 @@ def test_bf16_decode_step_stays_close_to_the_model():
             want = model(tokens[:, None], caches[0])[:, -1].float()
             got = step(tokens, caches[1]).float()
             assert (got - want).abs().max() < 0.05 * want.abs().max()
+
+
+def test_the_state_after_a_ragged_prefill_is_each_prompts_own():
+    """A long prompt (more than one 64-token chunk) batched with a short one, right-padded: each
+    row's conv inputs and recurrent state equal those of the prompt prefilled alone, and those of
+    the same prompt prefilled in two pieces."""
+    cfg = CONFIGS["3to1-gqa-k4"]
+    model = ours(cfg, seed=21)
+    ids = random_ids(cfg, (2, 75), seed=9)
+    lengths = torch.tensor([75, 5])
+    batched = KVCache(cfg, 2, 80)
+    with torch.no_grad():
+        model.hidden(ids, batched, lengths)
+        for row, n in enumerate(lengths.tolist()):
+            alone, pieces = KVCache(cfg, 1, 80), KVCache(cfg, 1, 80)
+            model(ids[row:row + 1, :n], alone)
+            model(ids[row:row + 1, :n // 2], pieces)
+            model(ids[row:row + 1, n // 2:n], pieces)
+            for layer in range(cfg.num_hidden_layers):
+                if cfg.is_linear_layer(layer):
+                    for other in (alone, pieces):
+                        torch.testing.assert_close(batched.conv[layer][row], other.conv[layer][0], atol=1e-5, rtol=0)
+                        torch.testing.assert_close(batched.state[layer][row], other.state[layer][0],
+                                                   atol=1e-5, rtol=1e-5)
+    assert batched.state[0][1].abs().max() > 0 and not torch.equal(batched.state[0][0], batched.state[0][1])
