@@ -4,7 +4,11 @@ The model is Qwen3-0.6B's width (hidden 1024, 16 query / 8 KV heads of 128, SwiG
 embeddings, vocabulary 151,936) with few layers, so a step runs in minutes on a CPU; weights are
 random. The tokenizer maps every id to one character, so any sampled id decodes. Each variant runs
 in its own process, one after the other, and reports its peak resident memory (ru_maxrss: weights,
-optimizer state, generation and update together) and its seconds per step:
+optimizer state, generation and update together) and its seconds per step. Beside the whole
+process's peak it reports the memory in use at its idle point (after imports, model load and
+set-up, just before the first step: TRL's `train()`, ponder's first generation) and the step's
+peak above that baseline, which is what the variants are compared on: the whole-process figure
+also counts what importing `transformers` and `trl` costs TRL's process.
 
     trl        TRL's GRPOTrainer on the same weights and config (transformers' model and generate),
                with its defaults: activation checkpointing on, fused AdamW
@@ -33,6 +37,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -49,6 +54,29 @@ def peak_gib(device: str = "cpu") -> float:
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+
+
+def in_use_gib(device: str = "cpu") -> float:
+    """Memory this process holds now: resident memory on the CPU, allocated GPU memory on CUDA."""
+    return torch.cuda.memory_allocated() / 2**30 if device.startswith("cuda") else rss_gib()
+
+
+@contextmanager
+def idle_baseline(owner, name: str, device: str):
+    """Inside, the first call of `owner.name` (a class's method or a module's function) records
+    the memory in use then into the yielded dict ("gib"): the idle baseline after imports, model
+    load and set-up. `owner.name` is restored on exit."""
+    real, idle = getattr(owner, name), {}
+
+    def first(*args, **kwargs):
+        idle.setdefault("gib", in_use_gib(device))
+        return real(*args, **kwargs)
+
+    setattr(owner, name, first)
+    try:
+        yield idle
+    finally:
+        setattr(owner, name, real)
 
 
 def rss_gib() -> float:
@@ -117,11 +145,21 @@ def child(args) -> int:
     root = Path(args.root)
     if args.head:
         return head_child(args)
-    t = run_trl(root, args) if args.variant == "trl" else run_ponder(root, args.variant, args)
+    if args.variant == "trl":
+        import trl
+
+        with idle_baseline(trl.GRPOTrainer, "train", args.device) as idle:
+            t = run_trl(root, args)
+    else:
+        import ponder.rl.trainer
+
+        with idle_baseline(ponder.rl.trainer, "collect", args.device) as idle:
+            t = run_ponder(root, args.variant, args)
     later = slice(1, None) if len(t["step_s"]) > 1 else slice(None)  # the first step warms up
     mean = lambda xs: sum(xs[later]) / len(xs[later])  # noqa: E731
-    print(json.dumps({"variant": args.variant, "peak_gib": peak_gib(args.device), "s_per_step": mean(t["step_s"]),
-                      "train_s": mean(t["train_s"])}))
+    peak, baseline = peak_gib(args.device), idle.get("gib", float("nan"))
+    print(json.dumps({"variant": args.variant, "peak_gib": peak, "idle_gib": baseline, "step_gib": peak - baseline,
+                      "s_per_step": mean(t["step_s"]), "train_s": mean(t["train_s"])}))
     return 0
 
 
@@ -210,8 +248,11 @@ def step_table(root: Path, args) -> int:
         memory = "peak allocated CUDA memory" if args.device.startswith("cuda") else "peak resident memory"
         print(f"one GRPO step, {describe(root, args)}, {args.prompts} prompts x "
               f"{args.group} completions of {args.max_new_tokens} tokens, fp32, {where}; each variant in its own "
-              f"process; {memory}; s/step is the mean over steps 2..{args.steps} (all steps when 1)")
-        print(f"{'variant':8} {'peak GiB':>9} {'s/step':>8} {'update s':>9}", flush=True)
+              f"process; {memory}; 'idle' is the memory in use after imports, model load and set-up, 'step' "
+              f"the peak above it (the ratio compares those); s/step is the mean over steps 2..{args.steps} "
+              f"(all steps when 1)")
+        print(f"{'variant':8} {'peak GiB':>9} {'idle GiB':>9} {'step GiB':>9} {'s/step':>8} {'update s':>9}",
+              flush=True)
     for variant in args.variants.split(","):
         r = spawn(root, args, variant, [])
         rows.append(r)
@@ -221,8 +262,10 @@ def step_table(root: Path, args) -> int:
         if "error" in r:
             print(f"{r['variant']:8} failed: {r['error']}", flush=True)
             continue
-        ratio = f"   TRL peak / this: {trl['peak_gib'] / r['peak_gib']:.2f}x" if trl and r is not trl else ""
-        print(f"{r['variant']:8} {r['peak_gib']:9.2f} {r['s_per_step']:8.2f} {r['train_s']:9.2f}{ratio}", flush=True)
+        ratio = (f"   TRL step / this: {trl['step_gib'] / r['step_gib']:.2f}x (whole process: "
+                 f"{trl['peak_gib'] / r['peak_gib']:.2f}x)" if trl and r is not trl and r["step_gib"] > 0 else "")
+        print(f"{r['variant']:8} {r['peak_gib']:9.2f} {r['idle_gib']:9.2f} {r['step_gib']:9.2f} {r['s_per_step']:8.2f} "
+              f"{r['train_s']:9.2f}{ratio}", flush=True)
     if args.json:
         print(json.dumps({"layers": args.layers, "rows": rows}))
     return 0
