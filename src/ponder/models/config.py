@@ -1,11 +1,17 @@
 """ModelConfig: the decoder's shape, parsed from (and written back to) a Hugging Face config.json.
 
-Six families share one decoder: Qwen3 (per-head QK-norm), Qwen2 (q/k/v bias), Llama
+Seven families share one decoder: Qwen3 (per-head QK-norm), Qwen2 (q/k/v bias), Llama
 (bias only where `attention_bias` / `mlp_bias` say so), Qwen3-MoE (Qwen3 with routed experts:
-`moe`), DeepSeek-V3 (multi-head latent attention: `mla`, and DeepSeekMoE: `moe`) and Gemma 3's
+`moe`), DeepSeek-V3 (multi-head latent attention: `mla`, and DeepSeekMoE: `moe`), Gemma 3's
 text decoder (`gemma3_text`: sliding-window layers between full ones, norms on both sides of each
-block, GeGLU, optional soft-capping). The config.json dict is kept whole in `raw`, so that
+block, GeGLU, optional soft-capping) and Qwen3.5 (`qwen3_5_text`: Gated DeltaNet linear attention
+beside gated full attention: `linear`). The config.json dict is kept whole in `raw`, so that
 `to_hf_dict` round-trips keys this package does not use.
+
+Why one file of over 500 lines: every family is read into, checked against and written back from
+the same ModelConfig, and a reader checks one family's fields against the others' (a Gemma key on
+a Qwen config is an error); the per-family readers and writers follow ModelConfig, one function
+each, in the order above.
 """
 
 from __future__ import annotations
