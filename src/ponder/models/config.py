@@ -8,10 +8,10 @@ block, GeGLU, optional soft-capping) and Qwen3.5 (`qwen3_5_text`: Gated DeltaNet
 beside gated full attention: `linear`). The config.json dict is kept whole in `raw`, so that
 `to_hf_dict` round-trips keys this package does not use.
 
-Why one file of over 500 lines: every family is read into, checked against and written back from
-the same ModelConfig, and a reader checks one family's fields against the others' (a Gemma key on
-a Qwen config is an error); the per-family readers and writers follow ModelConfig, one function
-each, in the order above.
+Why one file of over 500 lines: every family is read into, checked by and written back from the
+same ModelConfig (one `from_hf_dict`, one `to_hf_dict`, one set of field checks), so a reader
+sees the whole round trip in one place; the per-family pieces (RoPE scaling, Gemma, Qwen3.5, MoE,
+MLA) follow ModelConfig as one small function each.
 """
 
 from __future__ import annotations
