@@ -122,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--steps", type=int, default=2, help="GRPO steps per variant (the first warms up)")
     b.add_argument("--variants", default=",".join(("trl", "full", "chunked", "ckpt", "lora")),
                    help="comma-separated: trl, full, chunked, ckpt, lora")
-    b.add_argument("--head", action="store_true", help="measure the loss head alone (16 x 512 tokens and smaller)")
+    b.add_argument("--head", action="store_true", help="measure the loss head alone: body, chunked and one-piece head")
+    b.add_argument("--shapes", default="16x512,8x256", help="with --head: comma-separated B x T completion shapes")
     b.add_argument("--device", default="cpu", help="cpu, or cuda (peak allocated GPU memory then)")
     b.add_argument("--json", action="store_true")
     b.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

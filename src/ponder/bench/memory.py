@@ -22,10 +22,13 @@ also counts what importing `transformers` and `trl` costs TRL's process.
 one, say) instead of the random Qwen3-width model; `--layers` is then unused.
 
 `--head` measures the loss head alone instead: log-probs + entropy + backward of B completions of
-T tokens after a 64-token prompt, as extra peak memory above the weights, for the full and the
-chunked path (the full path at 16 x 512 would need ~22 GB on a CPU: it runs there at a smaller
-size), and for "body", the same forward and backward with no head, so that what the head itself
-adds is the difference (the layers' activations and the embedding's gradient are not the head's).
+T tokens after a 64-token prompt, as extra peak memory above the weights, at each B x T of
+`--shapes`, three ways over the same model: "body", the same forward and backward with no head (the
+layers' activations and the embedding's gradient, which are not the head's), "chunked" and "full"
+(the head in one piece, loss_chunk_mb=0). What a head adds is its row minus the body's, and the
+chunked head's share of the one-piece head's is taken on those two differences, both in GiB. On a
+CPU the one-piece head is skipped where it would not fit in the memory available now (it needs
+about 4.5 fp32 logits tensors above the body: ~22 GB at 16 x 512).
 """
 
 from __future__ import annotations
@@ -214,29 +217,70 @@ def main(args) -> int:
         else:
             build(root, args.layers)
         if args.head:
-            sizes = [(v, b, t) for b, t in ((16, 512), (8, 256)) for v in ("body", "chunked")] + [("full", 8, 256)]
-            if args.device.startswith("cuda"):  # a GPU has room for the full path at 16 x 512 too
-                sizes.append(("full", 16, 512))
-            rows = [spawn(root, args, v, ["--head", "--batch", str(b), "--length", str(t)]) for v, b, t in sizes]
-            what = describe(root, args)
-        else:
-            return step_table(root, args)
+            return head_table(root, args)
+        return step_table(root, args)
+
+
+def shapes(text: str) -> list[tuple[int, int]]:
+    """The B x T shapes of `--shapes`: "16x512,8x256" -> [(16, 512), (8, 256)]."""
+    return [tuple(int(n) for n in part.lower().split("x")) for part in text.split(",") if part.strip()]
+
+
+def available_gib() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 2**20
+    return float("inf")
+
+
+def head_table(root: Path, args) -> int:
+    """Body, chunked and one-piece head at each shape, each row printed as soon as it is measured;
+    then, per shape, what each head adds over the body and the chunked head's share of the
+    one-piece head's."""
+    rows, cpu = [], not args.device.startswith("cuda")
+    vocab = json.loads((root / "base" / "config.json").read_text())["vocab_size"]
+    if not args.json:
+        print(f"loss head alone: log-probs + entropy + backward, {describe(root, args)}, 64-token prompts; extra "
+              f"peak memory above the weights ({'peak resident' if cpu else 'peak allocated CUDA'} memory); "
+              f"'head adds' is the extra over 'body', the same forward and backward with no head")
+        print(f"{'path':8} {'B x T':>11} {'extra GiB':>10} {'head adds GiB':>14} {'one fp32 logits tensor GiB':>27}",
+              flush=True)
+    for b, t in shapes(args.shapes):
+        logits = b * t * vocab * 4 / 2**30
+        body = None
+        for variant in ("body", "chunked", "full"):
+            if variant == "full" and cpu and body is not None:
+                need, have = body + 4.5 * logits, available_gib()
+                if need > have:
+                    r = {"variant": variant, "batch": b, "length": t,
+                         "error": f"skipped: needs about {need:.1f} GiB, {have:.1f} GiB available"}
+                    rows.append(r)
+                    if not args.json:
+                        print(f"{variant:8} {b:>5} x {t:<5} {r['error']}", flush=True)
+                    continue
+            r = spawn(root, args, variant, ["--head", "--batch", str(b), "--length", str(t)])
+            r.setdefault("batch", b)
+            r.setdefault("length", t)
+            rows.append(r)
+            if variant == "body" and "error" not in r:
+                body = r["extra_gib"]
+            if "error" not in r and variant != "body" and body is not None:
+                r["head_gib"] = r["extra_gib"] - body
+            if not args.json:
+                if "error" in r:
+                    print(f"{variant:8} {b:>5} x {t:<5} failed: {r['error']}", flush=True)
+                    continue
+                adds = f"{r['head_gib']:.2f}" if "head_gib" in r else ""
+                print(f"{variant:8} {b:>5} x {t:<5} {r['extra_gib']:10.2f} {adds:>14} {r['logits_gib']:27.2f}",
+                      flush=True)
     if args.json:
         print(json.dumps({"layers": args.layers, "rows": rows}))
         return 0
-    print(f"loss head alone: log-probs + entropy + backward, {what}, "
-          f"64-token prompts; extra peak memory above the weights; 'head adds' is the extra over 'body', the same "
-          f"forward and backward with no head")
-    print(f"{'path':8} {'B x T':>9} {'extra GiB':>10} {'head adds GiB':>14} {'one fp32 logits tensor GiB':>27}")
-    body = {(r["batch"], r["length"]): r["extra_gib"] for r in rows if r.get("variant") == "body" and "error" not in r}
-    for r in rows:
-        if "error" in r:
-            print(f"{r['variant']:8} failed: {r['error']}")
-            continue
-        base = body.get((r["batch"], r["length"]))
-        adds = "" if r["variant"] == "body" or base is None else f"{r['extra_gib'] - base:.2f}"
-        print(f"{r['variant']:8} {r['batch']:>4} x {r['length']:<4} {r['extra_gib']:10.2f} {adds:>14} "
-              f"{r['logits_gib']:27.2f}")
+    for b, t in shapes(args.shapes):
+        adds = {r["variant"]: r["head_gib"] for r in rows if (r["batch"], r["length"]) == (b, t) and "head_gib" in r}
+        if "chunked" in adds and "full" in adds and adds["full"] > 0:
+            print(f"{b} x {t}: the chunked head adds {adds['chunked']:.2f} GiB, the one-piece head {adds['full']:.2f} "
+                  f"GiB: {adds['chunked'] / adds['full']:.0%} of it")
     return 0
 
 
