@@ -144,6 +144,148 @@ def test_chunked_head_keeps_no_full_logits_for_backward():
     assert largest < logits_bytes / 8 and total < full_total / 4
 
 
+def head_model(tied: bool, softcap: bool) -> Decoder:
+    """qwen3(tied), or a Gemma 3 one with final-logit soft-capping (Gemma's alone)."""
+    if not softcap:
+        return qwen3(tied)
+    torch.manual_seed(0)
+    model = Decoder(ModelConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                num_attention_heads=4, num_key_value_heads=2, head_dim=8, model_type="gemma3_text",
+                                hidden_act="gelu_pytorch_tanh", query_pre_attn_scalar=8.0,
+                                final_logit_softcapping=3.0, tie_word_embeddings=tied))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)  # logits past the cap's knee, so that tanh's derivative matters
+    return model
+
+
+class WeightSizedGradients(torch.utils._python_dispatch.TorchDispatchMode):
+    """Names the ops that make a new tensor of a weight's shape while it is on (in-place ops and
+    views make none), less the embedding's own gradient (`embedding_dense_backward`) and
+    autograd's sums of a weight's gradients (`add`): what is left is the head's."""
+
+    def __init__(self, shape):
+        super().__init__()
+        self.shape, self.made = tuple(shape), []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        schema, name = func._schema, func.overloadpacket.__name__
+        if (not schema.is_mutable and not any(r.alias_info for r in schema.returns)
+                and name not in ("embedding_dense_backward", "add")):
+            outs = out if isinstance(out, (tuple, list)) else [out]
+            self.made += [name for t in outs
+                          if isinstance(t, torch.Tensor) and tuple(t.shape) in (self.shape, self.shape[::-1])]
+        return out
+
+
+def head_weight(model: Decoder) -> torch.Tensor:
+    return model.model.embed_tokens.weight if model.lm_head is None else model.lm_head.weight
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+@pytest.mark.parametrize("softcap", [False, True], ids=["no-cap", "softcap"])
+def test_chunked_head_backward_equals_the_one_piece_head(tied, softcap):
+    """The chunked head's written-out backward (weight gradient in one buffer) gives the one-piece
+    head's log-probs, entropy and every gradient: the body's, the final norm's and the head
+    weight's, tied or untied, soft-capped or not, at a temperature."""
+    model = head_model(tied, softcap)
+    ids, starts, length, mask = padded_batch()
+    weights = torch.randn(mask.shape, generator=torch.Generator().manual_seed(1)) * mask / mask.sum()
+    results = []
+    for chunk in (0, 5):  # 0: one piece, plain autograd; 5: several chunks
+        lp, ent = token_logprobs(model, ids, starts, length, 0.7, with_entropy=True, chunk_tokens=chunk)
+        (lp * weights).sum().backward()
+        results.append((lp.detach(), ent, dict((n, p.grad) for n, p in model.named_parameters())))
+        model.zero_grad(set_to_none=True)
+    (ref_lp, ref_ent, ref), (got_lp, got_ent, got) = results
+    assert torch.allclose(got_lp * mask, ref_lp * mask, atol=1e-6, rtol=0)
+    assert torch.allclose(got_ent * mask, ref_ent * mask, atol=1e-6, rtol=1e-6)
+    assert got_ent.grad_fn is None  # a metric, no gradient
+    for name, g in ref.items():
+        assert g.abs().sum() > 0, name  # every weight moved, the head's included: equality proves something
+        torch.testing.assert_close(got[name], g, atol=1e-6, rtol=1e-5, msg=name)
+    assert (ref["model.embed_tokens.weight"] if tied else ref["lm_head.weight"]).abs().sum() > 0
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_chunked_head_weight_gradient_is_one_buffer(tied):
+    """However many chunks, the head's backward makes one weight-sized gradient, not one per chunk
+    for autograd to sum. A counting wrapper around the model's logits hides what they are from the
+    head, which then takes the autograd path: one per chunk, the check's own check."""
+    model = qwen3(tied)
+    ids, starts, length, mask = padded_batch()
+    shape = head_weight(model).shape
+    chunks = -(-ids.size(0) * length // 3)
+    made = []
+    for net in (model, CountingHead(model)):
+        lp, _ = token_logprobs(net, ids, starts, length, 0.7, chunk_tokens=3)
+        with WeightSizedGradients(shape) as counted:
+            (lp * mask).sum().backward()
+        model.zero_grad(set_to_none=True)
+        made.append(counted.made)
+    assert len(made[0]) == 1
+    assert len(made[1]) >= chunks
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_chunked_head_computes_no_gradient_for_a_frozen_head_weight(tied):
+    model = qwen3(tied)
+    ids, starts, length, mask = padded_batch()
+    weight = head_weight(model)
+    weight.requires_grad_(False)
+    results = []
+    for chunk in (0, 4):
+        lp, _ = token_logprobs(model, ids, starts, length, chunk_tokens=chunk)
+        with WeightSizedGradients(weight.shape) as counted:
+            (lp * mask).sum().backward()
+        results.append([p.grad.clone() for p in model.parameters() if p.requires_grad])
+        model.zero_grad(set_to_none=True)
+    assert weight.grad is None
+    assert counted.made == []  # not computed and dropped: not computed
+    for a, b in zip(*results):
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)
+
+
+def test_chunked_head_through_a_lora_adapter_on_the_lm_head():
+    """An adapter on an untied lm_head is more than a weight: the chunked head calls the model's
+    logits (the autograd path) and still equals the one-piece head, the adapter's gradient
+    included, with no gradient for the frozen base."""
+    pytest.importorskip("peft")
+    from ponder.runtime.lora import LoRAConfig, apply_lora
+
+    model = apply_lora(qwen3(tied=False), LoRAConfig(r=4, alpha=8, target_modules=["q_proj", "lm_head"]))
+    assert model.linear_head() is None
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters()):
+            if ".lora_" in name:  # B starts at zero, which would leave A's gradient at zero
+                p.copy_(0.2 * torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))))
+    ids, starts, length, mask = padded_batch()
+    results = []
+    for chunk in (0, 5):
+        lp, _ = token_logprobs(model, ids, starts, length, 0.7, chunk_tokens=chunk)
+        (lp * mask).sum().backward()
+        results.append((lp.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}))
+        model.zero_grad(set_to_none=True)
+    (ref_lp, ref), (got_lp, got) = results
+    assert torch.allclose(got_lp * mask, ref_lp * mask, atol=1e-6, rtol=0)
+    assert any("lm_head" in n for n in ref) and all(g.abs().sum() > 0 for g in ref.values())
+    for name, g in ref.items():
+        torch.testing.assert_close(got[name], g, atol=1e-6, rtol=1e-5, msg=name)
+    assert model.lm_head.base_layer.weight.grad is None
+
+
+def test_chunked_head_scores_under_no_grad():
+    """Scoring (a frozen reference, best-of-n) runs the same chunks without a graph."""
+    model = head_model(tied=True, softcap=True)
+    ids, starts, length, mask = padded_batch()
+    lp, ent = token_logprobs(model, ids, starts, length, 0.8, with_entropy=True, chunk_tokens=4)
+    with torch.no_grad():
+        lp0, ent0 = token_logprobs(model, ids, starts, length, 0.8, with_entropy=True, chunk_tokens=4)
+    assert lp0.grad_fn is None and lp.grad_fn is not None
+    assert torch.equal(lp0, lp.detach()) and torch.equal(ent0, ent)
+
+
 def moe_model() -> Decoder:
     torch.manual_seed(0)
     return Decoder(ModelConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=3,

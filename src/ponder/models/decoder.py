@@ -196,6 +196,20 @@ class Decoder(nn.Module):
         cap = self.config.final_logit_softcapping
         return logits if cap is None else torch.tanh(logits / cap) * cap
 
+    def linear_head(self) -> tuple[torch.Tensor, float | None] | None:
+        """(weight, soft-cap) such that logits() is cap * tanh(hidden @ weight.T / cap), or the
+        product alone when the cap is None: what a loss head needs to write the logits' backward
+        itself (ponder.models.logprobs). None when the lm_head is more than a plain bias-free
+        nn.Linear (a LoRA adapter wraps it, or hooks sit on it): only its own forward knows it."""
+        cap = self.config.final_logit_softcapping
+        if self.lm_head is None:
+            return self.model.embed_tokens.weight, cap
+        head = self.lm_head
+        if (type(head).forward is nn.Linear.forward and head.bias is None
+                and not head._forward_hooks and not head._forward_pre_hooks):
+            return head.weight, cap
+        return None
+
     def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None, head=None):
         """Logits [B, T, vocab]; with `head`, whatever `head(hidden, self.logits)` returns instead
         (the chunked loss head, ponder.models.logprobs), inside the one forward call that DDP and
