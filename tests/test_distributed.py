@@ -151,6 +151,17 @@ def test_rl_on_two_ranks_equals_one_process(root, rl_reference, parallel):
     assert_same_records(out, rl_reference, ("reward/total/mean", "completion_len", "loss_tokens", "loss", "grad_norm"))
 
 
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_chunked_loss_head_on_two_ranks_equals_one_process(root, rl_reference, parallel):
+    """The loss head in chunks of 3 positions (its written-out backward, the tied weight's gradient
+    in one buffer, through DDP's hooks or FSDP2's unsharded parameter) against the one process's
+    head in one piece (this vocabulary fits one chunk at the default size)."""
+    chunk_mb = 3 * 4 * build_char_tokenizer(multiply.ALPHABET).vocab_size / 2**20  # 3 positions of fp32 logits
+    out = train(root, "rl", rl_settings(root, root / f"rl-chunks-{parallel}", parallel=parallel,
+                                        loss_chunk_mb=chunk_mb), ranks=2)
+    assert_same_weights(weights(out), weights(rl_reference), initial(root, "dense"))
+
+
 QWEN3_5_RL = dict(steps=2)
 
 
