@@ -24,6 +24,7 @@ raised by writing more. A direct answer (empty scratchpad) skips every step and 
     verdict = check_steps(completion, problem)   # StepVerdict, or None for a kind without steps
     rewards = [Reward("process", process_reward, 1.0)]
     right_answer_wrong_step(completion, problem) # True: outcome reward pays for bad reasoning
+    step_metrics(completions, problems)          # its rate over a batch (RL steps, evaluations)
 
 `true_score` maps a verdict to the verifier's three grades: 1 (right answer, every step right),
 0.5 (right answer, some step wrong or skipped), 0 (wrong answer). Pure functions; no task import.
@@ -33,7 +34,7 @@ from __future__ import annotations
 
 import ast
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ponder.rewards.math import extract_answer
 from ponder.rewards.trace import answer_correct, frames, scratchpad
@@ -219,15 +220,34 @@ def first_issue(verdict: StepVerdict) -> str:
     return "" if verdict.answer_correct else verdict.issues[-1]
 
 
+def step_sums(completions, problems, correct=None) -> dict[str, float]:
+    """Counts behind step_metrics, to add up over ranks or batches before dividing: checked (the
+    completions whose problem has a step checker), right_answer_wrong_step and fully_right (how
+    many), process (the sum of prefix credit). `correct`, one bool per completion, replaces the
+    checker's reading of the final answer with the run's own grade (evaluation counts a
+    truncated completion wrong), so that these figures and the run's accuracy agree."""
+    verdicts = []
+    for i, (completion, problem) in enumerate(zip(completions, problems)):
+        verdict = check_steps(completion, problem)
+        if verdict is not None:
+            verdicts.append(verdict if correct is None else replace(verdict, answer_correct=bool(correct[i])))
+    return {"checked": float(len(verdicts)),
+            "right_answer_wrong_step": float(sum(v.answer_correct and not v.steps_right for v in verdicts)),
+            "fully_right": float(sum(v.answer_correct and v.steps_right for v in verdicts)),
+            "process": float(sum(map(prefix_credit, verdicts)))}
+
+
+def step_rates(sums: dict[str, float]) -> dict[str, float]:
+    """step_sums (possibly added up) as rates over the checked completions; {} when none was."""
+    n = sums.get("checked", 0.0)
+    if not n:
+        return {}
+    return {**{k: v / n for k, v in sums.items() if k != "checked"}, "checked": n}
+
+
 def step_metrics(completions, problems) -> dict[str, float]:
     """Figures a training or evaluation run can report next to accuracy, over the completions
     whose problem has a step checker: right_answer_wrong_step (the rate at which outcome reward
     pays for bad reasoning), fully_right, process (mean reward) and checked (how many); {} when
     none has a checker."""
-    verdicts = [v for v in (check_steps(c, p) for c, p in zip(completions, problems)) if v is not None]
-    if not verdicts:
-        return {}
-    n = len(verdicts)
-    return {"right_answer_wrong_step": sum(v.answer_correct and not v.steps_right for v in verdicts) / n,
-            "fully_right": sum(v.answer_correct and v.steps_right for v in verdicts) / n,
-            "process": sum(map(prefix_credit, verdicts)) / n, "checked": float(n)}
+    return step_rates(step_sums(completions, problems))
