@@ -34,11 +34,14 @@ def test_heldout_accuracy_during_training_equals_ponder_eval(tmp_path):
                    eval_every=2, save_every=0, output_dir=str(tmp_path / "run"))
     summary = train_rl(cfg, progress=False)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    evals = {r["step"]: r["eval/accuracy"] for r in records if "eval/accuracy" in r}
+    evals = {r["step"]: r for r in records if "eval/accuracy" in r}
     for step, folder in ((0, DEMO_BASE), (2, summary["model_dir"])):
         model, tok = from_pretrained(folder), Tokenizer.from_pretrained(folder)
         result = evaluate(model, tok, held_out, n=0, k_values=(), max_new_tokens=64, progress=False)
-        assert evals[step] == pytest.approx(result.metrics["greedy"]["accuracy"])
+        for key in ("accuracy", "right_answer_wrong_step", "process"):  # multiply has a step checker
+            assert evals[step][f"eval/{key}"] == pytest.approx(result.metrics["greedy"][key])
+    assert all("right_answer_wrong_step" in r for r in records if r["step"] > 0)
+    evals = {step: r["eval/accuracy"] for step, r in evals.items()}
     assert 0 < evals[0] < 1  # a figure that could differ, not 0 = 0
 
 

@@ -33,6 +33,7 @@ from ponder.engine import context_window
 from ponder.evaluate.prompts import build_prompt, check_context
 from ponder.models import router_stats
 from ponder.models.moe import load_counting, set_load_counting
+from ponder.rewards.process import step_rates, step_sums
 from ponder.rl import losses
 from ponder.rl.advantages import advantages as compute_advantages
 from ponder.rl.advantages import combine, zero_variance_groups
@@ -164,8 +165,10 @@ def step_metrics(cfg, names, weights, seen_rewards, seen_samples, lengths, trunc
     # the task's verifier, side by side (code completions each wait on a sandbox)
     right = (torch.nan_to_num(score([verifier(cfg.extract)], *map(list, zip(*seen_samples)))[:, 0]).tolist()
              if seen_samples else [])
+    # the step checker's figures where the task has one (ponder.rewards.process): counts, summed over ranks
+    steps = step_sums([c.text for c in seen_completions], seen_problems)
     parts = distributed.gather((rewards, torch.cat(lengths) if lengths else torch.zeros(0, dtype=torch.long),
-                                truncated, right, groups_tried, groups_flat, t_gen, t_score, nonfinite))
+                                truncated, right, groups_tried, groups_flat, t_gen, t_score, nonfinite, steps))
     every = torch.cat([p[0] for p in parts])
     lens = torch.cat([p[1] for p in parts]).double()
     truncated = [t for p in parts for t in p[2]]
@@ -182,6 +185,10 @@ def step_metrics(cfg, names, weights, seen_rewards, seen_samples, lengths, trunc
         metrics["accuracy"] = torch.nanmean(every[:, names.index("correct")]).item()
     else:  # accuracy by the task's verifier is worth seeing whatever the rewards are
         metrics["accuracy"] = sum(right) / max(len(right), 1)
+    checked = step_rates({k: sum(p[9][k] for p in parts) for k in steps})
+    if checked:  # right answer with a wrong step: how often outcome reward pays for bad reasoning
+        metrics["right_answer_wrong_step"] = checked["right_answer_wrong_step"]
+        metrics["process"] = checked["process"]  # mean credit up to the first wrong step
     if cfg.tool != "none":  # every rank's completions, in the rank order of `every`
         completions = [c for part in distributed.gather(seen_completions) for c in part]
         problems = [q for part in distributed.gather(seen_problems) for q in part]
@@ -487,8 +494,9 @@ def train_rl(cfg: RLConfig, *, model=None, tokenizer=None, problems: Sequence | 
         run.export(out / "best-model")
     plots = []
     if distributed.is_main():
-        plots = plot(st["history"], out, {"reward": ["reward/total/mean", "reward/*/mean", "accuracy"],
-                                          "heldout_accuracy": ["eval/accuracy"]})
+        plots = plot(st["history"], out, {"reward": ["reward/total/mean", "reward/*/mean", "accuracy",
+                                                     "right_answer_wrong_step"],
+                                          "heldout_accuracy": ["eval/accuracy", "eval/right_answer_wrong_step"]})
     metrics.close()
     evals = [(r["step"], r["eval/accuracy"]) for r in st["history"] if "eval/accuracy" in r]
     last = next((r for r in reversed(st["history"]) if "event" not in r), {})
