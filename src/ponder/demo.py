@@ -66,12 +66,14 @@ def measure(model, tokenizer, problems, seed: int) -> dict:
     scratch = sum("</think>" in r["greedy"]["text"] and not r["greedy"]["text"].startswith("<think></think>")
                   for r in result.records) / len(result.records)
     return {"greedy_accuracy": g["accuracy"], "sampled_pass@1": s["pass@1"],
-            "scratchpad_share": scratch, "mean_tokens": g.get("mean_tokens")}
+            "scratchpad_share": scratch, "mean_tokens": g.get("mean_tokens"),
+            "right_answer_wrong_step": g["right_answer_wrong_step"]}  # the step checker's (multiply has one)
 
 
 def table(before: dict, after: dict) -> str:
     rows = [("held-out greedy accuracy", "greedy_accuracy"), ("held-out sampled pass@1", "sampled_pass@1"),
-            ("greedy answers using the scratchpad", "scratchpad_share")]
+            ("greedy answers using the scratchpad", "scratchpad_share"),
+            ("greedy answers right with a wrong step", "right_answer_wrong_step")]
     lines = ["| metric | before | after |", "|---|---|---|"]
     for label, key in rows:
         lines.append(f"| {label} | {100 * before[key]:.1f}% | {100 * after[key]:.1f}% |")

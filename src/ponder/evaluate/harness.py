@@ -1,5 +1,6 @@
 """The evaluation harness: the prompt for each problem, generation through the engine, grading,
-and the metrics of one run (greedy accuracy, pass@k, maj@k, lengths, truncation, breakdowns).
+and the metrics of one run (greedy accuracy, pass@k, maj@k, lengths, truncation, breakdowns;
+where the task has a step checker, the right-answer-wrong-step rate and mean process credit).
 
 How problems are asked and answers read (the same as in training): ponder.evaluate.prompts.
 Recorded with every result (`settings["prompt"]`, `grader_info`):
@@ -17,6 +18,7 @@ from typing import Callable, Sequence
 from ponder import __version__
 from ponder.engine import Engine, SamplingParams
 from ponder.evaluate import metrics as M
+from ponder.rewards.process import step_rates, step_sums
 from ponder.rewards.worker_pool import thread_map
 from ponder.progress import ProgressBar
 from ponder.tasks import FAMILIES, Problem
@@ -161,8 +163,28 @@ def evaluate(model, tokenizer, problems: Sequence[Problem], n: int = 1, k_values
                 "prompt": {"math": MATH_INSTRUCTION if instruction is None else instruction,
                            "chat_template": uses_chat(tokenizer, chat), "enable_thinking": enable_thinking,
                            "extract": extract}}
-    return EvalResult(settings=settings, grader=grader_info(problems, extract),
-                      metrics=_metrics(records, ks, greedy, n, temperature), records=records)
+    metrics = _metrics(records, ks, greedy, n, temperature)
+    for key, figures in _step_figures(records, problems).items():
+        metrics[key].update(figures)
+    return EvalResult(settings=settings, grader=grader_info(problems, extract), metrics=metrics, records=records)
+
+
+def _step_figures(records: list[dict], problems: Sequence[Problem]) -> dict[str, dict]:
+    """Where the problems have a step checker (ponder.rewards.process): right_answer_wrong_step, the
+    share of graded-right answers reached through a wrong or skipped step (outcome reward paying
+    for bad reasoning), and process, the mean credit up to the first wrong step; greedy and
+    sampled apart, over the checked problems. {} for kinds without a checker."""
+    out: dict[str, dict] = {}
+    for key, pick in (("greedy", lambda r: [r["greedy"]] if r.get("greedy") else []),
+                      ("sampled", lambda r: r.get("samples", []))):
+        answers = [(a, p) for r, p in zip(records, problems) for a in pick(r)]
+        if not answers:
+            continue
+        rates = step_rates(step_sums([a["text"] for a, _ in answers], [p for _, p in answers],
+                                     [a["correct"] for a, _ in answers]))
+        if rates:
+            out[key] = {"right_answer_wrong_step": rates["right_answer_wrong_step"], "process": rates["process"]}
+    return out
 
 
 def _problem_record(problem: Problem, prompt: str, g_out, s_out, ks: Sequence[int], extract: str) -> dict:
@@ -225,6 +247,9 @@ def markdown(result: EvalResult, title: str = "") -> str:
         g = m["greedy"]
         lines.append(f"| greedy accuracy | {_pct(g['accuracy'])} ± {_pct(g['stderr'])} |")
         lines.append(f"| greedy mean tokens / truncated | {g['mean_tokens']:.1f} / {_pct(g['truncation_rate'])} |")
+        if "right_answer_wrong_step" in g:
+            lines.append(f"| greedy right answer, wrong step / process | {_pct(g['right_answer_wrong_step'])} / "
+                         f"{g['process']:.3f} |")
     if "sampled" in m:
         s = m["sampled"]
         at = f"n={s['n']}, T={s['temperature']}"
@@ -232,6 +257,9 @@ def markdown(result: EvalResult, title: str = "") -> str:
             if key.startswith(("pass@", "maj@")) and not key.endswith("stderr"):
                 lines.append(f"| {key} ({at}) | {_pct(value)} |")
         lines.append(f"| sampled mean tokens / truncated | {s['mean_tokens']:.1f} / {_pct(s['truncation_rate'])} |")
+        if "right_answer_wrong_step" in s:
+            lines.append(f"| sampled right answer, wrong step / process ({at}) | "
+                         f"{_pct(s['right_answer_wrong_step'])} / {s['process']:.3f} |")
     for key in ("subject", "level"):
         table = m.get(f"by_{key}")
         if not table:
