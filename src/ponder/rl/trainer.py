@@ -47,7 +47,6 @@ from ponder.tools import Tool, make_tool, tool_metrics
 log = logging.getLogger("ponder.rl")
 
 # Keys whose values depend on wall-clock time, not on the computation (left out of comparisons).
-# Keys whose values depend on wall-clock time, not on the computation (left out of comparisons).
 TIMING_KEYS = ("tokens_per_s", "time/generate", "time/score", "time/train", "time/eval", "time/step")
 FLAT_STEPS_WARNING = 3  # warn when every group of this many steps in a row had equal rewards
 
