@@ -15,6 +15,10 @@ is scaled by the step's GLOBAL counts, so N ranks make the gradient one process 
 the same batch. Each group's sampling seed is a function of (seed, step, try, rollbacks, its
 place in the global batch), so the same step draws the same completions on any number of ranks.
 Exact resume rests on every random choice being a function of saved state.
+
+The file runs a little over 500 lines on purpose: the loop, one step and the recovery from a collapse
+read top to bottom in one place; what other trainers share lives below it (ponder.runtime,
+ponder.evaluate).
 """
 
 from __future__ import annotations
