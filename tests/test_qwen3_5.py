@@ -342,8 +342,8 @@ def test_one_grpo_step_at_the_real_vocabulary_through_the_chunked_loss_head(tmp_
     model = Decoder(cfg)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     chunks = []
-    real_chunk = head._chunk
-    monkeypatch.setattr(head, "_chunk", lambda h, *rest: (chunks.append(h.shape[0]), real_chunk(h, *rest))[1])
+    real_logits = head._logits  # each chunk's logits in the forward pass
+    monkeypatch.setattr(head, "_logits", lambda h, *rest: (chunks.append(h.shape[0]), real_logits(h, *rest))[1])
 
     def high_chars(prompt, completion, problem):  # random weights: any reward with variance will do
         return sum(ord(c) >= 0x28000 for c in completion) / max(len(completion), 1)
