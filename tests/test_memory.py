@@ -325,3 +325,28 @@ def test_activation_checkpointing_gives_the_same_gradients_and_keeps_less(build)
     assert sum(g.abs().sum() for g in g0) > 0
     assert kept1 < kept0 / 2  # fewer activations kept for the backward pass
     assert load0 == load1  # the routing is counted once, not again when recomputed
+
+
+def test_bench_memory_idle_point_holds_memory_mapped_weights_resident(tmp_path):
+    """`ponder bench memory` compares each side's step above its idle point. transformers maps a
+    checkpoint's file without reading it, so its weights would count in TRL's step and not in its
+    idle point unless they are read in there; the idle point is taken once, after that."""
+    from ponder.bench.memory import idle_baseline, read_in, rss_gib
+
+    path = tmp_path / "weights.pt"
+    torch.save(torch.ones(16 * 2**20), path)  # 64 MiB of fp32
+    model = torch.nn.Linear(1, 1)
+    model.weight = torch.nn.Parameter(torch.load(path, mmap=True).view(-1, 1), requires_grad=False)
+
+    class Trainer:
+        def train(self, steps):
+            return steps
+
+    before = rss_gib()
+    with idle_baseline(Trainer, "train", "cpu", prepare=lambda trainer, *_: read_in(model)) as idle:
+        assert Trainer().train(3) == 3
+        first = idle["gib"]
+        Trainer().train(4)
+    assert idle["gib"] == first  # the first call only
+    assert first - before > 0.8 * 64 / 1024  # the mapped pages became resident
+    assert Trainer.train.__name__ == "train"  # restored

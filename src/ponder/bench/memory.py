@@ -6,9 +6,13 @@ random. The tokenizer maps every id to one character, so any sampled id decodes.
 in its own process, one after the other, and reports its peak resident memory (ru_maxrss: weights,
 optimizer state, generation and update together) and its seconds per step. Beside the whole
 process's peak it reports the memory in use at its idle point (after imports, model load and
-set-up, just before the first step: TRL's `train()`, ponder's first generation) and the step's
+set-up, before any optimizer state: TRL's `train()`, ponder's step-0 checkpoint) and the step's
 peak above that baseline, which is what the variants are compared on: the whole-process figure
-also counts what importing `transformers` and `trl` costs TRL's process.
+also counts what importing `transformers` and `trl` costs TRL's process. Both idle points hold
+the weights resident and no AdamW state: transformers maps a checkpoint's file without reading it,
+so TRL's weights are read in at its idle point (they would be at its first forward), and ponder's
+step-0 checkpoint is where its AdamW state is built (TRL's is built at its first update), so the
+baseline is taken before it.
 
     trl        TRL's GRPOTrainer on the same weights and config (transformers' model and generate),
                with its defaults: activation checkpointing on, fused AdamW
@@ -64,15 +68,26 @@ def in_use_gib(device: str = "cpu") -> float:
     return torch.cuda.memory_allocated() / 2**30 if device.startswith("cuda") else rss_gib()
 
 
+def read_in(model) -> None:
+    """Touch one number in every page of the weights, so that a file-backed (memory-mapped) model
+    is resident, as a loaded one is."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.detach().reshape(-1)[::1024].sum()
+
+
 @contextmanager
-def idle_baseline(owner, name: str, device: str):
+def idle_baseline(owner, name: str, device: str, prepare=None):
     """Inside, the first call of `owner.name` (a class's method or a module's function) records
-    the memory in use then into the yielded dict ("gib"): the idle baseline after imports, model
-    load and set-up. `owner.name` is restored on exit."""
+    the memory in use then into the yielded dict ("gib"), after `prepare(*its arguments)` where
+    given: the idle baseline after imports, model load and set-up. `owner.name` is restored on exit."""
     real, idle = getattr(owner, name), {}
 
     def first(*args, **kwargs):
-        idle.setdefault("gib", in_use_gib(device))
+        if "gib" not in idle:
+            if prepare is not None:
+                prepare(*args, **kwargs)
+            idle["gib"] = in_use_gib(device)
         return real(*args, **kwargs)
 
     setattr(owner, name, first)
@@ -151,12 +166,13 @@ def child(args) -> int:
     if args.variant == "trl":
         import trl
 
-        with idle_baseline(trl.GRPOTrainer, "train", args.device) as idle:
+        weights_read = lambda trainer, *_, **__: read_in(trainer.model)  # noqa: E731
+        with idle_baseline(trl.GRPOTrainer, "train", args.device, prepare=weights_read) as idle:
             t = run_trl(root, args)
     else:
-        import ponder.rl.trainer
+        from ponder.runtime.training import TrainingRun
 
-        with idle_baseline(ponder.rl.trainer, "collect", args.device) as idle:
+        with idle_baseline(TrainingRun, "save", args.device) as idle:
             t = run_ponder(root, args.variant, args)
     later = slice(1, None) if len(t["step_s"]) > 1 else slice(None)  # the first step warms up
     mean = lambda xs: sum(xs[later]) / len(xs[later])  # noqa: E731
