@@ -328,9 +328,9 @@ def test_activation_checkpointing_gives_the_same_gradients_and_keeps_less(build)
 
 
 def test_bench_memory_idle_point_holds_memory_mapped_weights_resident(tmp_path):
-    """`ponder bench memory` compares each side's step above its idle point. transformers maps a
-    checkpoint's file without reading it, so its weights would count in TRL's step and not in its
-    idle point unless they are read in there; the idle point is taken once, after that."""
+    """`ponder bench memory` compares each side's step above its idle point. transformers and
+    safetensors map a checkpoint's file without reading it, so the weights would count in the step
+    and not in the idle point unless they are read in there; the idle point is taken once, after."""
     from ponder.bench.memory import idle_baseline, read_in, rss_gib
 
     path = tmp_path / "weights.pt"

@@ -9,10 +9,10 @@ process's peak it reports the memory in use at its idle point (after imports, mo
 set-up, before any optimizer state: TRL's `train()`, ponder's step-0 checkpoint) and the step's
 peak above that baseline, which is what the variants are compared on: the whole-process figure
 also counts what importing `transformers` and `trl` costs TRL's process. Both idle points hold
-the weights resident and no AdamW state: transformers maps a checkpoint's file without reading it,
-so TRL's weights are read in at its idle point (they would be at its first forward), and ponder's
-step-0 checkpoint is where its AdamW state is built (TRL's is built at its first update), so the
-baseline is taken before it.
+the weights resident and no AdamW state: transformers and safetensors map a checkpoint's file
+without reading it, so each side's weights are read in at its idle point (they would be at the
+first forward), and ponder's step-0 checkpoint is where its AdamW state is built (TRL's is built
+at its first update), so the baseline is taken before it.
 
     trl        TRL's GRPOTrainer on the same weights and config (transformers' model and generate),
                with its defaults: activation checkpointing on, fused AdamW
@@ -172,7 +172,8 @@ def child(args) -> int:
     else:
         from ponder.runtime.training import TrainingRun
 
-        with idle_baseline(TrainingRun, "save", args.device) as idle:
+        weights_read = lambda run, *_, **__: read_in(run.model)  # noqa: E731
+        with idle_baseline(TrainingRun, "save", args.device, prepare=weights_read) as idle:
             t = run_ponder(root, args.variant, args)
     later = slice(1, None) if len(t["step_s"]) > 1 else slice(None)  # the first step warms up
     mean = lambda xs: sum(xs[later]) / len(xs[later])  # noqa: E731
