@@ -208,3 +208,35 @@ def test_cli_reports_bad_config(tmp_path, capsys):
     assert main(["train", "rl", str(path)]) == 2
     assert f"{path}: unknown key 'learning_rate'" in capsys.readouterr().err
     assert main(["train", "rl", str(path), "learning_rate=3"]) == 2
+
+
+def test_the_decode_steps_copy_of_the_weights_is_freed_before_each_update(base, tmp_path, monkeypatch):
+    """The engine's fast decode step holds a second copy of the weights. The update changes the
+    weights, so that copy is stale from then on: it is freed before the update, where memory
+    peaks, not kept beside it (it was built for sampling, and is again for the next step)."""
+    import gc
+
+    from ponder.models.decode import DecodeStep
+    from ponder.rl import trainer
+
+    def copies() -> int:
+        gc.collect()
+        return sum(isinstance(o, DecodeStep) for o in gc.get_objects())
+
+    sampled, updated = [], []
+    real_collect, real_update = trainer.collect, trainer.update
+
+    def collect(*args, **kwargs):
+        out = real_collect(*args, **kwargs)
+        sampled.append(copies())
+        return out
+
+    def update(*args, **kwargs):
+        updated.append(copies())
+        return real_update(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "collect", collect)
+    monkeypatch.setattr(trainer, "update", update)
+    train_rl(config(base, tmp_path / "run", steps=2, save_every=0), progress=False)
+    assert sampled == [1, 1]  # sampling used the fast step (so freeing it is something)
+    assert updated == [0, 0]

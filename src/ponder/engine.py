@@ -200,6 +200,13 @@ class Engine:
         bytes_per_row = KVCache.bytes_for(self.model.config, max_len, self._dtype)
         return int(max(1, min(1024, (2 << 30) // max(bytes_per_row, 1))))
 
+    def release(self) -> None:
+        """Free the fast decode step's copy of the weights. A training loop calls this when its
+        sampling is done: the update changes the weights, so the copy would be rebuilt before the
+        next generation anyway, and kept through the update it only adds its size (the model's)
+        to the step's peak memory."""
+        self._decode_step = self._decode_weights = None
+
     def _decoder(self):
         """What runs a decode step, as `decode_path` says: `DecodeStep` (packed or not) where the
         model supports it and its copy of the weights fits in memory, rebuilt whenever the weights

@@ -165,6 +165,7 @@ def sample_groups(run: Run, indices: Sequence[int], round_index: int) -> list[li
                             group_seeds=tuple(sampling_seed(cfg.seed, round_index, group=j) for j, _ in places))
     with run.generation():
         outs = run.engine.generate(ids, n=cfg.group_size, params=params) if ids else []
+    run.engine.release()  # the update that follows changes the weights: no stale copy beside it
     mine = [(j, [Sample(p_ids, c.token_ids, c.text, float(grade(problem, text, c.text, extract=cfg.extract).correct))
                  for c in group])
             for (j, _), p_ids, text, problem, group in zip(places, ids, texts, problems, outs)]

@@ -436,6 +436,7 @@ def train_rl(cfg: RLConfig, *, model=None, tokenizer=None, problems: Sequence | 
                 with run.generation():
                     rollout, record = collect(cfg, engine, tokenizer, problems, run.stream, fns, step,
                                               st["rollbacks"])
+                engine.release()
                 t0 = time.perf_counter()
                 entropy_limit = None
                 if st["entropy_mean"] is not None and st["healthy_steps"] >= 3:
