@@ -105,6 +105,13 @@ def env(root) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in path if p), "OMP_NUM_THREADS": "1"}
 
 
+def failure(stderr: str) -> str:
+    """What a failed job said: every line that names an error (a rank that aborts first is the
+    cause, and its lines would scroll out of a tail full of the others' teardown), then the tail."""
+    errors = [line for line in stderr.splitlines() if "Error" in line or "terminate" in line or "Abort" in line]
+    return "\n".join(errors[:40]) + "\n--- tail ---\n" + stderr[-2000:]
+
+
 def train(root, kind: str, settings: dict, ranks: int) -> Path:
     """Run `[torchrun --nproc_per_node N] -m ponder train KIND CONFIG.yaml` to the end."""
     out = Path(settings["output_dir"])
@@ -118,7 +125,7 @@ def train(root, kind: str, settings: dict, ranks: int) -> Path:
         os.killpg(job.pid, signal.SIGKILL)  # torchrun and every rank it started
         job.communicate()
         raise
-    assert job.returncode == 0, stderr[-3000:]
+    assert job.returncode == 0, failure(stderr)
     return out
 
 
@@ -145,21 +152,17 @@ def rl_reference(root):
 
 
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
-def test_rl_on_two_ranks_equals_one_process(root, rl_reference, parallel):
-    out = train(root, "rl", rl_settings(root, root / f"rl-{parallel}", parallel=parallel), ranks=2)
+def test_rl_with_a_chunked_loss_head_on_two_ranks_equals_one_process(root, rl_reference, parallel):
+    """Two ranks end with one process's weights and metrics, with the loss head in chunks of 3
+    positions on the ranks (its written-out backward, the tied weight's gradient in one buffer,
+    through DDP's hooks or FSDP2's unsharded parameter) against the one process's head in one
+    piece (this vocabulary fits one chunk at the default size). The one-piece head on two ranks
+    is every other test here."""
+    chunk_mb = 3 * 4 * build_char_tokenizer(multiply.ALPHABET).vocab_size / 2**20  # 3 positions of fp32 logits
+    out = train(root, "rl", rl_settings(root, root / f"rl-{parallel}", parallel=parallel, loss_chunk_mb=chunk_mb),
+                ranks=2)
     assert_same_weights(weights(out), weights(rl_reference), initial(root, "dense"))
     assert_same_records(out, rl_reference, ("reward/total/mean", "completion_len", "loss_tokens", "loss", "grad_norm"))
-
-
-@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
-def test_chunked_loss_head_on_two_ranks_equals_one_process(root, rl_reference, parallel):
-    """The loss head in chunks of 3 positions (its written-out backward, the tied weight's gradient
-    in one buffer, through DDP's hooks or FSDP2's unsharded parameter) against the one process's
-    head in one piece (this vocabulary fits one chunk at the default size)."""
-    chunk_mb = 3 * 4 * build_char_tokenizer(multiply.ALPHABET).vocab_size / 2**20  # 3 positions of fp32 logits
-    out = train(root, "rl", rl_settings(root, root / f"rl-chunks-{parallel}", parallel=parallel,
-                                        loss_chunk_mb=chunk_mb), ranks=2)
-    assert_same_weights(weights(out), weights(rl_reference), initial(root, "dense"))
 
 
 QWEN3_5_RL = dict(steps=2)
@@ -171,10 +174,11 @@ def qwen3_5_reference(root):
                  ranks=1)
 
 
-@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
-def test_rl_of_a_qwen3_5_model_on_two_ranks_equals_one_process(root, qwen3_5_reference, parallel):
+def test_rl_of_a_qwen3_5_model_on_two_fsdp_ranks_equals_one_process(root, qwen3_5_reference):
     """The linear-attention hybrid (its conv and recurrent state in generation, the chunked delta
-    rule in training) on two ranks: the weights and metrics of one process."""
+    rule in training) on two FSDP2 ranks (each layer sharded; DDP wraps any model the same way):
+    the weights and metrics of one process."""
+    parallel = "fsdp"
     one = qwen3_5_reference
     out = train(root, "rl", rl_settings(root, root / f"qwen3_5-{parallel}", model=str(root / "qwen3_5"),
                                         parallel=parallel, **QWEN3_5_RL), ranks=2)
@@ -194,9 +198,14 @@ def assert_same_records(out: Path, reference: Path, keys, rel: float = 1e-5) -> 
             assert a[key] == pytest.approx(b[key], rel=rel, abs=1e-7), (key, a["step"])
 
 
+@pytest.fixture(scope="module")
+def sft_reference(root):
+    return train(root, "sft", sft_settings(root, root / "sft-one"), ranks=1)
+
+
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
-def test_sft_of_a_moe_model_on_two_ranks_equals_one_process(root, parallel):
-    one = train(root, "sft", sft_settings(root, root / f"sft-one-{parallel}"), ranks=1)
+def test_sft_of_a_moe_model_on_two_ranks_equals_one_process(root, sft_reference, parallel):
+    one = sft_reference
     two = train(root, "sft", sft_settings(root, root / f"sft-{parallel}", parallel=parallel), ranks=2)
     assert_same_weights(weights(two), weights(one), initial(root, "moe"))
     assert_same_records(two, one, ("loss", "grad_norm"))
@@ -295,7 +304,7 @@ def test_kl_reference_is_sharded_under_fsdp_and_gives_the_kl_of_one_process(root
     check.write_text(REFERENCE_SHARDS.format(model=root / "dense", out=root / "kl-shards"))
     job = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                           str(check)], env=env(root), capture_output=True, text=True, timeout=TIMEOUT)
-    assert job.returncode == 0, job.stderr[-3000:]
+    assert job.returncode == 0, failure(job.stderr)
     held = [json.loads(path.read_text()) for path in sorted(root.glob("kl-shards-rank-*.json"))]
     assert len(held) == 2 and all(0 < h["local"] < h["whole"] for h in held), held
 
@@ -379,9 +388,10 @@ def ladder_reference(root):
             for method in ("dpo", "ppo")}
 
 
-@pytest.mark.parametrize("method", ["dpo", "ppo"])
-@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+@pytest.mark.parametrize("method,parallel", [("dpo", "ddp"), ("ppo", "fsdp")])
 def test_ladder_method_on_two_ranks_equals_one_process(root, ladder_reference, method, parallel):
+    """DPO on DDP and PPO on FSDP2 here; the test below runs DPO on FSDP2 (with LoRA) and PPO on
+    DDP (with activation checkpointing), so each method runs under both."""
     from ponder.demo import base_model_dir
 
     out = train(root, method, ladder_settings(method, root / f"{method}-{parallel}", parallel=parallel), ranks=2)
