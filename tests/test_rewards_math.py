@@ -183,6 +183,22 @@ def test_an_answer_line_holding_an_equation_yields_its_right_hand_side(text, mod
     assert not grade("109", text, extract=mode).correct
 
 
+@pytest.mark.parametrize("text", ["The answer is: 60 + 38", "\\boxed{60+38}", "Answer: (60) + (38)",
+                                  "The answer is 14 \\times 7", "The answer is 2^3 \\cdot 12.25"])
+def test_arithmetic_left_undone_is_not_the_answer(text):
+    """Restating the question ("60 + 38" for 98) equals the gold symbolically; accepting it pays a
+    policy for leaving the sum to the grader (a Gemma 3 zero run learned that in five steps)."""
+    result = grade("98", text, extract="lenient")  # each one is 98 when worked out
+    assert not result.correct and result.reason == "unevaluated arithmetic", result
+
+
+@pytest.mark.parametrize("gold,text", [("98", "The answer is 98."), ("0.5", "\\boxed{1/2}"), ("-5", "\\boxed{-5}"),
+                                       ("300000", "\\boxed{3 \\times 10^5}"), ("2+3", "\\boxed{2+3}"),
+                                       ("98", "The answer is 60 + 38 = 98.")])
+def test_numbers_written_as_numbers_still_count(gold, text):
+    assert grade(gold, text, extract="lenient").correct
+
+
 def test_an_answer_line_keeps_a_labelled_answer_whole():
     assert extract_answer("The answer is x = 4", "lenient") == "x = 4"
     assert extract_answer("The final answer is f(2) = 5", "strict") == "f(2) = 5"

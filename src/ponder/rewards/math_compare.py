@@ -235,6 +235,16 @@ def _symbolic(gold: str, pred: str, settings: GraderSettings) -> tuple[bool, str
         return False, f"grader worker died: {exc}"
 
 
+# Arithmetic on plain numbers left undone ("60 + 38", "3 \\times 4", "2^3") where the gold is a
+# number. It equals the gold symbolically, but a grader that accepts it pays a policy for restating
+# the question and leaving the sum to the grader: Gemma 3's zero run learned exactly that, "The
+# answer is: 60 + 38", in five steps. A fraction (1/2) and scientific notation (3 \\times 10^5)
+# are ways of writing a number, not sums to do.
+_PLAIN = r"\(?[+-]?\d+(?:\.\d+)?\)?"
+_UNEVALUATED = re.compile(rf"{_PLAIN}(?:\s*(?:\+|-|\*|\^|×|÷|\\times|\\cdot|\\div)\s*{_PLAIN})+")
+_SCIENTIFIC = re.compile(r"[+-]?\d+(?:\.\d+)?\s*(?:\*|×|\\times|\\cdot)\s*10\s*\^\s*\{?[+-]?\d+\}?")
+
+
 def _decide(g: str, p: str, settings: GraderSettings) -> tuple[bool, str]:
     """(equal?, reason) for two cleaned answers: labels, then the fast path, then sympy."""
     if not g:
@@ -245,6 +255,9 @@ def _decide(g: str, p: str, settings: GraderSettings) -> tuple[bool, str]:
         labelled = _compare_labelled(g, p, settings)
         if labelled is not None:
             return labelled
+    if (_UNEVALUATED.fullmatch(p) and not _SCIENTIFIC.fullmatch(p) and not _UNEVALUATED.fullmatch(g)
+            and _number(g, settings) is not None):
+        return False, "unevaluated arithmetic"
     fast = _fast(g, p, settings)
     if fast is not None:
         return fast

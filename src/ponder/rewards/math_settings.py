@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-GRADER_VERSION = "ponder-math/3"  # 3: an empty or copied \boxed{} is no answer; "answer is 27 + 82 = 194" reads 194
+GRADER_VERSION = "ponder-math/4"  # 4: "60 + 38" is not the answer 98; 3: an empty or copied \boxed{} is no answer; "answer is 27 + 82 = 194" reads 194
 
 
 @dataclass(frozen=True)
@@ -43,5 +43,5 @@ DEFAULT_SETTINGS = GraderSettings()
 
 
 def describe(settings: GraderSettings = DEFAULT_SETTINGS) -> str:
-    """The grader's identity to record with results, e.g. 'ponder-math/3 percent=ignore ...'."""
+    """The grader's identity to record with results, e.g. 'ponder-math/4 percent=ignore ...'."""
     return GRADER_VERSION + " " + " ".join(f"{k}={v}" for k, v in asdict(settings).items())
