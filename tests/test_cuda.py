@@ -124,9 +124,9 @@ def test_an_rl_step_on_the_gpu_equals_the_cpu_step_on_the_same_batch(base, tmp_p
         if not batch:  # sampled once, on the CPU run, then given to both
             tok = run.tokenizer
             prompts = [tok.encode(f"{a}*{b}=") for a, b in ((12, 34), (7, 89), (56, 78), (9, 9))]
-            with run.generation():
-                groups = Engine(run.model, tok).generate(prompts, 4, SamplingParams(max_new_tokens=8, temperature=1.0,
-                                                                                    seed=1))
+            engine = Engine(run.model, tok)
+            with run.generation(engine):
+                groups = engine.generate(prompts, 4, SamplingParams(max_new_tokens=8, temperature=1.0, seed=1))
             batch["prompts"] = [p for p in prompts for _ in range(4)]
             batch["completions"] = [c for g in groups for c in g]
         comps = batch["completions"]

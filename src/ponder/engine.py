@@ -201,10 +201,8 @@ class Engine:
         return int(max(1, min(1024, (2 << 30) // max(bytes_per_row, 1))))
 
     def release(self) -> None:
-        """Free the fast decode step's copy of the weights. A training loop calls this when its
-        sampling is done: the update changes the weights, so the copy would be rebuilt before the
-        next generation anyway, and kept through the update it only adds its size (the model's)
-        to the step's peak memory."""
+        """Free the fast decode step's copy of the weights (rebuilt at the next generation). The
+        training runtime calls this when a generation phase ends (`TrainingRun.generation`)."""
         self._decode_step = self._decode_weights = None
 
     def _decoder(self):

@@ -76,6 +76,12 @@ def read_in(model) -> None:
             p.detach().reshape(-1)[::1024].sum()
 
 
+def read_owners_model(owner, *_, **__) -> None:
+    """`prepare` for `idle_baseline` on a method of TRL's trainer or ponder's TrainingRun: both
+    hold the model being trained as `.model`."""
+    read_in(owner.model)
+
+
 @contextmanager
 def idle_baseline(owner, name: str, device: str, prepare=None):
     """Inside, the first call of `owner.name` (a class's method or a module's function) records
@@ -166,14 +172,12 @@ def child(args) -> int:
     if args.variant == "trl":
         import trl
 
-        weights_read = lambda trainer, *_, **__: read_in(trainer.model)  # noqa: E731
-        with idle_baseline(trl.GRPOTrainer, "train", args.device, prepare=weights_read) as idle:
+        with idle_baseline(trl.GRPOTrainer, "train", args.device, prepare=read_owners_model) as idle:
             t = run_trl(root, args)
     else:
         from ponder.runtime.training import TrainingRun
 
-        weights_read = lambda run, *_, **__: read_in(run.model)  # noqa: E731
-        with idle_baseline(TrainingRun, "save", args.device, prepare=weights_read) as idle:
+        with idle_baseline(TrainingRun, "save", args.device, prepare=read_owners_model) as idle:
             t = run_ponder(root, args.variant, args)
     later = slice(1, None) if len(t["step_s"]) > 1 else slice(None)  # the first step warms up
     mean = lambda xs: sum(xs[later]) / len(xs[later])  # noqa: E731

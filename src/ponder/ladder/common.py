@@ -108,7 +108,7 @@ class Run(TrainingRun):
         if not self.eval_problems:
             return {}
         cfg = self.cfg
-        with self.generation():
+        with self.generation(self.engine):
             return evaluate_greedy(self.engine, self.tokenizer, self.eval_problems, max_new_tokens=cfg.max_new_tokens,
                                    chat=cfg.chat, instruction=cfg.instruction, extract=cfg.extract)
 
@@ -163,9 +163,8 @@ def sample_groups(run: Run, indices: Sequence[int], round_index: int) -> list[li
     ids = [run.tokenizer.encode(t) for t in texts]
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                             group_seeds=tuple(sampling_seed(cfg.seed, round_index, group=j) for j, _ in places))
-    with run.generation():
+    with run.generation(run.engine):
         outs = run.engine.generate(ids, n=cfg.group_size, params=params) if ids else []
-    run.engine.release()  # the update that follows changes the weights: no stale copy beside it
     mine = [(j, [Sample(p_ids, c.token_ids, c.text, float(grade(problem, text, c.text, extract=cfg.extract).correct))
                  for c in group])
             for (j, _), p_ids, text, problem, group in zip(places, ids, texts, problems, outs)]

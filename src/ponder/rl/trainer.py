@@ -407,7 +407,7 @@ def train_rl(cfg: RLConfig, *, model=None, tokenizer=None, problems: Sequence | 
 
     def run_eval() -> dict[str, float]:
         t0 = time.perf_counter()
-        with run.generation():
+        with run.generation(engine):
             result = evaluate_greedy(engine, tokenizer, eval_problems, max_new_tokens=cfg.max_new_tokens,
                                      chat=cfg.chat, instruction=cfg.instruction,
                                      enable_thinking=cfg.enable_thinking, extract=cfg.extract,
@@ -433,10 +433,9 @@ def train_rl(cfg: RLConfig, *, model=None, tokenizer=None, problems: Sequence | 
             lr = lr_at(cfg, step, cfg.steps, st["lr_scale"])
             run.set_lr(lr)
             try:
-                with run.generation():
+                with run.generation(engine):
                     rollout, record = collect(cfg, engine, tokenizer, problems, run.stream, fns, step,
                                               st["rollbacks"])
-                engine.release()
                 t0 = time.perf_counter()
                 entropy_limit = None
                 if st["entropy_mean"] is not None and st["healthy_steps"] >= 3:

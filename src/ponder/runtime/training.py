@@ -213,7 +213,7 @@ class TrainingRun:
     - `stream`, the seeded data order, and `resume` / `restore` / `save` of the whole train
       state (weights, optimizer, every rank's RNGs, data position and the method's own record);
     - `logprobs` (the chunked loss head under the configured precision), `step` (clip, step),
-      `generation()` (weights gathered for the engine), the micro-batch agreement between ranks,
+      `generation(engine)` (weights gathered for the engine, its decode copy freed after), the micro-batch agreement between ranks,
       `export` (the final model, HF layout), and rank-0-only metrics and progress bars.
     A method's trainer makes one and runs its own loop with it.
     """
@@ -405,13 +405,17 @@ class TrainingRun:
             group["lr"] = lr
 
     @contextmanager
-    def generation(self):
-        """Inside: eval mode, and under FSDP2 every weight gathered once for the engine."""
+    def generation(self, engine):
+        """Inside: eval mode, and under FSDP2 every weight gathered once for `engine`. On the way
+        out the engine's fast decode copy of the weights is freed: training changes the weights
+        next (and FSDP2 reshards them), so the copy is stale, and kept it would add the model's
+        size to the update's peak memory."""
         self.model.eval()
         try:
             with distributed.gathered(self.model):
                 yield
         finally:
+            engine.release()
             self.model.train()
 
     # ---- output -----------------------------------------------------------------------------
