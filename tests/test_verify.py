@@ -117,3 +117,22 @@ def test_study_command_end_to_end_on_a_tiny_setting(tmp_path, capsys):
     assert len(result["arms"]["verifier"][0]["history"]) == 1  # the hacking curve: one row per step
     assert set(result["test_time"]["best_of_n"]) == {"1", "2"}
     assert result["verifier"]["grpo"]["solutions"] > 0 and (tmp_path / "result.json").exists()
+
+
+def test_the_probes_verdict_by_comparison_reads_the_verifiers_own_steps():
+    """scripts/verifier_probe.py's rule (docs/verify.md): the solution against the verifier's steps."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "verifier_probe.py"
+    spec = importlib.util.spec_from_file_location("verifier_probe", path)
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    work = "48*80=3840,48*6=288,3840+288=4128"
+    assert probe.compared_score(work, RIGHT) == 1.0
+    assert probe.compared_score(work, WRONG_PRODUCT) == 0.0
+    assert probe.compared_score(work, "<think></think>\\boxed{4128}") == 0.5  # right answer, steps skipped
+    assert probe.compared_score(work, "<think>48*80=3840,48*6=288,3840+288=4128</think>") == 0.0  # no answer
+    wrong_work = "48*80=3840,48*6=298,3840+298=4138"  # the verifier's own slip: a right solution scored 0
+    assert probe.compared_score(wrong_work, RIGHT) == 0.0
+    assert probe.by_grade([(0.0, 0.0), (1.0, 0.0), (1.0, 1.0)]) == {"all": 2 / 3, "0": 1.0, "1": 0.5}
