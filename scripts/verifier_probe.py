@@ -12,6 +12,9 @@ and scores both on the held-out solutions:
                verdict is read two ways: as the model writes it, and by comparing its own
                steps with the solution's (the first step that differs is the issue; the answer
                decides 0 against 1/2 or 1).
+Then best-of-N by the solve-first verifier's compared verdict against majority vote and the
+oracle, on the study's test-time draw (arm (a)'s generator, 16 samples at temperature 1 on the
+first 100 held-out problems, seed 7).
 
     python scripts/verifier_probe.py --out out/verifier-probe            # about 45 minutes on 2 cores
     python scripts/verifier_probe.py --label-problems 20 --sft-steps 2   # a smoke run
@@ -41,6 +44,7 @@ from ponder.verify.config import StudyConfig
 from ponder.verify.data import balance, check_separate, describe, sample, training_records
 from ponder.verify.judge import Judge, sft
 from ponder.verify.protocol import SCORE_TEXT, analysis_text, parse_analysis
+from ponder.verify.testtime import selection_curve
 
 
 def work_prompt(problem) -> str:
@@ -70,6 +74,24 @@ def by_grade(pairs) -> dict:
         groups[SCORE_TEXT[truth]].append(guess == truth)
     every = [ok for g in groups.values() for ok in g]
     return {"all": sum(every) / len(every), **{k: sum(v) / len(v) for k, v in sorted(groups.items())}}
+
+
+def best_of_n(generator_dir: str, solver: Judge, problems, samples: int = 16, max_new_tokens: int = 48) -> dict:
+    """Best-of-N by the compared verdict (the solver works each problem once), majority@N and the
+    oracle, N = 1..samples, as the study's test_time draws them."""
+    from ponder.engine import Engine, SamplingParams
+    from ponder.rewards.trace import answer_correct
+
+    engine = Engine(from_pretrained(generator_dir).eval(), Tokenizer.from_pretrained(generator_dir))
+    groups = engine.generate([p.prompt for p in problems], samples,
+                             SamplingParams(temperature=1.0, max_new_tokens=max_new_tokens, seed=7))
+    texts = [[c.text for c in g] for g in groups]
+    works = [w.strip() for w in solver.read([work_prompt(p) for p in problems])]
+    scores = [[compared_score(w, t) for t in g] for w, g in zip(works, texts)]
+    right = [[answer_correct(t, p.answer) for t in g] for g, p in zip(texts, problems)]
+    answers = [[extract_answer(t, mode="strict") for t in g] for g in texts]
+    ns = [n for n in (1, 2, 4, 8, 16) if n <= samples]
+    return {str(n): v for n, v in selection_curve(scores, right, answers, ns).items()}
 
 
 def main() -> None:
@@ -111,6 +133,7 @@ def main() -> None:
         "own_steps_right": sum(w == multiply.scratch_text(x.problem) for w, x in zip(works, held)) / len(held),
         "verdict_written": by_grade((x.score, a.score if a else None) for x, a in zip(held, map(parse_analysis, texts))),
         "verdict_compared": by_grade((x.score, compared_score(w, x.solution)) for w, x in zip(works, held))}
+    result["best_of_n"] = best_of_n(arms["outcome"], solver, held_out[:cfg.test_problems], cfg.best_of)
     (out / "result.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
 
