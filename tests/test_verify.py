@@ -136,3 +136,22 @@ def test_the_probes_verdict_by_comparison_reads_the_verifiers_own_steps():
     wrong_work = "48*80=3840,48*6=298,3840+298=4138"  # the verifier's own slip: a right solution scored 0
     assert probe.compared_score(wrong_work, RIGHT) == 0.0
     assert probe.by_grade([(0.0, 0.0), (1.0, 0.0), (1.0, 1.0)]) == {"all": 2 / 3, "0": 1.0, "1": 0.5}
+
+
+def test_the_verifiers_grpo_prompt_is_its_prompt_exactly(tmp_path, monkeypatch):
+    """RL asks a problem of an unknown kind as math (an instruction appended); the verifier's
+    prompt must reach it untouched, or every output is read as malformed and GRPO learns nothing."""
+    from ponder.demo import base_model_dir
+    from ponder.verify import judge
+
+    items = [labelled(WRONG_PRODUCT), labelled(RIGHT, a=47, b=86)]
+    seen = []
+    real_call = judge.VerifierReward.__call__
+
+    def spy(self, prompts, completions, score, **kw):
+        seen.extend(prompts)
+        return real_call(self, prompts, completions, score, **kw)
+
+    monkeypatch.setattr(judge.VerifierReward, "__call__", spy)
+    judge.grpo_verifier(items, str(base_model_dir()), tmp_path, steps=1, prompts_per_step=2, group_size=2)
+    assert seen and set(seen) <= {f"{x.problem.prompt}{x.solution}/" for x in items}

@@ -121,6 +121,7 @@ def grpo_verifier(items: list[Labelled], model_dir: str, out: str | Path, steps:
     cfg = RLConfig(model=model_dir, task="verify", eval_task=None, output_dir=str(out), steps=steps, seed=seed,
                    prompts_per_step=prompts_per_step, group_size=group_size, max_new_tokens=MAX_ANALYSIS_TOKENS,
                    temperature=1.0, advantage="dr_grpo", loss_type="dapo", lr=lr, schedule="constant",
+                   instruction="",  # the verifier reads its prompt as is: a math instruction appended made every output malformed
                    micro_batch_size=256, eval_every=0, save_every=0, device="cpu", rollback=False)
     summary = train_rl(cfg, tokenizer=Tokenizer.from_pretrained(model_dir), problems=verifier_problems(items),
                        rewards=[reward], progress=False)
