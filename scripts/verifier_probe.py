@@ -41,8 +41,8 @@ from ponder.tasks import multiply
 from ponder.tokenizer import Tokenizer
 from ponder.verify import study
 from ponder.verify.config import StudyConfig
-from ponder.verify.data import balance, check_separate, describe, sample, training_records
-from ponder.verify.judge import Judge, sft
+from ponder.verify.data import describe, training_records
+from ponder.verify.judge import Judge, sft, verify
 from ponder.verify.protocol import SCORE_TEXT, analysis_text, parse_analysis
 from ponder.verify.testtime import selection_curve
 
@@ -78,20 +78,15 @@ def by_grade(pairs) -> dict:
 
 def best_of_n(generator_dir: str, solver: Judge, problems, samples: int = 16, max_new_tokens: int = 48) -> dict:
     """Best-of-N by the compared verdict (the solver works each problem once), majority@N and the
-    oracle, N = 1..samples, as the study's test_time draws them."""
-    from ponder.engine import Engine, SamplingParams
-    from ponder.rewards.trace import answer_correct
+    oracle, N = 1..samples, on the study's own test-time draw."""
+    from ponder.engine import Engine
 
     engine = Engine(from_pretrained(generator_dir).eval(), Tokenizer.from_pretrained(generator_dir))
-    groups = engine.generate([p.prompt for p in problems], samples,
-                             SamplingParams(temperature=1.0, max_new_tokens=max_new_tokens, seed=7))
-    texts = [[c.text for c in g] for g in groups]
+    texts, right, answers = study.selection_draw(engine, problems, samples, max_new_tokens)
     works = [w.strip() for w in solver.read([work_prompt(p) for p in problems])]
     scores = [[compared_score(w, t) for t in g] for w, g in zip(works, texts)]
-    right = [[answer_correct(t, p.answer) for t in g] for g, p in zip(texts, problems)]
-    answers = [[extract_answer(t, mode="strict") for t in g] for g in texts]
-    ns = [n for n in (1, 2, 4, 8, 16) if n <= samples]
-    return {str(n): v for n, v in selection_curve(scores, right, answers, ns).items()}
+    curve = selection_curve(scores, right, answers, study.selection_sizes(samples))
+    return {str(n): v for n, v in curve.items()}
 
 
 def main() -> None:
@@ -102,23 +97,17 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
-    cfg = StudyConfig(out=str(out / "study"))
+    cfg = StudyConfig(out=str(out / "study"), label_problems=args.label_problems)
     base = base_model_dir()
     tokenizer = Tokenizer.from_pretrained(base)
     rl_problems = multiply.generate("train", len(multiply.space("train")), seed=1)
     held_out = multiply.generate("test", cfg.held_out, seed=0)
     arms = {arm: study.train_generator(cfg, arm, 0, rl_problems)[0] for arm in ("outcome", "process")}
-    label_problems = multiply.generate("train", args.label_problems, seed=5)
-    items = []
-    for source, path in (("base", str(base)), ("outcome", arms["outcome"])):
-        items += sample(from_pretrained(path), tokenizer, label_problems, source, cfg.label_temperatures, seed=len(items))
-    held = sample(from_pretrained(arms["process"]), tokenizer, held_out, "process", cfg.label_temperatures, seed=99)
-    check_separate(items, held)
-    items = balance(items)
+    items, held = study.labels(cfg, tokenizer, arms["outcome"], arms["process"], held_out)
     result = {"labels": describe(items), "held_out": describe(held)}
 
     plain = Judge.load(sft(training_records(items), base, out / "plain", args.sft_steps, batch_size=64))
-    texts = plain.read([f"{x.problem.prompt}{x.solution}/" for x in held])
+    texts = verify(plain, [x.problem.prompt for x in held], [x.solution for x in held])
     result["plain"] = by_grade((x.score, a.score if a else None) for x, a in zip(held, map(parse_analysis, texts)))
 
     records = [{"prompt": work_prompt(p), "completion": multiply.scratch_text(p)}

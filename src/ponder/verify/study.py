@@ -32,7 +32,7 @@ from ponder.tasks import multiply
 from ponder.verify.config import StudyConfig
 from ponder.verify.data import balance, check_separate, describe, meta_records, sample, training_records
 from ponder.verify.judge import Judge, grpo_verifier, meta_scores, sft, verify
-from ponder.verify.protocol import issue_is_real, parse_analysis, verifier_prompt
+from ponder.verify.protocol import issue_is_real, parse_analysis
 from ponder.verify.testtime import refine_all, selection_curve
 
 log = logging.getLogger("ponder.verify")
@@ -134,21 +134,16 @@ def judge_verifier(verifier: Judge, meta: Judge | None, held) -> dict:
 def test_time(cfg: StudyConfig, generator_dir: str, verifier: Judge, problems) -> dict:
     from ponder.engine import Engine, SamplingParams
     from ponder.models import from_pretrained
-    from ponder.rewards.math import extract_answer
     from ponder.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.from_pretrained(generator_dir)
     engine = Engine(from_pretrained(generator_dir).eval(), tokenizer)
     prompts = [p.prompt for p in problems]
-    groups = engine.generate(prompts, cfg.best_of, SamplingParams(temperature=1.0, max_new_tokens=cfg.max_new_tokens, seed=7))
-    texts = [[c.text for c in g] for g in groups]
+    texts, right, answers = selection_draw(engine, problems, cfg.best_of, cfg.max_new_tokens)
     flat_scores = [a.score if a else 0.0 for a in map(parse_analysis, verify(
         verifier, [p for p, g in zip(prompts, texts) for _ in g], [t for g in texts for t in g]))]
     scores = [flat_scores[i * cfg.best_of:(i + 1) * cfg.best_of] for i in range(len(problems))]
-    right = [[answer_correct(t, p.answer) for t in g] for g, p in zip(texts, problems)]
-    answers = [[extract_answer(t, mode="strict") for t in g] for g in texts]
-    ns = [n for n in (1, 2, 4, 8, 16) if n <= cfg.best_of]
-    curve = selection_curve(scores, right, answers, ns)
+    curve = selection_curve(scores, right, answers, selection_sizes(cfg.best_of))
 
     def generate(batch: list[str], r: int) -> list[tuple[str, int]]:
         outs = engine.generate(batch, 1, SamplingParams(temperature=1.0, max_new_tokens=cfg.max_new_tokens, seed=100 + r))
@@ -167,6 +162,41 @@ def test_time(cfg: StudyConfig, generator_dir: str, verifier: Judge, problems) -
                             "mean_tokens": sum(r["tokens"] for r in results) / len(results),
                             "stopped_at_1": sum(r["score"] == 1.0 for r in results) / len(results)}
     return {"best_of_n": {str(n): v for n, v in curve.items()}, "refinement": refinement}
+
+
+def labels(cfg: StudyConfig, tokenizer, outcome_dir: str, process_dir: str, held_out) -> tuple[list, list]:
+    """(balanced training labels, held-out solutions): the base model and arm (a)'s checkpoint
+    sampled on training problems; arm (b)'s checkpoint on the held-out problems, walled apart."""
+    from ponder.demo import base_model_dir
+    from ponder.models import from_pretrained
+
+    label_problems = multiply.generate("train", cfg.label_problems, seed=5)
+    items = []
+    for source, path in (("base", str(base_model_dir())), ("outcome", outcome_dir)):
+        items += sample(from_pretrained(path), tokenizer, label_problems, source, cfg.label_temperatures,
+                        seed=len(items), max_new_tokens=cfg.max_new_tokens)
+    held = sample(from_pretrained(process_dir), tokenizer, held_out, "process", cfg.label_temperatures, seed=99,
+                  max_new_tokens=cfg.max_new_tokens)
+    check_separate(items, held)
+    return balance(items), held
+
+
+def selection_draw(engine, problems, samples: int, max_new_tokens: int) -> tuple[list, list, list]:
+    """The test-time draw: `samples` completions per problem at temperature 1 (seed 7), with
+    each one's rightness and strict answer, for best-of-N against majority and the oracle."""
+    from ponder.engine import SamplingParams
+    from ponder.rewards.math import extract_answer
+
+    groups = engine.generate([p.prompt for p in problems], samples,
+                             SamplingParams(temperature=1.0, max_new_tokens=max_new_tokens, seed=7))
+    texts = [[c.text for c in g] for g in groups]
+    right = [[answer_correct(t, p.answer) for t in g] for g, p in zip(texts, problems)]
+    answers = [[extract_answer(t, mode="strict") for t in g] for g in texts]
+    return texts, right, answers
+
+
+def selection_sizes(samples: int) -> list[int]:
+    return [n for n in (1, 2, 4, 8, 16) if n <= samples]
 
 
 def run(cfg: StudyConfig, progress: bool = True) -> dict:
@@ -198,16 +228,8 @@ def run(cfg: StudyConfig, progress: bool = True) -> dict:
     arm("outcome")
     arm("process")
 
-    # labels: training problems only, two checkpoints; held-out: another checkpoint, test problems
-    label_problems = multiply.generate("train", cfg.label_problems, seed=5)
-    items = []
-    for source, path in (("base", str(base)), ("outcome", result["arms"]["outcome"][0]["model_dir"])):
-        items += sample(from_pretrained(path), tokenizer, label_problems, source, cfg.label_temperatures,
-                        seed=len(items), max_new_tokens=cfg.max_new_tokens)
-    held = sample(from_pretrained(result["arms"]["process"][0]["model_dir"]), tokenizer, held_out, "process",
-                  cfg.label_temperatures, seed=99, max_new_tokens=cfg.max_new_tokens)
-    check_separate(items, held)
-    items = balance(items)
+    items, held = labels(cfg, tokenizer, result["arms"]["outcome"][0]["model_dir"],
+                         result["arms"]["process"][0]["model_dir"], held_out)
     result["labels"] = {"train": describe(items), "held_out": describe(held)}
     say(f"labels: {len(items)} training solutions, {len(held)} held-out")
 
