@@ -1,10 +1,12 @@
-"""Why the verify-study's verifier scores only a third of held-out solutions right, measured.
+"""Why a verifier that reads a solution and writes its analysis in one pass (the verify-study's
+first design) scores only a third of held-out solutions right, measured; what it led to, a
+verifier that solves first and compares by rule, is the study's verifier now.
 
 Builds the study's labels (arms (a) and (b) at seed 0, the base and arm (a) sampled on training
 problems, arm (b) on held-out ones; `ponder.verify.study`), then trains two verifiers from them
 and scores both on the held-out solutions:
 
-  plain        the study's verifier with a larger budget: SFT on every balanced label
+  plain        the one-pass verifier with a larger budget: SFT on every balanced label
                (problem + solution -> quoted issue + score), from the base model.
   solve-first  the verifier first works the problem with the solution hidden (problem -> its
                own steps), then reads its steps and the solution and writes the quoted issue
@@ -34,16 +36,14 @@ import torch
 
 from ponder.demo import base_model_dir
 from ponder.models import from_pretrained
-from ponder.rewards.math import extract_answer
 from ponder.rewards.process import first_issue
-from ponder.rewards.trace import scratchpad
 from ponder.tasks import multiply
 from ponder.tokenizer import Tokenizer
 from ponder.verify import study
 from ponder.verify.config import StudyConfig
 from ponder.verify.data import describe, training_records
-from ponder.verify.judge import Judge, sft, verify
-from ponder.verify.protocol import SCORE_TEXT, analysis_text, parse_analysis
+from ponder.verify.judge import Judge, sft
+from ponder.verify.protocol import SCORE_TEXT, analysis_text, compared_analysis, parse_analysis, verifier_prompt
 from ponder.verify.testtime import selection_curve
 
 
@@ -56,15 +56,13 @@ def verdict_prompt(problem, work: str, solution: str) -> str:
 
 
 def compared_score(work: str, solution: str) -> float:
-    """The verdict read off the verifier's own steps: 0 when the solution's answer is not the one
-    its steps reach, 1 when every step is the verifier's too, else 1/2."""
-    own = work.split(",")
-    steps = [s.strip() for s in (scratchpad(solution) or "").split(",") if s.strip()]
-    own_answer = own[-1].rpartition("=")[2] if "=" in own[-1] else None
-    answer = extract_answer(solution, mode="strict")
-    if answer is None or answer != own_answer:
-        return 0.0
-    return 1.0 if steps == own else 0.5
+    """The verdict read off the verifier's own steps (`work`, the bare steps this probe's solver
+    writes) by the study's rule, ponder.verify.protocol.compared_analysis: 0 when the solution's
+    answer is not the one its steps reach, 1 when every step is the verifier's too, else 1/2."""
+    last = work.rpartition(",")[2]
+    framed = f"<think>{work}</think>\\boxed{{{last.rpartition('=')[2] if '=' in last else ''}}}"
+    analysis = parse_analysis(compared_analysis(framed, solution))
+    return 0.0 if analysis is None else analysis.score
 
 
 def by_grade(pairs) -> dict:
@@ -107,7 +105,7 @@ def main() -> None:
     result = {"labels": describe(items), "held_out": describe(held)}
 
     plain = Judge.load(sft(training_records(items), base, out / "plain", args.sft_steps, batch_size=64))
-    texts = verify(plain, [x.problem.prompt for x in held], [x.solution for x in held])
+    texts = plain.read([verifier_prompt(x.problem.prompt, x.solution) for x in held])
     result["plain"] = by_grade((x.score, a.score if a else None) for x, a in zip(held, map(parse_analysis, texts)))
 
     records = [{"prompt": work_prompt(p), "completion": multiply.scratch_text(p)}

@@ -7,9 +7,9 @@ import pytest
 
 from ponder.rewards.process import check_steps
 from ponder.tasks import multiply
-from ponder.verify.data import Labelled, check_separate, meta_records, training_records
-from ponder.verify.protocol import (Analysis, issue_is_real, meta_reward, parse_analysis, parse_meta,
-                                    verifier_reward, verifier_target)
+from ponder.verify.data import Labelled, check_separate, meta_records, training_records, work_records
+from ponder.verify.protocol import (Analysis, compared_analysis, issue_is_real, meta_reward, parse_analysis,
+                                    parse_meta, verifier_reward, verifier_target)
 from ponder.verify.testtime import pick_best, pick_majority, refine_all, selection_curve, trusted_prefix
 
 WRONG_PRODUCT = "<think>48*80=3840,48*6=298,3840+298=4138</think>\\boxed{4138}"
@@ -59,8 +59,11 @@ def test_no_held_out_problem_or_sample_reaches_training_data():
     train = [Labelled(train_problem, RIGHT, "base@1.0", check_steps(RIGHT, train_problem))]
     held = [Labelled(test_problem, RIGHT, "process@1.0", check_steps(RIGHT, test_problem))]
     assert len(training_records(train)) == 1
+    assert work_records([train_problem]) == [{"prompt": "48*86=/", "completion": RIGHT}]
     with pytest.raises(ValueError, match="non-training"):
         training_records(held)
+    with pytest.raises(ValueError, match="non-training"):
+        work_records([test_problem])
     with pytest.raises(ValueError, match="non-training"):
         meta_records(held)
     check_separate(train, held)
@@ -119,8 +122,39 @@ def test_study_command_end_to_end_on_a_tiny_setting(tmp_path, capsys):
     assert result["verifier"]["grpo"]["solutions"] > 0 and (tmp_path / "result.json").exists()
 
 
-def test_the_probes_verdict_by_comparison_reads_the_verifiers_own_steps():
-    """scripts/verifier_probe.py's rule (docs/verify.md): the solution against the verifier's steps."""
+def test_the_verifiers_analysis_is_read_off_its_own_work():
+    """Solve first, then compare (ponder.verify.protocol): the issue is the first step that
+    differs from the verifier's own, the score 0 / 1/2 / 1 by the answer and the steps."""
+    assert compared_analysis(RIGHT, RIGHT) == "<think></think>\\boxed{1}"
+    assert compared_analysis(RIGHT, WRONG_PRODUCT) == "<think>48*6=298</think>\\boxed{0}"
+    assert compared_analysis(RIGHT, "<think></think>\\boxed{4128}") == "<think>48*80=</think>\\boxed{1/2}"
+    assert compared_analysis(RIGHT, "<think>48*80=3840,48*6=288,3840+288=4128</think>") == "<think>nobox</think>\\boxed{0}"
+    # the verifier's own slip: a right solution is scored 0, quoting the step where they part
+    assert compared_analysis(WRONG_PRODUCT, RIGHT) == "<think>48*6=288</think>\\boxed{0}"
+    assert compared_analysis("<think></think>", RIGHT) == ""  # no work of its own: no verdict (malformed)
+    # where the rule agrees with the step checker, the verdict is the checker's
+    for solution in (RIGHT, WRONG_PRODUCT, "<think></think>\\boxed{4128}"):
+        assert parse_analysis(compared_analysis(RIGHT, solution)).score == labelled(solution).score
+
+
+def test_the_verifier_works_each_problem_once_and_compares_every_solution():
+    from ponder.verify.judge import Verifier
+
+    class Solver:  # a stand-in for the verifier's model: the right work, a record of what it read
+        read_prompts = []
+
+        def read(self, prompts):
+            self.read_prompts.extend(prompts)
+            return [RIGHT if p == "48*86=/" else "<think></think>" for p in prompts]
+
+    solver = Solver()
+    texts = Verifier(solver).verify(["48*86=", "48*86=", "47*86="], [RIGHT, WRONG_PRODUCT, RIGHT])
+    assert solver.read_prompts == ["48*86=/", "47*86=/"]  # once per problem, the solution out of view
+    assert [parse_analysis(t) for t in texts] == [Analysis("", 1.0), Analysis("48*6=298", 0.0), None]
+
+
+def test_the_probes_compared_verdict_is_the_studys_rule():
+    """scripts/verifier_probe.py's solver writes bare steps; its verdict is the study's rule on them."""
     import importlib.util
     from pathlib import Path
 
@@ -131,16 +165,15 @@ def test_the_probes_verdict_by_comparison_reads_the_verifiers_own_steps():
     work = "48*80=3840,48*6=288,3840+288=4128"
     assert probe.compared_score(work, RIGHT) == 1.0
     assert probe.compared_score(work, WRONG_PRODUCT) == 0.0
-    assert probe.compared_score(work, "<think></think>\\boxed{4128}") == 0.5  # right answer, steps skipped
-    assert probe.compared_score(work, "<think>48*80=3840,48*6=288,3840+288=4128</think>") == 0.0  # no answer
-    wrong_work = "48*80=3840,48*6=298,3840+298=4138"  # the verifier's own slip: a right solution scored 0
-    assert probe.compared_score(wrong_work, RIGHT) == 0.0
+    assert probe.compared_score(work, "<think></think>\\boxed{4128}") == 0.5
+    assert probe.compared_score("48*80=3840,48*6=298,3840+298=4138", RIGHT) == 0.0
     assert probe.by_grade([(0.0, 0.0), (1.0, 0.0), (1.0, 1.0)]) == {"all": 2 / 3, "0": 1.0, "1": 0.5}
 
 
 def test_the_verifiers_grpo_prompt_is_its_prompt_exactly(tmp_path, monkeypatch):
     """RL asks a problem of an unknown kind as math (an instruction appended); the verifier's
-    prompt must reach it untouched, or every output is read as malformed and GRPO learns nothing."""
+    work prompt must reach it untouched, with the labelled solution and its true score beside
+    it, or GRPO trains the verifier on another question."""
     from ponder.demo import base_model_dir
     from ponder.verify import judge
 
@@ -148,10 +181,10 @@ def test_the_verifiers_grpo_prompt_is_its_prompt_exactly(tmp_path, monkeypatch):
     seen = []
     real_call = judge.VerifierReward.__call__
 
-    def spy(self, prompts, completions, score, **kw):
-        seen.extend(prompts)
-        return real_call(self, prompts, completions, score, **kw)
+    def spy(self, prompts, completions, score, solution, **kw):
+        seen.extend(zip(prompts, solution, score))
+        return real_call(self, prompts, completions, score, solution, **kw)
 
     monkeypatch.setattr(judge.VerifierReward, "__call__", spy)
     judge.grpo_verifier(items, str(base_model_dir()), tmp_path, steps=1, prompts_per_step=2, group_size=2)
-    assert seen and set(seen) <= {f"{x.problem.prompt}{x.solution}/" for x in items}
+    assert seen and set(seen) <= {(f"{x.problem.prompt}/", x.solution, x.score) for x in items}

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from ponder.rewards.process import StepVerdict, check_steps, first_issue, true_score
 from ponder.verify.protocol import (SCORE_TEXT, SCORES, Analysis, analysis_text, issue_is_real, meta_prompt,
-                                    meta_target, verifier_prompt, verifier_target)
+                                    meta_target, verifier_prompt, verifier_target, work_prompt)
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,17 @@ def training_records(items: list[Labelled]) -> list[dict]:
         raise ValueError(f"{len(bad)} solutions of non-training problems in verifier training data (first: {bad[0]})")
     return [{"prompt": verifier_prompt(x.problem.prompt, x.solution), "completion": verifier_target(x.verdict)}
             for x in items]
+
+
+def work_records(problems) -> list[dict]:
+    """The verifier's SFT records: a training problem's work prompt and its right solution in the
+    generator's format (scratchpad and answer); refuses any non-training problem."""
+    from ponder.tasks import multiply
+
+    bad = [p.id for p in problems if p.meta.get("split") != "train"]
+    if bad:
+        raise ValueError(f"{len(bad)} non-training problems in verifier training data (first: {bad[0]})")
+    return [{"prompt": work_prompt(p.prompt), "completion": multiply.sft_text(p, scratchpad=True)} for p in problems]
 
 
 def meta_records(items: list[Labelled], seed: int = 0) -> list[dict]:

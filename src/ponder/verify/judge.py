@@ -1,29 +1,30 @@
 """The learned graders: a verifier and a meta-verifier, trained (SFT, then GRPO) and used as rewards.
 
-    judge = Judge(model, tokenizer)                  # greedy reader of verifier or meta prompts
-    texts = judge.read([verifier_prompt(p, s), ...]) # what it writes
-    sft_dir = sft(records, base_dir, out, steps=...) # ponder.sft on {prompt, completion} records
+    judge = Judge(model, tokenizer)                      # greedy reader of any prompt, in batches
+    verifier = Verifier(judge)                           # solves each problem, then compares
+    texts = verifier.verify([problem, ...], [solution, ...])   # its analyses (ponder.verify.protocol)
+    sft_dir = sft(records, base_dir, out, steps=...)     # ponder.sft on {prompt, completion} records
     rl_dir = grpo_verifier(items, sft_dir, out, meta=None | Judge)   # ponder.rl.train_rl
-    reward = LearnedReward(verifier, meta)           # a batched RL reward for the generator
+    reward = VerifierReward(meta)                        # the verifier's GRPO reward
 
-The verifier's GRPO reward is format x (1 - |s' - s|) against the step checker's score, times the
-meta-verifier's score of its analysis in the meta variant (`VerifierReward`).
+The verifier's GRPO trains its own work: reward format x (1 - |s' - s|), where s' is the score
+its work gives the labelled solution and s the step checker's, times the meta-verifier's score
+of the analysis in the meta variant.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from ponder.tasks.problem import Problem
 from ponder.verify.data import Labelled
-from ponder.verify.protocol import (SCORE_TEXT, meta_prompt, parse_analysis, parse_meta, verifier_prompt,
-                                    verifier_reward)
+from ponder.verify.protocol import END, compared_analysis, meta_prompt, parse_meta, verifier_reward, work_prompt
 
-MAX_ANALYSIS_TOKENS = 28  # the longest analysis: a quoted equation, the frame and 1/2
+MAX_ANALYSIS_TOKENS = 28  # the meta-verifier's output and the longest analysis: a quoted equation, the frame and 1/2
+MAX_WORK_TOKENS = 48  # the verifier's own solution: the generator's completion cap
 
 
 class Judge:
@@ -56,8 +57,24 @@ class Judge:
         return out
 
 
-def verify(verifier: Judge, problem_prompts: list[str], solutions: list[str]) -> list[str]:
-    return verifier.read([verifier_prompt(p, s) for p, s in zip(problem_prompts, solutions)])
+class Verifier:
+    """Solve first, then compare: works each distinct problem once (greedy, no solution in view)
+    and reads every analysis off that work by rule (ponder.verify.protocol.compared_analysis)."""
+
+    def __init__(self, solver: Judge):
+        self.solver = solver
+
+    @classmethod
+    def load(cls, path) -> "Verifier":
+        return cls(Judge.load(path, max_new_tokens=MAX_WORK_TOKENS))
+
+    def works(self, problem_prompts: list[str]) -> dict[str, str]:
+        distinct = list(dict.fromkeys(problem_prompts))
+        return dict(zip(distinct, self.solver.read([work_prompt(p) for p in distinct])))
+
+    def verify(self, problem_prompts: list[str], solutions: list[str]) -> list[str]:
+        works = self.works(problem_prompts)
+        return [compared_analysis(works[p], s) for p, s in zip(problem_prompts, solutions)]
 
 
 def meta_scores(meta: Judge, problem_prompts: list[str], solutions: list[str], analyses: list[str]) -> list[float]:
@@ -82,8 +99,10 @@ def sft(records: list[dict], base: str | Path, out: str | Path, steps: int, seed
 
 
 class VerifierReward:
-    """GRPO reward of a verifier's output: format x (1 - |s' - s|), times the meta-verifier's score
-    of the analysis when a meta-verifier is given (the verifier's prompt is the RL prompt)."""
+    """GRPO reward of the verifier's own work on a labelled solution: format x (1 - |s' - s|) of
+    the analysis the work gives it, times the meta-verifier's score of that analysis when a
+    meta-verifier is given (the RL prompt is the work prompt; the solution and its true score
+    come as columns)."""
 
     batched = True
 
@@ -92,36 +111,38 @@ class VerifierReward:
         self.__name__ = "verifier_meta" if meta is not None else "verifier_score"
         self.history: list[dict] = []  # per call (one per RL step): mean score reward, mean meta score
 
-    def __call__(self, prompts, completions, score, **_) -> list[float]:
+    def __call__(self, prompts, completions, score, solution, **_) -> list[float]:
+        analyses = [compared_analysis(w, s) for w, s in zip(completions, solution)]
         meta = [1.0] * len(completions)
         if self.meta is not None:
-            meta = [m if m is not None else 0.0 for m in
-                    map(parse_meta, self.meta.read([f"{p}{c}/" for p, c in zip(prompts, completions)]))]
-        values = [verifier_reward(c, s, m) for c, s, m in zip(completions, score, meta)]
-        plain = [verifier_reward(c, s) for c, s in zip(completions, score)]
+            problems = [p.removesuffix(END) for p in prompts]
+            meta = meta_scores(self.meta, problems, list(solution), analyses)
+        values = [verifier_reward(a, s, m) for a, s, m in zip(analyses, score, meta)]
+        plain = [verifier_reward(a, s) for a, s in zip(analyses, score)]
         self.history.append({"reward": _mean(values), "score_reward": _mean(plain), "meta": _mean(meta)})
         return values
 
 
 def verifier_problems(items: list[Labelled]) -> list[Problem]:
-    """The verifier's RL problems: its prompt, the true score as the answer (graded as math, so
-    RL's own accuracy column reads 'score exactly right') and the score in meta."""
-    return [Problem(id=f"verify-{i}", prompt=verifier_prompt(x.problem.prompt, x.solution),
-                    answer=SCORE_TEXT[x.score], kind="verify", meta={"score": x.score, "split": "train"})
+    """The verifier's RL problems: its work prompt, the problem's answer (so RL's own accuracy
+    column reads 'its work reaches the right answer'), and the labelled solution and its true
+    score as columns for the reward."""
+    return [Problem(id=f"verify-{i}", prompt=work_prompt(x.problem.prompt), answer=x.problem.answer, kind="verify",
+                    meta={"score": x.score, "solution": x.solution, "split": "train"})
             for i, x in enumerate(items)]
 
 
 def grpo_verifier(items: list[Labelled], model_dir: str, out: str | Path, steps: int, meta: Judge | None = None,
                   seed: int = 0, prompts_per_step: int = 32, group_size: int = 8, lr: float = 1e-4) -> tuple[str, list]:
-    """GRPO on the verifier's own outputs; returns (model folder, per-step reward history)."""
+    """GRPO on the verifier's own work; returns (model folder, per-step reward history)."""
     from ponder.rl import RLConfig, train_rl
     from ponder.tokenizer import Tokenizer
 
     reward = VerifierReward(meta)
     cfg = RLConfig(model=model_dir, task="verify", eval_task=None, output_dir=str(out), steps=steps, seed=seed,
-                   prompts_per_step=prompts_per_step, group_size=group_size, max_new_tokens=MAX_ANALYSIS_TOKENS,
+                   prompts_per_step=prompts_per_step, group_size=group_size, max_new_tokens=MAX_WORK_TOKENS,
                    temperature=1.0, advantage="dr_grpo", loss_type="dapo", lr=lr, schedule="constant",
-                   instruction="",  # the verifier reads its prompt as is: a math instruction appended made every output malformed
+                   instruction="",  # the verifier reads its prompt as is: a math instruction appended spoils its work
                    micro_batch_size=256, eval_every=0, save_every=0, device="cpu", rollback=False)
     summary = train_rl(cfg, tokenizer=Tokenizer.from_pretrained(model_dir), problems=verifier_problems(items),
                        rewards=[reward], progress=False)

@@ -7,9 +7,12 @@ Order of work (one command, resumable only as a whole; each part writes under --
   2. labels: the base model and arm (a)'s seed-0 checkpoint sampled at several temperatures on
      training problems, graded by the step checker; held-out solutions: arm (b)'s seed-0
      checkpoint on test problems (a checkpoint and problems the verifier never saw);
-  3. verifier: SFT then GRPO (format x (1 - |s' - s|)); meta-verifier: SFT; the meta variant of
-     the verifier: GRPO with the meta-verifier's score multiplied in; each measured on held-out
-     solutions (score right, share of reported issues that are real);
+  3. verifier (solve first, then compare; ponder.verify.protocol): SFT from the base model on
+     right solutions of training problems, then GRPO on its own work (format x
+     (1 - |s' - s|) of the analysis it gives each labelled solution); meta-verifier: SFT; the
+     meta variant of the verifier: GRPO with the meta-verifier's score multiplied in; each
+     measured on held-out solutions (score right, share of reported issues that are real, its
+     own work right);
   4. generator arms (c) verifier score alone and (d) verifier x meta-verifier (no ground truth
      in the loop), with the learned reward and the true accuracy of the same samples per step;
   5. test time with arm (a)'s seed-0 generator on held-out problems: best-of-N by the verifier
@@ -30,8 +33,8 @@ from ponder.rewards.process import check_steps, prefix_credit, true_score
 from ponder.rewards.trace import answer_correct
 from ponder.tasks import multiply
 from ponder.verify.config import StudyConfig
-from ponder.verify.data import balance, check_separate, describe, meta_records, sample, training_records
-from ponder.verify.judge import Judge, grpo_verifier, meta_scores, sft, verify
+from ponder.verify.data import balance, check_separate, describe, meta_records, sample, work_records
+from ponder.verify.judge import Judge, Verifier, grpo_verifier, meta_scores, sft
 from ponder.verify.protocol import issue_is_real, parse_analysis
 from ponder.verify.testtime import refine_all, selection_curve
 
@@ -66,7 +69,7 @@ class TrackedReward:
 
     batched = True
 
-    def __init__(self, name: str, outcome: bool = False, verifier: Judge | None = None, meta: Judge | None = None):
+    def __init__(self, name: str, outcome: bool = False, verifier: Verifier | None = None, meta: Judge | None = None):
         self.__name__ = name
         self.outcome, self.verifier, self.meta = outcome, verifier, meta
         self.history: list[dict] = []
@@ -90,7 +93,7 @@ class TrackedReward:
 
     def learned(self, problem_prompts: list[str], solutions: list[str]) -> list[float]:
         """The verifier's score (0 when malformed), times the meta-verifier's score of its analysis."""
-        texts = verify(self.verifier, problem_prompts, solutions)
+        texts = self.verifier.verify(problem_prompts, solutions)
         scores = [a.score if a is not None else 0.0 for a in map(parse_analysis, texts)]
         if self.meta is not None:
             scores = [s * m for s, m in zip(scores, meta_scores(self.meta, problem_prompts, solutions, texts))]
@@ -112,11 +115,12 @@ def train_generator(cfg: StudyConfig, arm: str, seed: int, rl_problems, verifier
     return summary["model_dir"], reward.history
 
 
-def judge_verifier(verifier: Judge, meta: Judge | None, held) -> dict:
-    """A verifier on held-out solutions: format, score right, issue right, and the share of
-    reported issues (a non-empty quote) that are real by the step checker (and by the meta-verifier)."""
+def judge_verifier(verifier: Verifier, meta: Judge | None, held) -> dict:
+    """A verifier on held-out solutions: format, score right, the share of reported issues (a
+    non-empty quote) that are real by the step checker (and by the meta-verifier), and its own
+    work right (answer and every step, by the step checker) on the held-out problems."""
     prompts, solutions = [x.problem.prompt for x in held], [x.solution for x in held]
-    texts = verify(verifier, prompts, solutions)
+    texts = verifier.verify(prompts, solutions)
     analyses = [parse_analysis(t) for t in texts]
     n = len(held)
     reported = [(a, x) for a, x in zip(analyses, held) if a is not None and a.issue]
@@ -124,6 +128,9 @@ def judge_verifier(verifier: Judge, meta: Judge | None, held) -> dict:
            "score_right": sum(a is not None and a.score == x.score for a, x in zip(analyses, held)) / n,
            "reported_issues": len(reported),
            "reported_real": sum(issue_is_real(a, x.verdict) for a, x in reported) / max(len(reported), 1)}
+    problems = list({x.problem.prompt: x.problem for x in held}.values())
+    works = verifier.works([p.prompt for p in problems])
+    out["own_work_right"] = sum(true_score(check_steps(works[p.prompt], p)) == 1.0 for p in problems) / len(problems)
     if meta is not None:
         m = meta_scores(meta, prompts, solutions, texts)
         truth = [a is not None and issue_is_real(a, x.verdict) for a, x in zip(analyses, held)]
@@ -131,7 +138,7 @@ def judge_verifier(verifier: Judge, meta: Judge | None, held) -> dict:
     return out
 
 
-def test_time(cfg: StudyConfig, generator_dir: str, verifier: Judge, problems) -> dict:
+def test_time(cfg: StudyConfig, generator_dir: str, verifier: Verifier, problems) -> dict:
     from ponder.engine import Engine, SamplingParams
     from ponder.models import from_pretrained
     from ponder.tokenizer import Tokenizer
@@ -140,8 +147,8 @@ def test_time(cfg: StudyConfig, generator_dir: str, verifier: Judge, problems) -
     engine = Engine(from_pretrained(generator_dir).eval(), tokenizer)
     prompts = [p.prompt for p in problems]
     texts, right, answers = selection_draw(engine, problems, cfg.best_of, cfg.max_new_tokens)
-    flat_scores = [a.score if a else 0.0 for a in map(parse_analysis, verify(
-        verifier, [p for p, g in zip(prompts, texts) for _ in g], [t for g in texts for t in g]))]
+    flat_scores = [a.score if a else 0.0 for a in map(parse_analysis, verifier.verify(
+        [p for p, g in zip(prompts, texts) for _ in g], [t for g in texts for t in g]))]
     scores = [flat_scores[i * cfg.best_of:(i + 1) * cfg.best_of] for i in range(len(problems))]
     curve = selection_curve(scores, right, answers, selection_sizes(cfg.best_of))
 
@@ -150,7 +157,7 @@ def test_time(cfg: StudyConfig, generator_dir: str, verifier: Judge, problems) -
         return [(g[0].text, g[0].num_tokens) for g in outs]
 
     def judge(ps: list[str], sols: list[str]):
-        return [parse_analysis(t) for t in verify(verifier, ps, sols)]
+        return [parse_analysis(t) for t in verifier.verify(ps, sols)]
 
     refinement = {}
     for name, resample in (("refine", False), ("resample", True)):
@@ -234,13 +241,13 @@ def run(cfg: StudyConfig, progress: bool = True) -> dict:
     say(f"labels: {len(items)} training solutions, {len(held)} held-out")
 
     vdir = out / "verifier"
-    sft_dir = sft(training_records(items), base, vdir / "sft", cfg.verifier_sft_steps, batch_size=32)
+    sft_dir = sft(work_records(rl_problems), base, vdir / "sft", cfg.verifier_sft_steps, batch_size=64)
     meta_dir = sft(meta_records(items), base, out / "meta" / "sft", cfg.meta_sft_steps, batch_size=32)
     meta = Judge.load(meta_dir)
     sizes = dict(steps=cfg.verifier_rl_steps, prompts_per_step=cfg.prompts_per_step, group_size=cfg.group_size)
     plain_dir, plain_hist = grpo_verifier(items, sft_dir, vdir / "grpo", **sizes)
     meta_v_dir, meta_hist = grpo_verifier(items, sft_dir, vdir / "grpo-meta", meta=meta, **sizes)
-    verifiers = {"sft": Judge.load(sft_dir), "grpo": Judge.load(plain_dir), "grpo_meta": Judge.load(meta_v_dir)}
+    verifiers = {name: Verifier.load(path) for name, path in (("sft", sft_dir), ("grpo", plain_dir), ("grpo_meta", meta_v_dir))}
     result["verifier"] = {name: judge_verifier(v, meta, held) for name, v in verifiers.items()}
     result["verifier"]["grpo_history"] = {"plain": plain_hist, "meta": meta_hist}
     say(f"verifier held-out score right: {json.dumps({k: round(v['score_right'], 3) for k, v in result['verifier'].items() if 'score_right' in v})}")
@@ -272,12 +279,12 @@ def table(result: dict) -> str:
     rows = {"base (no RL)": result["base"], **{f"({'abcd'[ARMS.index(k)]}) {k}": v for k, v in summary(result).items()}}
     for name, m in rows.items():
         lines.append(f"| {name} | " + " | ".join(f"{100 * m[k]:.1f}%" for k in KEYS) + " |")
-    lines += ["", "| verifier (held-out solutions of an unseen checkpoint) | format | score right | reported issues real |",
-              "|---|---|---|---|"]
+    lines += ["", "| verifier (held-out solutions of an unseen checkpoint) | format | score right | reported issues real "
+              "| own work right |", "|---|---|---|---|---|"]
     for name in ("sft", "grpo", "grpo_meta"):
         v = result["verifier"][name]
         lines.append(f"| {name} | {100 * v['format']:.1f}% | {100 * v['score_right']:.1f}% | "
-                     f"{100 * v['reported_real']:.1f}% of {v['reported_issues']} |")
+                     f"{100 * v['reported_real']:.1f}% of {v['reported_issues']} | {100 * v['own_work_right']:.1f}% |")
     lines += ["", "| N | best-of-N by verifier | majority@N | oracle |", "|---|---|---|---|"]
     for n, v in result["test_time"]["best_of_n"].items():
         lines.append(f"| {n} | {100 * v['verifier']:.1f}% | {100 * v['majority']:.1f}% | {100 * v['oracle']:.1f}% |")
