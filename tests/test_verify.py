@@ -188,3 +188,31 @@ def test_the_verifiers_grpo_prompt_is_its_prompt_exactly(tmp_path, monkeypatch):
     monkeypatch.setattr(judge.VerifierReward, "__call__", spy)
     judge.grpo_verifier(items, str(base_model_dir()), tmp_path, steps=1, prompts_per_step=2, group_size=2)
     assert seen and set(seen) <= {(f"{x.problem.prompt}/", x.solution, x.score) for x in items}
+
+
+def test_best_of_n_by_the_verifier_in_ponder_eval(tmp_path, capsys):
+    """`ponder eval --strategy best-of-n --scorer verifier`: the verifier's score picks the
+    candidate (a stand-in solver here), and the command runs with a checkpoint as the verifier."""
+    from ponder.cli import main
+    from ponder.demo import base_model_dir
+    from ponder.scaling.candidates import Candidate
+    from ponder.verify.judge import Verifier, VerifierScorer
+
+    class Solver:
+        tokenizer = type("Chars", (), {"encode": staticmethod(list)})
+
+        def read(self, prompts):
+            return [RIGHT for _ in prompts]
+
+    problem = multiply.make(48, 86)
+    group = [Candidate(text, text[-5:-1], text == RIGHT, True, 9, "stop") for text in (WRONG_PRODUCT, RIGHT)]
+    [scores] = VerifierScorer(Verifier(Solver())).score([problem], [problem.prompt], [group])
+    assert scores.values == [0.0, 1.0] and scores.generated_tokens == len(RIGHT)
+
+    args = ["eval", "--model", str(base_model_dir()), "--task", "multiply:test", "--limit", "2", "--strategy",
+            "best-of-n", "--n", "2", "--scorer", "verifier", "--max-new-tokens", "8", "--out", str(tmp_path / "v")]
+    assert main(args) == 2 and "--judge-model" in capsys.readouterr().err
+    assert main(args + ["--judge-model", str(base_model_dir())]) == 0
+    result = json.loads((tmp_path / "v" / "result.json").read_text())
+    assert result["settings"]["scorer"] == "verifier"
+    assert all(len(r["scores"]) == 2 and "verifier_work" in r for r in result["records"])

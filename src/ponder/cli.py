@@ -161,9 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=_ints, default=[1], help="pass@k / maj@k values, e.g. 1,4,8")
     p.add_argument("--strategy", default=None,
                    help="greedy|sample|majority|weighted-majority|best-of-n|refine")
-    p.add_argument("--scorer", default="loglik", help="best-of-n scorer: oracle (upper bound)|loglik|judge")
+    p.add_argument("--scorer", default="loglik", help="best-of-n scorer: oracle (upper bound)|loglik|judge|verifier "
+                                                  "(a verifier ponder verify-study trained, --judge-model DIR)")
     p.add_argument("--rounds", type=int, default=2, help="refine: rounds")
-    p.add_argument("--judge-model", default=None, help="best-of-n --scorer judge: judge checkpoint (default: --model)")
+    p.add_argument("--judge-model", default=None, help="best-of-n --scorer judge: judge checkpoint (default: --model); --scorer verifier: the verifier")
     p.add_argument("--thinking-budget", type=int, default=None, help="--strategy: force </think> after B tokens")
     p.add_argument("--extend-thinking", type=int, default=0,
                    help="--strategy: budget forcing, replace an early </think> by 'Wait' up to W times")

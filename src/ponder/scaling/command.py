@@ -16,7 +16,7 @@ from pathlib import Path
 from ponder.evaluate import metrics as M
 from ponder.scaling.strategies import STRATEGIES, Choice
 
-SCORERS = ("oracle", "loglik", "judge")
+SCORERS = ("oracle", "loglik", "judge", "verifier")
 SAMPLED_TEMPERATURE = 1.0  # strategies that sample, when --temperature is not given
 JUDGE_MAX_NEW_TOKENS = 32
 
@@ -86,6 +86,12 @@ def main(args) -> int:
             scorer = OracleScorer()
         elif scorer_name == "loglik":
             scorer = LoglikScorer(model, tokenizer)
+        elif scorer_name == "verifier":
+            if not getattr(args, "judge_model", None):
+                raise ValueError("--scorer verifier needs --judge-model DIR, a verifier `ponder verify-study` trained")
+            from ponder.verify.judge import Verifier, VerifierScorer  # a trained verifier (floor 4), chosen here at the command
+
+            scorer = VerifierScorer(Verifier.load(args.judge_model))
         else:
             judge_dir = getattr(args, "judge_model", None)
             judge_model, judge_tok = load_model(judge_dir, device) if judge_dir else (model, tokenizer)

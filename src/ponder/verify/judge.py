@@ -77,6 +77,34 @@ class Verifier:
         return [compared_analysis(works[p], s) for p, s in zip(problem_prompts, solutions)]
 
 
+class VerifierScorer:
+    """Best-of-N by a trained verifier (ponder.scaling's scorer interface): each problem worked
+    once, each candidate scored 1, 1/2 or 0 by comparison, 0 where the verifier cannot read it.
+    `ponder eval --strategy best-of-n --scorer verifier --judge-model DIR`, DIR a verifier that
+    `ponder verify-study` trained (OUT/verifier/grpo/model); it reads the problem as written."""
+
+    name = "verifier"
+    label = "best-of-N, learned verifier (it solves, then compares)"
+    upper_bound = False
+
+    def __init__(self, verifier: Verifier):
+        self.verifier = verifier
+
+    def score(self, problems, prompts, candidates):
+        from ponder.scaling.scorers import Scores
+        from ponder.verify.protocol import parse_analysis
+
+        works = self.verifier.works([p.prompt for p in problems])
+        encode = self.verifier.solver.tokenizer.encode
+        out = []
+        for problem, group in zip(problems, candidates):
+            work = works[problem.prompt]
+            analyses = [parse_analysis(compared_analysis(work, c.text)) for c in group]
+            out.append(Scores([a.score if a is not None else 0.0 for a in analyses], generated_tokens=len(encode(work)),
+                              detail={"verifier_work": work}))
+        return out
+
+
 def meta_scores(meta: Judge, problem_prompts: list[str], solutions: list[str], analyses: list[str]) -> list[float]:
     """The meta-verifier's score of each analysis (0 for a malformed reading)."""
     texts = meta.read([meta_prompt(p, s, a) for p, s, a in zip(problem_prompts, solutions, analyses)])
