@@ -216,3 +216,18 @@ def test_best_of_n_by_the_verifier_in_ponder_eval(tmp_path, capsys):
     result = json.loads((tmp_path / "v" / "result.json").read_text())
     assert result["settings"]["scorer"] == "verifier"
     assert all(len(r["scores"]) == 2 and "verifier_work" in r for r in result["records"])
+
+
+def test_the_scale_curve_draws_best_of_n_by_a_verifier(tmp_path):
+    from ponder.cli import main
+    from ponder.demo import base_model_dir
+
+    out = tmp_path / "curve"
+    assert main(["scale-curve", "--model", str(base_model_dir()), "--task", "multiply:test", "--limit", "2", "--n", "1,2",
+                 "--max-new-tokens", "8", "--verifier", str(base_model_dir()), "--out", str(out)]) == 0
+    table = json.loads((out / "curve.json").read_text())
+    assert "best_of_n_verifier" in table["labels"] and table["scorer_tokens_per_problem"] > 0
+    one, two = table["curve"]
+    assert one["best_of_n_verifier"] == one["pass@n"]  # N = 1: no choice to make
+    assert two["best_of_n_verifier"] <= two["pass@n"]  # never above the oracle
+    assert "learned verifier" in (out / "curve.md").read_text() and (out / "curve.png").stat().st_size > 0

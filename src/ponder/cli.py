@@ -192,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--verifier", default=None,
+                   help="a verifier ponder verify-study trained: best-of-N by its scores as one more line")
     p.add_argument("--out", default="out/scale-curve")
     p.set_defaults(func=lambda a: __import__("ponder.scaling", fromlist=["main"]).main(a))
 

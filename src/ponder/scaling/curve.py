@@ -7,7 +7,9 @@ smaller N the strategies are evaluated on N-subsets of that pool, drawn without 
                       of every selection strategy, not a strategy one can run;
   best-of-N (loglik)  exact: with candidates ranked by score (ties: earliest sample; uncommitted
                       ones last), the r-th ranked wins a subset with probability
-                      C(max N - 1 - r, N - 1) / C(max N, N);
+                      C(max N - 1 - r, N - 1) / C(max N, N); the same for a scorer given
+                      (`--verifier DIR`: a trained verifier, ponder.verify), whose own tokens
+                      (it works each problem once) are added to its line's cost;
   majority and        the mean over all N-subsets when there are at most `draws` of them, else
   weighted majority   over `draws` seeded random ones.
 Each subset is voted on as a run with only those N samples would vote: a tie goes to the
@@ -73,8 +75,9 @@ def vote_at_k(cands: Sequence[Candidate], clusters: Sequence[int | None], k: int
 
 
 def problem_curve(cands: Sequence[Candidate], equivalent, ks: Sequence[int], draws: int,
-                  rng: random.Random) -> dict[int, dict[str, float]]:
-    """Each strategy's expected accuracy at each N in ks for one problem's pool of samples."""
+                  rng: random.Random, scored: dict[str, Sequence[float]] | None = None) -> dict[int, dict[str, float]]:
+    """Each strategy's expected accuracy at each N in ks for one problem's pool of samples
+    (`scored`: more best-of-N columns, by name, from a scorer's values)."""
     clusters = M.cluster([c.pred if c.committed else None for c in cands], equivalent)
     correct = [c.correct for c in cands]
     committed = [c.committed for c in cands]
@@ -85,14 +88,16 @@ def problem_curve(cands: Sequence[Candidate], equivalent, ks: Sequence[int], dra
             "weighted_majority": vote_at_k(cands, clusters, k, draws, rng, weighted=True),
             "best_of_n_loglik": best_of_k([c.loglik for c in cands], committed, correct, k),
             "pass@n": M.pass_at_k(len(cands), sum(correct), k),
+            **{name: best_of_k(values, committed, correct, k) for name, values in (scored or {}).items()},
         }
     return out
 
 
 def scale_curve(model, tokenizer, problems: Sequence[Problem], ns: Sequence[int], *, draws: int = 200,
                 seed: int = 0, temperature: float = 1.0, max_new_tokens: int | None = None,
-                engine=None, batch_size: int = 16, progress: bool = True) -> dict:
-    """The curve's table (see the module docstring): settings, greedy baseline, one row per N."""
+                engine=None, batch_size: int = 16, progress: bool = True, scorer=None) -> dict:
+    """The curve's table (see the module docstring): settings, greedy baseline, one row per N;
+    with `scorer` (ponder.scaling.scorers' interface) a best-of-N column by its scores too."""
     ks = sorted(set(ns))
     if not ks or ks[0] < 1:
         raise ValueError(f"--n values must be >= 1, got {list(ns)}")
@@ -112,8 +117,9 @@ def scale_curve(model, tokenizer, problems: Sequence[Problem], ns: Sequence[int]
     sample_params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
     greedy_params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, seed=seed)
     rng = random.Random(seed)
-    rows = {k: {name: [] for name in LABELS} for k in ks}
-    greedy_correct, greedy_tokens, sample_tokens, scored = [], [], [], 0
+    labels = {**LABELS, **({f"best_of_n_{scorer.name}": scorer.label} if scorer is not None else {})}
+    rows = {k: {name: [] for name in labels} for k in ks}
+    greedy_correct, greedy_tokens, sample_tokens, scored, scorer_tokens = [], [], [], 0, 0
     with ProgressBar(total=len(problems), desc="scale-curve", unit="problem", enabled=progress) as bar:
         for start in range(0, len(problems), batch_size):
             batch = list(problems[start:start + batch_size])
@@ -123,9 +129,12 @@ def scale_curve(model, tokenizer, problems: Sequence[Problem], ns: Sequence[int]
                 greedy_tokens.append(g.tokens)
             cands = generate_candidates(engine, batch, prompts, pool, replace(sample_params, seed=seed + start))
             scored += sum(fill_logliks(model, tokenizer, prompts, cands))
-            for cs, equivalent in zip(cands, equivalences[start:start + batch_size]):
+            by_scorer = scorer.score(batch, prompts, cands) if scorer is not None else [None] * len(batch)
+            for cs, equivalent, s in zip(cands, equivalences[start:start + batch_size], by_scorer):
                 sample_tokens.append(M.mean([c.tokens for c in cs]))
-                for k, values in problem_curve(cs, equivalent, ks, draws, rng).items():
+                extra = {f"best_of_n_{scorer.name}": s.values} if s is not None else None
+                scorer_tokens += s.generated_tokens if s is not None else 0
+                for k, values in problem_curve(cs, equivalent, ks, draws, rng, extra).items():
                     for name, value in values.items():
                         rows[k][name].append(value)
             bar.update(len(batch))
@@ -136,7 +145,7 @@ def scale_curve(model, tokenizer, problems: Sequence[Problem], ns: Sequence[int]
     curve = []
     for k in ks:
         row: dict = {"n": k, "generated_tokens": k * per_sample}
-        for name in LABELS:
+        for name in labels:
             row[name] = M.mean(rows[k][name])
         curve.append(row)
     return {
@@ -146,11 +155,12 @@ def scale_curve(model, tokenizer, problems: Sequence[Problem], ns: Sequence[int]
                                 if logprobs_are_the_models(sample_params) else
                                 "recomputed under the model at temperature 1")},
         "grader": grader_info(problems),
-        "labels": LABELS,
+        "labels": labels,
         "greedy": {"accuracy": greedy_acc, "stderr": M.stderr(greedy_acc, count),
                    "generated_tokens": M.mean(greedy_tokens)},
         "curve": curve,
         "scored_tokens_per_problem": scored / count,
+        "scorer_tokens_per_problem": scorer_tokens / count,  # generated by the scorer, on top of the samples
     }
 
 
@@ -161,10 +171,10 @@ def markdown(table: dict, title: str = "") -> str:
     lines += [f"{settings['problems']} problems; samples at T={settings['temperature']}, up to "
               f"{settings['max_new_tokens']} tokens. Greedy decoding: {100 * g['accuracy']:.1f}% "
               f"± {100 * g['stderr']:.1f} at {g['generated_tokens']:.1f} tokens/problem.", "",
-              "| N | tokens/problem | " + " | ".join(LABELS.values()) + " |",
-              "|---|---|" + "---|" * len(LABELS)]
+              "| N | tokens/problem | " + " | ".join(table["labels"].values()) + " |",
+              "|---|---|" + "---|" * len(table["labels"])]
     for row in table["curve"]:
-        cells = " | ".join(f"{100 * row[name]:.1f}%" for name in LABELS)
+        cells = " | ".join(f"{100 * row[name]:.1f}%" for name in table["labels"])
         lines.append(f"| {row['n']} | {row['generated_tokens']:.1f} | {cells} |")
     return "\n".join(lines) + "\n"
 
@@ -180,10 +190,11 @@ def plot(table: dict, path: str | Path, title: str = "") -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     xs = [row["generated_tokens"] for row in table["curve"]]
     styles = {"majority": "o-", "weighted_majority": "s-", "best_of_n_loglik": "^-", "pass@n": "x--"}
-    for name, label in LABELS.items():
+    for name, label in table["labels"].items():
         ys = [100 * row[name] for row in table["curve"]]
         color = "0.55" if name == "pass@n" else None
-        ax.plot(xs, ys, styles[name], label=label, color=color)
+        own = table.get("scorer_tokens_per_problem", 0) if name not in LABELS else 0  # a scorer's own cost
+        ax.plot([x + own for x in xs], ys, styles.get(name, "d-"), label=label, color=color)
     for row, x in zip(table["curve"], xs):
         ax.annotate(f"N={row['n']}", (x, 100 * row["majority"]), textcoords="offset points", xytext=(4, -12),
                     fontsize=7)
@@ -214,9 +225,14 @@ def main(args) -> int:
 
     problems = load_problems(args)
     model, tokenizer = load_model(args.model, getattr(args, "device", "auto"))
+    scorer = None
+    if getattr(args, "verifier", None):
+        from ponder.verify.judge import Verifier, VerifierScorer  # a trained verifier (floor 4), chosen at the command
+
+        scorer = VerifierScorer(Verifier.load(args.verifier))
     table = scale_curve(model, tokenizer, problems, args.n, draws=args.draws, seed=args.seed,
                         temperature=getattr(args, "temperature", 1.0),
-                        max_new_tokens=getattr(args, "max_new_tokens", None))
+                        max_new_tokens=getattr(args, "max_new_tokens", None), scorer=scorer)
     table = {"model": str(args.model), "task": args.task, "data": None if args.data is None else str(args.data),
              "split": getattr(args, "split", None),
              "limit": args.limit, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
