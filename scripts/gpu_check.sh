@@ -42,7 +42,7 @@ if [ -n "$SMOL" ] && [ -d "$SMOL" ]; then
     run smollm2_rl_step 180 $PY -m ponder bench memory --device cuda --model "$SMOL" --prompts 8 --group 8 \
         --max-new-tokens 128 --steps 3 --variants trl,chunked,ckpt,lora
     run smollm2_generate 90 $PY -m ponder bench generate --device cuda --model "$SMOL" --batch 64 --new-tokens 128 --repeats 3
-    # bf16, batch 64 and 1: the rows this CPU cannot take (no bf16 instructions; docs/real-model.md)
+    # bf16, batch 64 and 1 on CUDA (on CPU they need bf16 instructions; docs/real-model.md)
     run smollm2_generate_bf16 90 $PY -m ponder bench generate --device cuda --model "$SMOL" --dtype bfloat16 --batch 64 --new-tokens 128 --repeats 3
     run smollm2_generate_bf16_b1 60 $PY -m ponder bench generate --device cuda --model "$SMOL" --dtype bfloat16 --batch 1 --new-tokens 64 --repeats 3
 else
