@@ -104,7 +104,8 @@ def main() -> None:
     items, held = study.labels(cfg, tokenizer, arms["outcome"], arms["process"], held_out)
     result = {"labels": describe(items), "held_out": describe(held)}
 
-    plain = Judge.load(sft(training_records(items), base, out / "plain", args.sft_steps, batch_size=64))
+    plain = Judge.load(sft(training_records(items), base, out / "plain", args.sft_steps, batch_size=64),
+                       max_new_tokens=28)  # the longest analysis: a quoted equation, the frame and 1/2
     texts = plain.read([verifier_prompt(x.problem.prompt, x.solution) for x in held])
     result["plain"] = by_grade((x.score, a.score if a else None) for x, a in zip(held, map(parse_analysis, texts)))
 

@@ -7,9 +7,8 @@ import pytest
 
 from ponder.rewards.process import check_steps
 from ponder.tasks import multiply
-from ponder.verify.data import Labelled, check_separate, meta_records, training_records, work_records
-from ponder.verify.protocol import (Analysis, compared_analysis, issue_is_real, meta_reward, parse_analysis,
-                                    parse_meta, verifier_reward, verifier_target)
+from ponder.verify.data import Labelled, check_separate, training_records, work_records
+from ponder.verify.protocol import Analysis, compared_analysis, issue_is_real, parse_analysis, verifier_reward, verifier_target
 from ponder.verify.testtime import pick_best, pick_majority, refine_all, selection_curve, trusted_prefix
 
 WRONG_PRODUCT = "<think>48*80=3840,48*6=298,3840+298=4138</think>\\boxed{4138}"
@@ -34,23 +33,33 @@ def test_verifier_target_and_reward_on_fixed_strings():
     assert parse_analysis(" <think>48*6=298</think>\\boxed{1/2}\n") == Analysis("48*6=298", 0.5)
 
 
-def test_meta_verifier_truth_and_reward_on_fixed_strings():
+def test_meta_verifier_truth_on_fixed_strings():
     wrong = labelled(WRONG_PRODUCT).verdict
     assert issue_is_real(Analysis("48*6=298", 0.0), wrong)
     assert not issue_is_real(Analysis("48*80=3840", 0.0), wrong)  # a right step: invented
     assert not issue_is_real(Analysis("", 1.0), wrong)  # misses the error
     assert issue_is_real(Analysis("4138", 0.0), wrong)  # the wrong answer is a real issue
     assert issue_is_real(Analysis("", 1.0), labelled(RIGHT).verdict)
-    assert meta_reward("<think></think>\\boxed{1}", True) == 1.0
-    assert meta_reward("<think></think>\\boxed{1}", False) == 0.0
-    assert meta_reward("\\boxed{1}", True) == 0.0 and parse_meta("<think></think>\\boxed{0}") == 0.0
 
 
-def test_meta_records_are_labelled_by_the_checker():
-    records = meta_records([labelled(WRONG_PRODUCT), labelled(RIGHT)], seed=0)
-    real = [r["prompt"] for r in records if r["completion"].endswith("{1}")]
-    assert any(p.endswith("}/<think>48*6=298</think>\\boxed{0}/") for p in real)
-    assert not any(r["completion"].endswith("{1}") and "<think>48*80=3840</think>" in r["prompt"] for r in records)
+def test_the_meta_verifier_passes_an_analysis_only_when_its_own_work_quotes_the_same_issue():
+    from ponder.verify.judge import MetaVerifier, Verifier
+
+    class Solver:
+        def __init__(self, work):
+            self.work = work
+
+        def read(self, prompts):
+            return [self.work for _ in prompts]
+
+    slipped = "<think>48*80=3840,48*6=290,3840+290=4130</think>\\boxed{4130}"  # a verifier's wrong work
+    verifier, meta = Verifier(Solver(slipped)), MetaVerifier(Verifier(Solver(RIGHT)))
+    solutions = [RIGHT, WRONG_PRODUCT]
+    analyses = verifier.verify(["48*86="] * 2, solutions)  # it quotes a right step of RIGHT: invented
+    assert [parse_analysis(a).issue for a in analyses] == ["48*6=288", "48*6=298"]
+    assert meta.scores(["48*86="] * 2, solutions, analyses) == [0.0, 1.0]
+    assert [issue_is_real(parse_analysis(a), labelled(s).verdict) for a, s in zip(analyses, solutions)] == [False, True]
+    assert meta.scores(["48*86="], [RIGHT], [""]) == [0.0]  # a malformed analysis is never passed
 
 
 def test_no_held_out_problem_or_sample_reaches_training_data():
@@ -64,8 +73,6 @@ def test_no_held_out_problem_or_sample_reaches_training_data():
         training_records(held)
     with pytest.raises(ValueError, match="non-training"):
         work_records([test_problem])
-    with pytest.raises(ValueError, match="non-training"):
-        meta_records(held)
     check_separate(train, held)
     with pytest.raises(ValueError, match="held-out problems"):
         check_separate(train, [Labelled(train_problem, RIGHT, "process@1.0", train[0].verdict)])

@@ -17,7 +17,7 @@ class StudyConfig:
     label_problems: int = 1000  # training problems sampled for verifier labels (per checkpoint)
     label_temperatures: tuple[float, ...] = (0.7, 1.0, 1.3)  # sampling temperatures of the labels
     verifier_sft_steps: int = 300  # verifier SFT steps (batch 64): its own work right on 91% of held-out problems
-    meta_sft_steps: int = 100  # meta-verifier SFT steps (batch 32)
+    meta_sft_steps: int = 300  # the meta-verifier's own solver: SFT steps (batch 64), seed 1
     verifier_rl_steps: int = 5  # verifier GRPO steps, plain and meta variant
     test_problems: int = 100  # held-out problems for best-of-N and refinement
     best_of: int = 16  # samples per problem for the selection curve

@@ -1,4 +1,5 @@
-"""Labelled solutions for the verifier and the meta-verifier, and the wall between train and test.
+"""Labelled solutions for the verifier, right solutions to train its work on, and the wall between
+train and test.
 
 Labels come from sampling the generator (several temperatures, several checkpoints) and
 grading every sample with the step checker, so the verifier sees the errors a real generator
@@ -14,8 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from ponder.rewards.process import StepVerdict, check_steps, first_issue, true_score
-from ponder.verify.protocol import (SCORE_TEXT, SCORES, Analysis, analysis_text, issue_is_real, meta_prompt,
-                                    meta_target, verifier_prompt, verifier_target, work_prompt)
+from ponder.verify.protocol import SCORE_TEXT, verifier_prompt, verifier_target, work_prompt
 
 
 @dataclass(frozen=True)
@@ -81,35 +81,6 @@ def work_records(problems) -> list[dict]:
     if bad:
         raise ValueError(f"{len(bad)} non-training problems in verifier training data (first: {bad[0]})")
     return [{"prompt": work_prompt(p.prompt), "completion": multiply.sft_text(p, scratchpad=True)} for p in problems]
-
-
-def meta_records(items: list[Labelled], seed: int = 0) -> list[dict]:
-    """Meta-verifier SFT records: per solution, the true analysis, one quoting a step that is right
-    (invented issue), one with a digit of the true issue changed, and one claiming no issue; each
-    labelled by the step checker (issue_is_real), never by construction."""
-    bad = [x.problem.id for x in items if x.problem.meta.get("split") != "train"]
-    if bad:
-        raise ValueError(f"{len(bad)} solutions of non-training problems in meta-verifier training data")
-    rng = random.Random(seed)
-    records = []
-    for x in items:
-        steps_right = [s.text for s in x.verdict.steps if s.right]
-        candidates = [Analysis(first_issue(x.verdict), x.score)]
-        if steps_right:
-            candidates.append(Analysis(rng.choice(steps_right), rng.choice(list(SCORES.values()))))
-        true_issue = candidates[0].issue
-        digits = [i for i, ch in enumerate(true_issue) if ch.isdigit()]
-        if digits:
-            i = rng.choice(digits)
-            changed = true_issue[:i] + str((int(true_issue[i]) + rng.randint(1, 9)) % 10) + true_issue[i + 1:]
-            candidates.append(Analysis(changed, candidates[0].score))
-        if true_issue:
-            candidates.append(Analysis("", 1.0))
-        for a in candidates:
-            records.append({"prompt": meta_prompt(x.problem.prompt, x.solution, analysis_text(a.issue, a.score)),
-                            "completion": meta_target(issue_is_real(a, x.verdict))})
-    rng.shuffle(records)
-    return records
 
 
 def check_separate(train: list[Labelled], held_out: list[Labelled]) -> None:

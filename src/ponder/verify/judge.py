@@ -4,7 +4,8 @@
     verifier = Verifier(judge)                           # solves each problem, then compares
     texts = verifier.verify([problem, ...], [solution, ...])   # its analyses (ponder.verify.protocol)
     sft_dir = sft(records, base_dir, out, steps=...)     # ponder.sft on {prompt, completion} records
-    rl_dir = grpo_verifier(items, sft_dir, out, meta=None | Judge)   # ponder.rl.train_rl
+    meta = MetaVerifier(Verifier(...))                   # a second solver that must quote the same issue
+    rl_dir = grpo_verifier(items, sft_dir, out, meta=None | meta)    # ponder.rl.train_rl
     reward = VerifierReward(meta)                        # the verifier's GRPO reward
 
 The verifier's GRPO trains its own work: reward format x (1 - |s' - s|), where s' is the score
@@ -21,16 +22,15 @@ import torch
 
 from ponder.tasks.problem import Problem
 from ponder.verify.data import Labelled
-from ponder.verify.protocol import END, compared_analysis, meta_prompt, parse_meta, verifier_reward, work_prompt
+from ponder.verify.protocol import END, compared_analysis, parse_analysis, verifier_reward, work_prompt
 
-MAX_ANALYSIS_TOKENS = 28  # the meta-verifier's output and the longest analysis: a quoted equation, the frame and 1/2
 MAX_WORK_TOKENS = 48  # the verifier's own solution: the generator's completion cap
 
 
 class Judge:
-    """Greedy generation from a verifier or meta-verifier model, in batches."""
+    """Greedy generation from a model, in batches."""
 
-    def __init__(self, model, tokenizer, max_new_tokens: int = MAX_ANALYSIS_TOKENS, batch: int = 256):
+    def __init__(self, model, tokenizer, max_new_tokens: int = MAX_WORK_TOKENS, batch: int = 256):
         from ponder.engine import Engine
 
         self.model, self.tokenizer = model.eval(), tokenizer
@@ -92,7 +92,6 @@ class VerifierScorer:
 
     def score(self, problems, prompts, candidates):
         from ponder.scaling.scorers import Scores
-        from ponder.verify.protocol import parse_analysis
 
         works = self.verifier.works([p.prompt for p in problems])
         encode = self.verifier.solver.tokenizer.encode
@@ -105,10 +104,18 @@ class VerifierScorer:
         return out
 
 
-def meta_scores(meta: Judge, problem_prompts: list[str], solutions: list[str], analyses: list[str]) -> list[float]:
-    """The meta-verifier's score of each analysis (0 for a malformed reading)."""
-    texts = meta.read([meta_prompt(p, s, a) for p, s, a in zip(problem_prompts, solutions, analyses)])
-    return [m if m is not None else 0.0 for m in map(parse_meta, texts)]
+class MetaVerifier:
+    """Checks the verifier's analyses with work of its own: a second solver (trained apart) works
+    each problem once; an analysis scores 1 when that work, compared with the solution, quotes the
+    same issue (none included), else 0 (ponder.verify.protocol)."""
+
+    def __init__(self, second: Verifier):
+        self.second = second
+
+    def scores(self, problem_prompts: list[str], solutions: list[str], analyses: list[str]) -> list[float]:
+        own = [parse_analysis(t) for t in self.second.verify(problem_prompts, solutions)]
+        theirs = [parse_analysis(t) for t in analyses]
+        return [float(a is not None and b is not None and a.issue == b.issue) for a, b in zip(theirs, own)]
 
 
 def sft(records: list[dict], base: str | Path, out: str | Path, steps: int, seed: int = 0, lr: float = 1e-3,
@@ -134,7 +141,7 @@ class VerifierReward:
 
     batched = True
 
-    def __init__(self, meta: Judge | None = None):
+    def __init__(self, meta: MetaVerifier | None = None):
         self.meta = meta
         self.__name__ = "verifier_meta" if meta is not None else "verifier_score"
         self.history: list[dict] = []  # per call (one per RL step): mean score reward, mean meta score
@@ -144,7 +151,7 @@ class VerifierReward:
         meta = [1.0] * len(completions)
         if self.meta is not None:
             problems = [p.removesuffix(END) for p in prompts]
-            meta = meta_scores(self.meta, problems, list(solution), analyses)
+            meta = self.meta.scores(problems, list(solution), analyses)
         values = [verifier_reward(a, s, m) for a, s, m in zip(analyses, score, meta)]
         plain = [verifier_reward(a, s) for a, s in zip(analyses, score)]
         self.history.append({"reward": _mean(values), "score_reward": _mean(plain), "meta": _mean(meta)})
@@ -160,7 +167,7 @@ def verifier_problems(items: list[Labelled]) -> list[Problem]:
             for i, x in enumerate(items)]
 
 
-def grpo_verifier(items: list[Labelled], model_dir: str, out: str | Path, steps: int, meta: Judge | None = None,
+def grpo_verifier(items: list[Labelled], model_dir: str, out: str | Path, steps: int, meta: MetaVerifier | None = None,
                   seed: int = 0, prompts_per_step: int = 32, group_size: int = 8, lr: float = 1e-4) -> tuple[str, list]:
     """GRPO on the verifier's own work; returns (model folder, per-step reward history)."""
     from ponder.rl import RLConfig, train_rl

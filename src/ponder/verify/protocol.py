@@ -17,14 +17,16 @@ spelled in it (digits, * + = , / < > and the think/boxed frame).
                  one that writes its verdict after its own work does not learn to compare
                  (scripts/verifier_probe.py, docs/verify.md: 35-38% of held-out scores right,
                  against 95% for this rule on the same work).
-  meta-verifier  reads  the verifier's input, its analysis, then ``/``
-                 writes ``<think></think>\\boxed{1}`` when the analysis is true (the issue it
-                 quotes is one the step checker marks wrong, or it quotes none and there is
-                 none), ``\\boxed{0}`` when it invents an issue or misses every one.
+  meta-verifier  checks an analysis with work of its own: a second solver, trained apart (another
+                 seed), works the problem the same way, and the analysis is real (score 1) when
+                 that work, compared with the solution, quotes the same issue; else 0. A
+                 meta-verifier that read the problem, the solution and the analysis and wrote
+                 its verdict in one pass agreed with the step checker on 10-12% of held-out
+                 analyses (docs/verify.md).
 
 Rewards (DeepSeekMath-V2's): verifier  format x (1 - |predicted score - true score|), times the
 meta-verifier's score of its analysis in the meta variant (format: its own work has steps and an
-answer); meta-verifier  format x (1 - |m' - m|).
+answer). The meta-verifier's truth is `issue_is_real` (the step checker's).
 """
 
 from __future__ import annotations
@@ -40,7 +42,6 @@ END = "/"  # closes what a verifier reads: the generator never writes it after i
 SCORES = {"0": 0.0, "1/2": 0.5, "1": 1.0}
 SCORE_TEXT = {v: k for k, v in SCORES.items()}
 _OUTPUT = re.compile(r"^<think>(.*?)</think>\\boxed\{(0|1/2|1)\}$", re.DOTALL)
-_META = re.compile(r"^<think></think>\\boxed\{([01])\}$")
 
 
 @dataclass(frozen=True)
@@ -111,22 +112,3 @@ def verifier_reward(text: str, score: float, meta_score: float = 1.0) -> float:
     """format x (1 - |s' - s|) x meta score; 0 for a malformed output."""
     analysis = parse_analysis(text)
     return 0.0 if analysis is None else (1.0 - abs(analysis.score - score)) * meta_score
-
-
-def meta_prompt(problem_prompt: str, solution: str, analysis: str) -> str:
-    return f"{verifier_prompt(problem_prompt, solution)}{analysis}{END}"
-
-
-def meta_target(real: bool) -> str:
-    return f"<think></think>\\boxed{{{int(real)}}}"
-
-
-def parse_meta(text: str) -> float | None:
-    m = _META.match(text.strip())
-    return None if m is None else float(m[1])
-
-
-def meta_reward(text: str, real: bool) -> float:
-    """format x (1 - |m' - m|): 1 for the right verdict, 0 for the wrong one or a malformed output."""
-    m = parse_meta(text)
-    return 0.0 if m is None else 1.0 - abs(m - float(real))

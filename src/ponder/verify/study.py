@@ -9,7 +9,8 @@ Order of work (one command, resumable only as a whole; each part writes under --
      checkpoint on test problems (a checkpoint and problems the verifier never saw);
   3. verifier (solve first, then compare; ponder.verify.protocol): SFT from the base model on
      right solutions of training problems, then GRPO on its own work (format x
-     (1 - |s' - s|) of the analysis it gives each labelled solution); meta-verifier: SFT; the
+     (1 - |s' - s|) of the analysis it gives each labelled solution); meta-verifier: a second
+     solver, SFT the same way apart (another seed: another order), that must quote the same issue; the
      meta variant of the verifier: GRPO with the meta-verifier's score multiplied in; each
      measured on held-out solutions (score right, share of reported issues that are real, its
      own work right);
@@ -33,8 +34,8 @@ from ponder.rewards.process import check_steps, prefix_credit, true_score
 from ponder.rewards.trace import answer_correct
 from ponder.tasks import multiply
 from ponder.verify.config import StudyConfig
-from ponder.verify.data import balance, check_separate, describe, meta_records, sample, work_records
-from ponder.verify.judge import Judge, Verifier, grpo_verifier, meta_scores, sft
+from ponder.verify.data import balance, check_separate, describe, sample, work_records
+from ponder.verify.judge import MetaVerifier, Verifier, grpo_verifier, sft
 from ponder.verify.protocol import issue_is_real, parse_analysis
 from ponder.verify.testtime import refine_all, selection_curve
 
@@ -69,7 +70,8 @@ class TrackedReward:
 
     batched = True
 
-    def __init__(self, name: str, outcome: bool = False, verifier: Verifier | None = None, meta: Judge | None = None):
+    def __init__(self, name: str, outcome: bool = False, verifier: Verifier | None = None,
+                 meta: MetaVerifier | None = None):
         self.__name__ = name
         self.outcome, self.verifier, self.meta = outcome, verifier, meta
         self.history: list[dict] = []
@@ -96,7 +98,7 @@ class TrackedReward:
         texts = self.verifier.verify(problem_prompts, solutions)
         scores = [a.score if a is not None else 0.0 for a in map(parse_analysis, texts)]
         if self.meta is not None:
-            scores = [s * m for s, m in zip(scores, meta_scores(self.meta, problem_prompts, solutions, texts))]
+            scores = [s * m for s, m in zip(scores, self.meta.scores(problem_prompts, solutions, texts))]
         return scores
 
 
@@ -115,7 +117,7 @@ def train_generator(cfg: StudyConfig, arm: str, seed: int, rl_problems, verifier
     return summary["model_dir"], reward.history
 
 
-def judge_verifier(verifier: Verifier, meta: Judge | None, held) -> dict:
+def judge_verifier(verifier: Verifier, meta: MetaVerifier | None, held) -> dict:
     """A verifier on held-out solutions: format, score right, the share of reported issues (a
     non-empty quote) that are real by the step checker (and by the meta-verifier), and its own
     work right (answer and every step, by the step checker) on the held-out problems."""
@@ -132,7 +134,7 @@ def judge_verifier(verifier: Verifier, meta: Judge | None, held) -> dict:
     works = verifier.works([p.prompt for p in problems])
     out["own_work_right"] = sum(true_score(check_steps(works[p.prompt], p)) == 1.0 for p in problems) / len(problems)
     if meta is not None:
-        m = meta_scores(meta, prompts, solutions, texts)
+        m = meta.scores(prompts, solutions, texts)
         truth = [a is not None and issue_is_real(a, x.verdict) for a, x in zip(analyses, held)]
         out["meta_agrees_with_checker"] = sum((mi == 1.0) == t for mi, t in zip(m, truth)) / n
     return out
@@ -242,8 +244,9 @@ def run(cfg: StudyConfig, progress: bool = True) -> dict:
 
     vdir = out / "verifier"
     sft_dir = sft(work_records(rl_problems), base, vdir / "sft", cfg.verifier_sft_steps, batch_size=64)
-    meta_dir = sft(meta_records(items), base, out / "meta" / "sft", cfg.meta_sft_steps, batch_size=32)
-    meta = Judge.load(meta_dir)
+    # a second solver trained apart: the same records, drawn in another order (seed 1)
+    meta = MetaVerifier(Verifier.load(sft(work_records(rl_problems), base, out / "meta" / "sft", cfg.meta_sft_steps,
+                                          seed=1, batch_size=64)))
     sizes = dict(steps=cfg.verifier_rl_steps, prompts_per_step=cfg.prompts_per_step, group_size=cfg.group_size)
     plain_dir, plain_hist = grpo_verifier(items, sft_dir, vdir / "grpo", **sizes)
     meta_v_dir, meta_hist = grpo_verifier(items, sft_dir, vdir / "grpo-meta", meta=meta, **sizes)
