@@ -2,6 +2,7 @@
 checkpoint is one `error:` line with exit status 2, a device this torch lacks is named, and a prompt
 past the model's context is refused (or, when only the completion may run past it, warned about)."""
 
+import argparse
 import shutil
 import warnings
 
@@ -89,6 +90,21 @@ def test_demo_options_are_described():
     options = [a for a in demo._actions if a.option_strings and a.dest != "help"]
     assert {a.dest for a in options} >= {"steps", "seed", "task", "out", "json"}
     assert all(a.help for a in options)
+
+
+def test_every_commands_help_prints():
+    """--help of every command and subcommand formats (a '%' in an option's help once broke one)."""
+    def parsers(parser):
+        yield parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for child in action.choices.values():
+                    yield from parsers(child)
+
+    every = list(parsers(build_parser()))
+    assert len(every) > 20
+    for parser in every:
+        assert parser.format_help().startswith("usage:"), parser.prog
 
 
 def test_column_options_belong_to_the_jsonl_task(tiny_checkpoint, tmp_path, capsys):

@@ -9,7 +9,8 @@ from pathlib import Path
 def field_docs() -> dict[str, str]:
     """Each StudyConfig field's one-line doc, read from the comment beside it in config.py."""
     text = (Path(__file__).parent / "config.py").read_text()
-    return dict(re.findall(r"^    (\w+): [^=]+=[^#]+# (.+)$", text, re.M))
+    return {name: doc.replace("%", "%%")  # argparse expands % in help text
+            for name, doc in re.findall(r"^    (\w+): [^=]+=[^#]+# (.+)$", text, re.M)}
 
 
 def add_parser(sub) -> None:
