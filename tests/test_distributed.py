@@ -89,6 +89,12 @@ def rl_settings(root, out, **kw):
             "output_dir": str(out), "seed": 1, **kw}
 
 
+def kl_rl_settings(root, out, **kw):
+    """The dense RL runs compared with `rl_reference`: with a KL term, so its reference (a second,
+    frozen model, sharded like the policy under FSDP2) is part of every comparison."""
+    return rl_settings(root, out, beta=0.1, **kw)
+
+
 def sft_settings(root, out, **kw):
     return {"model": str(root / "moe"), "data": str(root / "sft.jsonl"), "steps": 3, "batch_size": 8,
             "micro_batch_size": 3, "lr": 1e-2, "save_every": 1, "output_dir": str(out), "seed": 0, **kw}
@@ -148,7 +154,7 @@ def initial(root, name: str) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def rl_reference(root):
     """The one-process run every RL comparison is against (every checkpoint kept)."""
-    return train(root, "rl", rl_settings(root, root / "rl-one", save_total_limit=0), ranks=1)
+    return train(root, "rl", kl_rl_settings(root, root / "rl-one", save_total_limit=0), ranks=1)
 
 
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
@@ -159,10 +165,11 @@ def test_rl_with_a_chunked_loss_head_on_two_ranks_equals_one_process(root, rl_re
     piece (this vocabulary fits one chunk at the default size). The one-piece head on two ranks
     is every other test here."""
     chunk_mb = 3 * 4 * build_char_tokenizer(multiply.ALPHABET).vocab_size / 2**20  # 3 positions of fp32 logits
-    out = train(root, "rl", rl_settings(root, root / f"rl-{parallel}", parallel=parallel, loss_chunk_mb=chunk_mb),
-                ranks=2)
+    settings = kl_rl_settings(root, root / f"rl-{parallel}", parallel=parallel, loss_chunk_mb=chunk_mb)
+    out = train(root, "rl", settings, ranks=2)
     assert_same_weights(weights(out), weights(rl_reference), initial(root, "dense"))
-    assert_same_records(out, rl_reference, ("reward/total/mean", "completion_len", "loss_tokens", "loss", "grad_norm"))
+    assert_same_records(out, rl_reference, ("reward/total/mean", "completion_len", "loss_tokens", "loss", "grad_norm",
+                                            "kl"))
 
 
 QWEN3_5_RL = dict(steps=2)
@@ -242,7 +249,7 @@ def kill_after_checkpoint(root, settings: dict, ranks: int, step: int) -> Path:
 
 
 def test_kill_9_of_the_whole_job_then_rerun_ends_as_if_uninterrupted(root, rl_reference):
-    settings = rl_settings(root, root / "rl-killed", parallel="ddp")
+    settings = kl_rl_settings(root, root / "rl-killed", parallel="ddp")
     kill_after_checkpoint(root, settings, ranks=2, step=1)
     assert not (root / "rl-killed" / "model").exists()
     out = train(root, "rl", settings, ranks=2)  # the same command again
@@ -253,7 +260,7 @@ def test_kill_9_of_the_whole_job_then_rerun_ends_as_if_uninterrupted(root, rl_re
 def test_resume_on_another_number_of_ranks_continues_the_run(root, rl_reference, before, after):
     """A run checkpointed at step 2 on `before` ranks finishes step 3 on `after` ranks."""
     if before == 2:
-        saved = train(root, "rl", rl_settings(root, root / "rl-two-of-3", steps=2, parallel="fsdp",
+        saved = train(root, "rl", kl_rl_settings(root, root / "rl-two-of-3", steps=2, parallel="fsdp",
                                               save_total_limit=0), ranks=2)
     else:
         saved = rl_reference
@@ -261,7 +268,7 @@ def test_resume_on_another_number_of_ranks_continues_the_run(root, rl_reference,
     shutil.copytree(saved / "checkpoints" / "step-000002", out / "checkpoints" / "step-000002")
     (out / "checkpoints" / "LATEST").write_text("step-000002")
     shutil.copy(saved / "config.yaml", out / "config.yaml")
-    settings = rl_settings(root, out, parallel="fsdp", save_total_limit=0)
+    settings = kl_rl_settings(root, out, parallel="fsdp", save_total_limit=0)
     if before == 2:  # the saved run was told to stop at 2 steps: it continues to 3 by choice
         settings["allow_config_change"] = True
     train(root, "rl", settings, ranks=after)
@@ -291,15 +298,11 @@ def test_lora_on_two_ranks_equals_one_process(root, lora_reference, parallel):
     assert ours.keys() == theirs.keys() and all(torch.allclose(ours[n], theirs[n], atol=1e-5) for n in ours)
 
 
-def test_kl_reference_is_sharded_under_fsdp_and_gives_the_kl_of_one_process(root):
+def test_kl_reference_is_sharded_under_fsdp_and_gives_the_kl_of_one_process(root, rl_reference):
     """Without LoRA the KL term's reference is a second model: under FSDP2 each rank holds a shard
-    of it (as of the policy), not the whole model, and the KL values are one process's."""
-    settings = lambda out, **kw: rl_settings(root, root / out, beta=0.1, save_every=0, **kw)
-    one = train(root, "rl", settings("kl-one"), ranks=1)
-    two = train(root, "rl", settings("kl-fsdp", parallel="fsdp"), ranks=2)
-    assert_same_records(two, one, ("kl", "loss", "grad_norm"))
-    assert any(json.loads(line)["kl"] > 0 for line in (one / "metrics.jsonl").read_text().splitlines())
-    assert_same_weights(weights(two), weights(one), initial(root, "dense"))
+    of it (as of the policy), not the whole model; the KL values are one process's (compared in
+    the FSDP2 run above, with the rest of its records), and they are not all zero."""
+    assert any(json.loads(line).get("kl", 0) > 0 for line in (rl_reference / "metrics.jsonl").read_text().splitlines())
     check = root / "check_reference.py"
     check.write_text(REFERENCE_SHARDS.format(model=root / "dense", out=root / "kl-shards"))
     job = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
