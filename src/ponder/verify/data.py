@@ -14,7 +14,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 
-from ponder.rewards.process import StepVerdict, check_steps, first_issue, true_score
+from ponder.rewards.process import StepVerdict, check_steps, true_score
 from ponder.verify.protocol import SCORE_TEXT, verifier_prompt, verifier_target, work_prompt
 
 

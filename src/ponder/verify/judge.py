@@ -66,7 +66,7 @@ class Verifier:
 
     @classmethod
     def load(cls, path) -> "Verifier":
-        return cls(Judge.load(path, max_new_tokens=MAX_WORK_TOKENS))
+        return cls(Judge.load(path))
 
     def works(self, problem_prompts: list[str]) -> dict[str, str]:
         distinct = list(dict.fromkeys(problem_prompts))
